@@ -1,0 +1,60 @@
+"""One exception hierarchy for everything a user of cf2run can see.
+
+Every error says what is wrong, where (function, manifest field, file, step) and,
+where we know it, what to do. Whether an error is worth retrying is a property of
+the error (`transient`), which the tasks' retry condition reads.
+"""
+
+from __future__ import annotations
+
+
+class Cf2RunError(Exception):
+    """Base class. `hint` tells the user what to do about it."""
+
+    transient: bool = False
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        self.message = message
+        self.hint = hint
+        super().__init__(f"{message} ({hint})" if hint else message)
+
+
+class SpecError(Cf2RunError):
+    """A manifest, a spec field or a flag is invalid. Raised before any cloud call."""
+
+
+class SourceError(Cf2RunError):
+    """The function's source tree cannot be packaged (missing, escaping symlink, ...)."""
+
+
+class BuildFailed(Cf2RunError):
+    """Cloud Build ran and the build did not succeed. Not retried: the same input fails again."""
+
+
+class ImageVerificationError(Cf2RunError):
+    """The built image is not what the build said it is (digest, platform, web process)."""
+
+
+class DeployFailed(Cf2RunError):
+    """Cloud Run did not bring the revision to Ready."""
+
+
+class SmokeTestFailed(Cf2RunError):
+    """The deployed service did not answer the smoke request as expected."""
+
+
+class TransientError(Cf2RunError):
+    """A failure that is expected to go away on retry (network, 429, 5xx, UNAVAILABLE)."""
+
+    transient = True
+
+
+class RegistryError(Cf2RunError):
+    """An OCI distribution API call failed. Transient for 429 and 5xx answers."""
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None,
+                 hint: str | None = None) -> None:
+        self.status = status
+        self.code = code
+        self.transient = status is not None and (status == 429 or status >= 500)
+        super().__init__(message, hint=hint)

@@ -1,0 +1,89 @@
+"""The gRPC transport of the local cloud, kept apart from the services behind it.
+
+A service module is plain Python: methods that take a request message and return a
+response message, raising `RpcError` to answer an error status. This module turns such
+methods into a gRPC service under Google's own service name, so the official clients
+talk to it unchanged, and applies the fault knobs to every call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from concurrent import futures
+from typing import Any
+
+import grpc
+import proto  # type: ignore[import-untyped]
+from google.protobuf.message import Message
+
+from cf2run.localcloud.settings import FaultInjector
+
+
+class RpcError(Exception):
+    """Answer the call with `code` and `message`, as Google's API would."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def invalid(message: str) -> RpcError:
+    return RpcError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def not_found(message: str) -> RpcError:
+    return RpcError(grpc.StatusCode.NOT_FOUND, message)
+
+
+#: A message class: a proto-plus class (cloudbuild_v1, run_v2) or a protobuf class.
+MessageType = Any
+#: One RPC: the method, its request type and its response type.
+Method = tuple[Callable[[Any], Any], MessageType, MessageType]
+
+
+def _codec(message_type: MessageType) -> tuple[Callable[[bytes], Any], Callable[[Any], bytes]]:
+    if issubclass(message_type, proto.Message):
+        return message_type.deserialize, message_type.serialize
+    if issubclass(message_type, Message):
+        return message_type.FromString, lambda m: m.SerializeToString()
+    raise TypeError(f"{message_type!r} is not a message class")
+
+
+def service_handler(full_name: str, methods: Mapping[str, Method],
+                    faults: FaultInjector) -> grpc.GenericRpcHandler:
+    """A gRPC service named `full_name` (``google.devtools.cloudbuild.v1.CloudBuild``)."""
+    short = full_name.rsplit(".", 1)[-1]
+    handlers = {}
+    for name, (func, request_type, response_type) in methods.items():
+        decode, _ = _codec(request_type)
+        _, encode = _codec(response_type)
+        handlers[name] = grpc.unary_unary_rpc_method_handler(
+            _guarded(f"{short}.{name}", func, faults),
+            request_deserializer=decode, response_serializer=encode)
+    return grpc.method_handlers_generic_handler(full_name, handlers)
+
+
+def _guarded(method: str, func: Callable[[Any], Any],
+             faults: FaultInjector) -> Callable[[Any, grpc.ServicerContext], Any]:
+    def call(request: Any, context: grpc.ServicerContext) -> Any:
+        fault = faults.check(method)
+        if fault is not None:
+            context.abort(getattr(grpc.StatusCode, fault.code), f"{fault.message} ({method})")
+        try:
+            return func(request)
+        except RpcError as error:
+            context.abort(error.code, error.message)
+
+    return call
+
+
+def serve(handlers: list[grpc.GenericRpcHandler], port: int = 0) -> tuple[grpc.Server, int]:
+    """Start a gRPC server on 127.0.0.1 (never 0.0.0.0); returns it and its port."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="grpc"))
+    server.add_generic_rpc_handlers(handlers)
+    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    if bound == 0:
+        raise OSError(f"cannot listen on 127.0.0.1:{port}")
+    server.start()
+    return server, bound

@@ -1,0 +1,104 @@
+"""Knobs of the local cloud: the things tests and benchmarks need and Google does not give.
+
+One settings object, readable from the environment (prefix ``CF2RUN_LOCALCLOUD_``;
+lists and objects as JSON), mutable at run time by whoever holds the `LocalCloud`:
+
+    CF2RUN_LOCALCLOUD_BUILD_LATENCY_S=3
+    CF2RUN_LOCALCLOUD_MAX_CONCURRENT_BUILDS=10
+    CF2RUN_LOCALCLOUD_FAULTS='[{"method": "CloudBuild.CreateBuild", "code": "UNAVAILABLE", "first_n": 1}]'
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import threading
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: gRPC status code names a fault may use, and the HTTP status the registry answers for each.
+FAULT_HTTP_STATUS = {
+    "UNAVAILABLE": 503,
+    "RESOURCE_EXHAUSTED": 429,
+    "INTERNAL": 500,
+    "DEADLINE_EXCEEDED": 504,
+    "UNKNOWN": 500,
+    "ABORTED": 409,
+    "PERMISSION_DENIED": 403,
+    "UNAUTHENTICATED": 401,
+    "NOT_FOUND": 404,
+    "FAILED_PRECONDITION": 400,
+    "INVALID_ARGUMENT": 400,
+}
+
+
+class Fault(BaseModel):
+    """Make calls of one method fail.
+
+    `method` is ``Service.Method`` as the API names it: ``CloudBuild.CreateBuild``,
+    ``CloudBuild.GetBuild``, ``Services.CreateService``, ``Services.UpdateService``,
+    ``Revisions.ListRevisions``, ``Operations.GetOperation``, or for the registry
+    ``Registry.<Verb>`` with Verb one of ``GetManifest HeadManifest PutManifest GetBlob
+    HeadBlob StartUpload PatchUpload PutUpload ListTags Ping``. ``*`` matches every method.
+    Without `first_n` and `probability` every call fails.
+    """
+
+    method: str = Field(description="Service.Method to fail, or '*' for all.")
+    code: str = Field(default="UNAVAILABLE", description="gRPC status code name to answer.")
+    first_n: int | None = Field(default=None, ge=1, description="Fail only the first N calls.")
+    probability: float | None = Field(default=None, ge=0, le=1,
+                                      description="Fail each call with this probability.")
+    message: str = Field(default="injected fault", description="Error message to answer.")
+
+
+class LocalCloudSettings(BaseSettings):
+    """Everything about the local cloud that is not how Google behaves, in one place."""
+
+    model_config = SettingsConfigDict(env_prefix="CF2RUN_LOCALCLOUD_", validate_assignment=True)
+
+    build_latency_s: float = Field(default=0.0, ge=0,
+                                   description="Extra seconds every build spends WORKING.")
+    deploy_latency_s: float = Field(default=0.0, ge=0,
+                                    description="Extra seconds every Cloud Run write takes.")
+    max_concurrent_builds: int = Field(default=10, ge=1,
+                                       description="Builds over this wait QUEUED, as on Cloud Build.")
+    ready_deadline_s: float = Field(default=60.0, gt=0,
+                                    description="How long a revision may take to answer its probe.")
+    fail_builds_matching: str | None = Field(
+        default=None, description="Regex on the image name: matching builds fail (FAILURE).")
+    never_ready_matching: str | None = Field(
+        default=None, description="Regex on the service name: its new revisions never get ready.")
+    faults: list[Fault] = Field(default_factory=list, description="Injected RPC failures.")
+
+
+class FaultInjector:
+    """Decides, call by call, whether an injected fault fires. Thread-safe."""
+
+    def __init__(self, settings: LocalCloudSettings) -> None:
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._fired: dict[int, int] = {}
+
+    def check(self, method: str) -> Fault | None:
+        """The fault to answer for this call of `method` (``Service.Method``), if any."""
+        with self._lock:
+            for fault in self._settings.faults:
+                if fault.method not in ("*", method):
+                    continue
+                fired = self._fired.get(id(fault), 0)
+                if fault.first_n is not None and fired >= fault.first_n:
+                    continue
+                if fault.probability is not None and random.random() >= fault.probability:
+                    continue
+                self._fired[id(fault)] = fired + 1
+                return fault
+        return None
+
+    def build_should_fail(self, image: str) -> bool:
+        pattern = self._settings.fail_builds_matching
+        return bool(pattern and re.search(pattern, image))
+
+    def never_ready(self, service: str) -> bool:
+        pattern = self._settings.never_ready_matching
+        return bool(pattern and re.search(pattern, service))
