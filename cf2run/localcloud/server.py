@@ -1,0 +1,142 @@
+"""`LocalCloud`: the four Google services on 127.0.0.1, started and stopped as one.
+
+    with LocalCloud() as cloud:            # ephemeral state dir, for tests and the demo
+        cloud.endpoints.cloudrun            # '127.0.0.1:PORT'
+        Cloud.local(cloud.endpoints)        # the official clients, pointed at it
+
+`cf2run localcloud serve --state-dir DIR` runs the same thing persistently: it reuses the
+ports recorded in DIR/endpoints.json, and services that were serving come back on the same
+URLs. No process outlives `close()`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+
+from cf2run.localcloud.cloudbuild import CloudBuildService
+from cf2run.localcloud.cloudrun import CloudRunService
+from cf2run.localcloud.endpoints import FILENAME, Endpoints
+from cf2run.localcloud.grpcapi import serve
+from cf2run.localcloud.metadata import MetadataServer, TokenAuthority
+from cf2run.localcloud.registry import RegistryServer
+from cf2run.localcloud.router import Router
+from cf2run.localcloud.runtime import Runtime
+from cf2run.localcloud.settings import FaultInjector, LocalCloudSettings
+from cf2run.localcloud.storage import StorageServer
+from cf2run.oci import RegistryClient
+
+log = logging.getLogger(__name__)
+
+
+class LocalCloud:
+    """Cloud Storage, Artifact Registry, Cloud Build and Cloud Run on loopback."""
+
+    def __init__(self, state_dir: Path | None = None,
+                 settings: LocalCloudSettings | None = None) -> None:
+        self._ephemeral = state_dir is None
+        self.state_dir = Path(tempfile.mkdtemp(prefix="cf2run-localcloud-")) if state_dir is None \
+            else Path(state_dir)
+        self.settings = settings or LocalCloudSettings()
+        self.faults = FaultInjector(self.settings)
+        self._stack = contextlib.ExitStack()
+        self._endpoints: Endpoints | None = None
+
+    @property
+    def endpoints(self) -> Endpoints:
+        if self._endpoints is None:
+            raise RuntimeError("the local cloud is not started")
+        return self._endpoints
+
+    def start(self) -> LocalCloud:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        previous = _previous_ports(self.state_dir)
+        try:
+            self._start(previous)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _start(self, previous: dict[str, int]) -> None:
+        stack, state = self._stack, self.state_dir
+        storage = StorageServer(state / "storage", port=previous.get("storage", 0))
+        storage.start()
+        stack.callback(storage.stop)
+
+        registry = RegistryServer(state / "registry", self.faults, port=previous.get("registry", 0))
+        registry.start()
+        stack.callback(registry.stop)
+        registry_client = RegistryClient(resolve=lambda host: f"http://{registry.address}")
+
+        tokens = TokenAuthority(state)
+        metadata = MetadataServer(tokens, port=previous.get("metadata", 0))
+        metadata.start()
+        stack.callback(metadata.stop)
+
+        runtime = Runtime(state / "runtime", registry_client,
+                          ready_deadline_s=lambda: self.settings.ready_deadline_s)
+        stack.callback(runtime.stop_all)
+        router = Router(tokens)
+        stack.callback(router.stop_all)
+        self.cloudrun = CloudRunService(state / "cloudrun", self.settings, self.faults,
+                                        runtime, router, tokens)
+        stack.callback(self.cloudrun.stop)
+        self.cloudbuild = CloudBuildService(state / "cloudbuild", self.settings, self.faults,
+                                            storage.url, registry_client)
+        stack.callback(self.cloudbuild.stop)
+
+        build_server, build_port = serve(self.cloudbuild.handlers(), previous.get("cloudbuild", 0))
+        stack.callback(_stopper(build_server))
+        run_server, run_port = serve(self.cloudrun.handlers(), previous.get("cloudrun", 0))
+        stack.callback(_stopper(run_server))
+        self.cloudrun.restore()
+
+        self._endpoints = Endpoints(
+            storage=storage.url, registry=registry.address,
+            cloudbuild=f"127.0.0.1:{build_port}", cloudrun=f"127.0.0.1:{run_port}",
+            metadata=metadata.url)
+        self._endpoints.write(state)  # kept after close: a restart reuses its ports
+
+    def id_token(self, audience: str) -> str:
+        """An ID token for a private local service (audience = its URL or a tag URL)."""
+        return TokenAuthority(self.state_dir).mint(audience)
+
+    def logs(self, service: str) -> str:
+        """What the service's revisions wrote to stdout and stderr."""
+        return self.cloudrun.logs(service)
+
+    def close(self) -> None:
+        self._stack.close()
+        self._endpoints = None
+        if self._ephemeral:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    def __enter__(self) -> LocalCloud:
+        return self.start()
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+def _stopper(server: grpc.Server) -> Callable[[], None]:
+    def stop() -> None:
+        server.stop(grace=1).wait()
+
+    return stop
+
+
+def _previous_ports(state_dir: Path) -> dict[str, int]:
+    """Ports of the last run in this state dir, so URLs stay the same after a restart."""
+    if not (state_dir / FILENAME).exists():
+        return {}
+    endpoints = Endpoints.read(state_dir)
+    return {name: endpoints.port(name) for name in Endpoints.__dataclass_fields__}
