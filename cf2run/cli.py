@@ -1,0 +1,75 @@
+"""The `cf2run` command line.
+
+    cf2run migrate MANIFEST [--only NAME] [--target local|gcp]
+    cf2run demo
+    cf2run localcloud serve [--state-dir DIR]
+    cf2run localcloud logs SERVICE [--state-dir DIR]
+    cf2run localcloud token AUDIENCE [--state-dir DIR]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cf2run.cloud import default_localcloud_dir
+
+app = typer.Typer(help="Migrate Google Cloud Functions to Cloud Run with buildpacks, on Prefect.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+localcloud_app = typer.Typer(help="The embedded local cloud (Cloud Storage, Artifact Registry, "
+                                  "Cloud Build, Cloud Run on 127.0.0.1).", no_args_is_help=True)
+app.add_typer(localcloud_app, name="localcloud")
+
+StateDir = Annotated[Path | None, typer.Option(
+    "--state-dir", help="Where the local cloud keeps its state and endpoints.json "
+                        "[default: $CF2RUN_LOCALCLOUD_DIR or ~/.cf2run/localcloud].",
+    show_default=False)]
+
+
+@localcloud_app.command("serve")
+def localcloud_serve(state_dir: StateDir = None) -> None:
+    """Run the local cloud until interrupted; services that were serving come back."""
+    from cf2run.localcloud.server import LocalCloud
+
+    state_dir = state_dir or default_localcloud_dir()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with LocalCloud(state_dir=state_dir) as cloud:
+        for name, address in vars(cloud.endpoints).items():
+            typer.echo(f"{name:>10}  {address}")
+        typer.echo(f"endpoints written to {state_dir / 'endpoints.json'}; Ctrl-C to stop")
+        with contextlib.suppress(KeyboardInterrupt):
+            stop.wait()
+
+
+@localcloud_app.command("logs")
+def localcloud_logs(service: Annotated[str, typer.Argument(help="Cloud Run service name.")],
+                    state_dir: StateDir = None) -> None:
+    """Print what a local Cloud Run service's revisions wrote to stdout and stderr."""
+    path = (state_dir or default_localcloud_dir()) / "runtime" / "logs" / f"{service}.log"
+    if not path.exists():
+        raise typer.BadParameter(f"no logs for service {service!r} in {path.parent}",
+                                 param_hint="SERVICE")
+    typer.echo(path.read_text(errors="replace"), nl=False)
+
+
+@localcloud_app.command("token")
+def localcloud_token(audience: Annotated[str, typer.Argument(help="The service URL.")],
+                     state_dir: StateDir = None) -> None:
+    """Print an ID token for a private local service (curl -H "Authorization: Bearer TOKEN")."""
+    from cf2run.localcloud.metadata import TokenAuthority
+
+    typer.echo(TokenAuthority(state_dir or default_localcloud_dir()).mint(audience))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
