@@ -1,0 +1,105 @@
+"""migrate_function: one Cloud Function onto Cloud Run, step by step.
+
+    package_source -> submit_pack_build -> verify_image -> deploy_service -> smoke_test
+
+Each step is a Prefect task run named after the step and the function (`build[orders-api]`),
+retried only on transient errors and cached across flow runs on its content. The flow
+returns a `MigrationResult`; when a step fails the flow run ends Failed and the result says
+which step and why. The service URL and the build log are published as link artifacts.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
+from prefect.states import Completed, Failed, State
+
+from cf2run.results import MigrationResult
+from cf2run.spec import FunctionSpec, Target
+from tasks.build import submit_pack_build
+from tasks.deploy import deploy_service
+from tasks.package import package_source
+from tasks.smoke import smoke_test
+from tasks.verify import verify_image
+
+T = TypeVar("T")
+
+
+class _Steps:
+    """Runs steps in order, timing each and remembering which one is running."""
+
+    def __init__(self) -> None:
+        self.current: str | None = None
+        self.timings: dict[str, float] = {}
+
+    def run(self, name: str, step: Callable[..., T], *args: Any) -> T:
+        self.current = name
+        started = time.monotonic()
+        try:
+            return step(*args)
+        finally:
+            self.timings[name] = round(time.monotonic() - started, 3)
+
+
+@flow(name="migrate-function", flow_run_name="migrate[{spec.name}]", log_prints=False)
+def migrate_function(spec: FunctionSpec, target: Target | None = None) -> State[MigrationResult]:
+    """Migrate one function: package, pack build, verify, deploy, smoke test."""
+    target = target or Target()
+    logger = get_run_logger()
+    steps = _Steps()
+    result = MigrationResult(function=spec.name, status="failed")
+    try:
+        archive = steps.run("package", package_source, spec, target)
+        built = steps.run("build", submit_pack_build, spec, target, archive)
+        result.digest, result.build_cached = built.digest, built.cached
+        _publish_link(spec, "build-log", built.log_url, "Cloud Build log")
+        image = steps.run("verify", verify_image, spec, target, built)
+        deployment = steps.run("deploy", deploy_service, spec, target, image)
+        result.url, result.revision = deployment.url, deployment.revision
+        _publish_link(spec, "url", deployment.url, "Cloud Run service URL")
+        smoke = steps.run("smoke", smoke_test, spec, target, deployment)
+        result.status = "succeeded"
+        result.message = f"smoke test answered {smoke.status} in {smoke.latency_s:.2f}s"
+    except Exception as error:
+        result.failed_step, result.message = steps.current, str(error)
+        logger.error("%s failed at %s: %s", spec.name, steps.current, error)
+    result.timings = steps.timings
+    create_markdown_artifact(markdown=summary(result), key=_key(spec, "summary"),
+                             description=f"Migration of {spec.name}")
+    if result.status == "failed":
+        return Failed(message=f"{spec.name}: {result.failed_step} failed: {result.message}",
+                      data=result)
+    return Completed(message=f"{spec.name} serves at {result.url}", data=result)
+
+
+def summary(result: MigrationResult) -> str:
+    """A short markdown report of one migration."""
+    lines = [f"## {result.function}: {result.status}", ""]
+    if result.failed_step:
+        lines += [f"**Failed step:** `{result.failed_step}`", "", f"> {result.message}", ""]
+    lines += ["| | |", "|---|---|",
+              f"| URL | {result.url or '-'} |",
+              f"| Image digest | `{result.digest or '-'}` |",
+              f"| Revision | {result.revision or '-'} |",
+              f"| Build | {_build_note(result.build_cached)} |"]
+    lines += [f"| {step} | {seconds:.2f}s |" for step, seconds in result.timings.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _build_note(cached: bool | None) -> str:
+    return {None: "-", True: "cached (image already built)", False: "built"}[cached]
+
+
+def _publish_link(spec: FunctionSpec, what: str, link: str | None, text: str) -> None:
+    if link:
+        create_link_artifact(link=link, link_text=text, key=_key(spec, what))
+
+
+def _key(spec: FunctionSpec, what: str) -> str:
+    """Artifact keys may hold only lowercase letters, digits and dashes."""
+    return re.sub(r"[^a-z0-9-]", "-", f"{spec.name.lower()}-{what}")
