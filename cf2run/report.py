@@ -1,0 +1,42 @@
+"""Run migrations from the command line and print what happened, one row per function."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from rich.console import Console
+from rich.table import Table
+
+from cf2run.results import MigrationResult
+from cf2run.spec import FunctionSpec, Target
+
+
+def migrate_each(functions: Iterable[FunctionSpec], target: Target) -> list[MigrationResult]:
+    """Run the migrate-function flow for each function, one after another."""
+    from flows.migrate_function import migrate_function
+
+    results = []
+    for spec in functions:
+        state = migrate_function(spec, target, return_state=True)
+        result = state.result(raise_on_failure=False)
+        if not isinstance(result, MigrationResult):  # the flow itself crashed
+            result = MigrationResult(function=spec.name, status="failed", failed_step="flow",
+                                     message=str(result or state.message))
+        results.append(result)
+    return results
+
+
+def results_table(results: list[MigrationResult], title: str = "Migrations") -> Table:
+    table = Table(title=title)
+    for column in ("function", "status", "URL", "smoke / error", "build", "time"):
+        table.add_column(column)
+    for r in results:
+        status = "[green]ok[/]" if r.status == "succeeded" else f"[red]failed at {r.failed_step}[/]"
+        build = {None: "-", True: "cached", False: "built"}[r.build_cached]
+        table.add_row(r.function, status, r.url or "-", r.message or "-", build,
+                      f"{sum(r.timings.values()):.1f}s")
+    return table
+
+
+def print_results(results: list[MigrationResult], title: str = "Migrations") -> None:
+    Console().print(results_table(results, title))
