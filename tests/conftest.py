@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterator
+
+# Prefect keeps results (the cross-run cache) and its database under PREFECT_HOME: give the
+# test session its own, so tests neither see nor leave a user's cache. Set before any import
+# of prefect.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="cf2run-test-prefect-")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 import pytest
 
@@ -31,3 +39,12 @@ def knobs(localcloud: LocalCloud) -> Iterator[LocalCloudSettings]:
 def cloud(localcloud: LocalCloud) -> Cloud:
     """The official Google clients, pointed at the session's local cloud."""
     return Cloud.local(localcloud.endpoints)
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[None]:
+    """A temporary Prefect server for tests that run flows (about 10 s to start)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
