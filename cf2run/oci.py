@@ -399,10 +399,9 @@ class RegistryClient:
             try:
                 response = self._http.request(method, url, headers=headers, content=content)
             except httpx.HTTPError as exc:
-                error = RegistryError(f"{what} for {ref}: cannot reach the registry at {url}: {exc}",
-                                      hint="check the network and the registry address")
-                error.transient = True
-                raise error from exc
+                raise RegistryError(
+                    f"{what} for {ref}: cannot reach the registry at {url}: {exc}", transient=True,
+                    hint="check the network and the registry address") from exc
             challenge = _parse_bearer_challenge(response.headers.get("WWW-Authenticate", ""))
             if response.status_code == 401 and challenge and attempt == 0:
                 token = self._fetch_token(challenge, ref)
@@ -430,9 +429,8 @@ class RegistryClient:
         try:
             response = self._http.get(url, headers=headers)
         except httpx.HTTPError as exc:
-            error = RegistryError(f"token request for {ref} to {challenge.realm} failed: {exc}")
-            error.transient = True
-            raise error from exc
+            raise RegistryError(f"token request for {ref} to {challenge.realm} failed: {exc}",
+                                transient=True) from exc
         if response.status_code != 200:
             code, message = _error_detail(response)
             raise RegistryError(f"token request for {ref}: HTTP {response.status_code}: {message}",
