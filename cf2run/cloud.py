@@ -19,7 +19,10 @@ import grpc
 import httpx
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials, Credentials
-from google.cloud import run_v2, storage
+from google.cloud import (
+    run_v2,
+    storage,  # type: ignore[attr-defined]
+)
 from google.cloud.devtools import cloudbuild_v1
 from google.cloud.devtools.cloudbuild_v1.services.cloud_build.transports import (
     CloudBuildGrpcTransport,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 # Prefect keeps results (the cross-run cache) and its database under PREFECT_HOME: give the
 # test session its own, so tests neither see nor leave a user's cache. Set before any import
@@ -15,13 +16,17 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 import pytest
 
 from cf2run.cloud import Cloud
-from cf2run.localcloud.server import LocalCloud
 from cf2run.localcloud.settings import LocalCloudSettings
+
+if TYPE_CHECKING:
+    from cf2run.localcloud.server import LocalCloud
 
 
 @pytest.fixture(scope="session")
 def localcloud() -> Iterator[LocalCloud]:
     """A running local cloud (ephemeral state dir) shared by the whole session."""
+    from cf2run.localcloud.server import LocalCloud
+
     with LocalCloud(settings=LocalCloudSettings()) as cloud:
         yield cloud
 

@@ -1,0 +1,87 @@
+"""What each pipeline step returns: small Pydantic models.
+
+They are what Prefect persists (and caches across flow runs), what the next step takes,
+and what the report shows. No clients, no secrets.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cf2run.oci import ImageRef
+
+
+class _Result(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SourceArchive(_Result):
+    """The function's source as a deterministic .tgz in Cloud Storage (package step)."""
+
+    uri: str = Field(description="gs://BUCKET/OBJECT of the archive.")
+    bucket: str = Field(description="Cloud Storage bucket holding the archive.")
+    object_name: str = Field(description="Object name inside the bucket.")
+    generation: int = Field(description="Object generation (pins the exact bytes Cloud Build reads).")
+    sha256: str = Field(description="Hex sha256 of the archive bytes.")
+    files: int = Field(description="Number of files (and symlinks) in the archive.")
+    bytes: int = Field(description="Size of the archive in bytes.")
+
+
+class BuiltImage(_Result):
+    """The image the pack build produced in Artifact Registry (build step)."""
+
+    image: str = Field(description="Image reference by tag: REGION-docker.pkg.dev/PROJECT/REPO/NAME:TAG.")
+    digest: str = Field(description="Manifest digest, sha256:...")
+    build_id: str | None = Field(
+        default=None, description="Cloud Build id; None when an existing image was reused.")
+    log_url: str | None = Field(default=None, description="Cloud Build log URL, when a build ran.")
+    cached: bool = Field(description="True when the tag already existed and no build ran.")
+
+    @property
+    def by_digest(self) -> str:
+        """``host/repository@sha256:...``: the immutable reference Cloud Run deploys."""
+        return f"{ImageRef.parse(self.image).name}@{self.digest}"
+
+
+class VerifiedImage(_Result):
+    """What the registry says about the built image (verify step)."""
+
+    image: str = Field(description="Image reference by digest.")
+    digest: str = Field(description="Manifest digest, sha256:...")
+    platform: str = Field(description="os/architecture from the image config, e.g. linux/amd64.")
+    web_process: str = Field(description="Command of the buildpack 'web' process.")
+
+
+class Deployment(_Result):
+    """The Cloud Run service serving the image (deploy step)."""
+
+    service: str = Field(description="Full resource name: projects/P/locations/R/services/S.")
+    revision: str = Field(description="Revision serving the image (short name).")
+    url: str = Field(description="Service URL.")
+    digest: str = Field(description="Image digest the revision runs.")
+    changed: bool = Field(description="False when the service already served this digest and settings.")
+
+
+class SmokeResult(_Result):
+    """How the service answered the smoke request (smoke step)."""
+
+    status: int = Field(description="HTTP status of the final answer.")
+    latency_s: float = Field(description="Seconds the final request took.")
+    excerpt: str = Field(description="Beginning of the response body.")
+    attempts: int = Field(description="Requests made until the answer (cold starts retry).")
+
+
+class MigrationResult(_Result):
+    """One function's migration, as the flow returns it and the report shows it."""
+
+    function: str = Field(description="Function (service) name.")
+    status: Literal["succeeded", "failed"] = Field(description="Outcome of the migration.")
+    failed_step: str | None = Field(default=None, description="Step that failed (package, build, ...).")
+    message: str | None = Field(default=None, description="What went wrong and what to do.")
+    url: str | None = Field(default=None, description="Service URL, when deployed.")
+    digest: str | None = Field(default=None, description="Image digest, when built.")
+    revision: str | None = Field(default=None, description="Serving revision, when deployed.")
+    build_cached: bool | None = Field(default=None, description="True when the build was skipped.")
+    timings: dict[str, float] = Field(default_factory=dict, description="Seconds per step.")

@@ -1,0 +1,650 @@
+"""What to migrate and where: `FunctionSpec`, `SmokeRequest`, `Target`, `Manifest`.
+
+These Pydantic models are the boundary users touch: the YAML manifest, the CLI flags and
+the Prefect UI form (which shows every field's description). They reject, before any cloud
+call, what Google would reject later (REFERENCE.md §4, §1), with messages that name the
+field and say what to do.
+
+    manifest = load_manifest(Path("examples/manifest.yaml"), only=["orders-api"])
+    for spec in manifest.functions:
+        ...  # spec.name, spec.runtime, spec.effective_cpu, manifest.target.bucket
+"""
+
+from __future__ import annotations
+
+import difflib
+import keyword
+import re
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from cf2run.errors import SpecError
+
+Runtime = Literal[
+    "python38", "python39", "python310", "python311", "python312", "python313",
+    "nodejs16", "nodejs18", "nodejs20", "nodejs22",
+]
+SignatureType = Literal["http", "event", "cloudevent"]
+HttpMethod = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+Ingress = Literal["all", "internal-only", "internal-and-gclb"]
+
+#: Cloud Run sets these itself; the v2 API refuses them in `containers[].env` (REFERENCE §4).
+RESERVED_ENV = frozenset({"PORT", "K_SERVICE", "K_REVISION", "K_CONFIGURATION"})
+#: Build env names cf2run derives from spec fields (REFERENCE §2); setting them twice would conflict.
+DERIVED_BUILD_ENV = {
+    "GOOGLE_FUNCTION_TARGET": "entry_point",
+    "GOOGLE_FUNCTION_SIGNATURE_TYPE": "signature_type",
+    "GOOGLE_RUNTIME": "runtime",
+    "GOOGLE_RUNTIME_VERSION": "runtime",
+    "GOOGLE_PYTHON_VERSION": "runtime",
+    "GOOGLE_NODEJS_VERSION": "runtime",
+}
+#: gen1 memory tiers (MiB) and the CPU that came with each (REFERENCE §5).
+GEN1_CPU_BY_MEMORY_MIB = {128: "0.083", 256: "0.167", 512: "0.333", 1024: "0.583",
+                          2048: "1", 4096: "2", 8192: "2"}
+#: Cloud Run's minimum vCPU above a memory size (MiB): REFERENCE §4 plus Cloud Run's memory limits.
+MIN_CPU_ABOVE_MEMORY_MIB = ((512, 0.5), (1024, 1.0), (4096, 2.0), (8192, 4.0), (16384, 6.0),
+                            (24576, 8.0))
+MEMORY_MIB_RANGE = (128, 32768)
+CPU_RANGE = (0.08, 8.0)
+WHOLE_CPUS_ABOVE_ONE = (2.0, 4.0, 6.0, 8.0)
+DEFAULT_BUILDER = "gcr.io/buildpacks/builder:google-22"
+
+SERVICE_NAME_RE = re.compile(r"^[a-z](?:[a-z0-9-]{0,47}[a-z0-9])?$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+JS_IDENTIFIER_RE = re.compile(r"^[A-Za-z_$][A-Za-z0-9_$]*$")
+LABEL_KEY_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+LABEL_VALUE_RE = re.compile(r"^[a-z0-9_-]{0,63}$")
+PROJECT_RE = re.compile(r"^(?:[a-z][a-z0-9.-]*[a-z0-9]:)?[a-z][a-z0-9-]{4,28}[a-z0-9]$")
+REGION_RE = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
+REPOSITORY_RE = re.compile(r"^[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$")
+SERVICE_ACCOUNT_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+QUANTITY_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?$")
+CPU_RE = re.compile(r"^(?:([0-9]+(?:\.[0-9]+)?)|([0-9]+)m)$")
+QUANTITY_UNITS = {None: 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
+                  "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+
+def memory_mib(quantity: str) -> float:
+    """The size in MiB of a Kubernetes memory quantity such as ``512Mi`` or ``1Gi``."""
+    match = QUANTITY_RE.match(quantity)
+    if not match:
+        raise ValueError(f"memory {quantity!r} is not a Kubernetes quantity; write it like '512Mi' or '2Gi'")
+    return float(match.group(1)) * QUANTITY_UNITS[match.group(2)] / 2**20
+
+
+def cpu_cores(quantity: str) -> float:
+    """The vCPUs of a Cloud Run CPU limit such as ``1``, ``0.5`` or ``500m``."""
+    match = CPU_RE.match(quantity)
+    if not match:
+        raise ValueError(f"cpu {quantity!r} is not a CPU quantity; write it like '1', '0.5' or '500m'")
+    return float(match.group(1)) if match.group(1) else int(match.group(2)) / 1000
+
+
+def _check_env_names(env: dict[str, str], field: str) -> None:
+    for name in env:
+        if not ENV_NAME_RE.match(name):
+            raise ValueError(f"{field} name {name!r} is not a valid environment variable name; use "
+                             "letters, digits and '_', not starting with a digit")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_by_name=True, validate_by_alias=True)
+
+
+class SmokeRequest(_Model):
+    """The HTTP request that proves a migrated function works, and what it must answer."""
+
+    method: HttpMethod = Field(default="GET", description="HTTP method of the smoke request.")
+    path: str = Field(default="/", description="Path (and query string) on the service URL; starts with '/'.")
+    body: str | None = Field(
+        default=None, description="Raw request body (text). Mutually exclusive with `json`.")
+    json_body: Any | None = Field(
+        default=None, alias="json",
+        description="Request body sent as JSON (Content-Type: application/json). "
+                    "Mutually exclusive with `body`.")
+    headers: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra request headers, e.g. CloudEvents binary-mode `ce-*` headers.")
+    expect_status: int = Field(
+        default=200, ge=100, le=599, description="HTTP status the service must answer.")
+    expect_body: str | None = Field(
+        default=None, description="Text the response body must contain (substring); unset = any body.")
+    deadline_s: float = Field(
+        default=60, gt=0, le=3600,
+        description="Seconds to keep retrying connection errors, 429 and 5xx (cold starts) before failing.")
+
+    @field_validator("path")
+    @classmethod
+    def _path_is_absolute(cls, path: str) -> str:
+        if not path.startswith("/"):
+            raise ValueError(f"path {path!r} must start with '/', e.g. '/{path}'")
+        return path
+
+    @model_validator(mode="after")
+    def _one_body(self) -> SmokeRequest:
+        if self.body is not None and self.json_body is not None:
+            raise ValueError("smoke request sets both `body` and `json`; keep only one of them")
+        return self
+
+
+class FunctionSpec(_Model):
+    """One Cloud Function to migrate: its source, how to build it and how Cloud Run should run it."""
+
+    name: str = Field(
+        description="Cloud Run service name (and image name): lowercase letters, digits and '-', "
+                    "starts with a letter, does not end with '-', fewer than 50 characters.")
+    source: Path = Field(
+        description="Directory with the function's source (only the function body: main.py or "
+                    "index.js plus requirements.txt / package.json). Relative paths are relative "
+                    "to the manifest's directory.")
+    runtime: Runtime = Field(
+        description="Cloud Functions runtime id, e.g. 'python312' or 'nodejs20'; gives the "
+                    "buildpack language and version.")
+    entry_point: str = Field(
+        description="Name of the function in the source to serve (GOOGLE_FUNCTION_TARGET).")
+    signature_type: SignatureType = Field(
+        default="http",
+        description="Functions Framework signature: 'http' (request/response), 'event' (legacy "
+                    "background (data, context)) or 'cloudevent'.")
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Runtime environment variables of the service (PORT, K_SERVICE, K_REVISION "
+                    "and K_CONFIGURATION are set by Cloud Run and cannot be given).")
+    build_env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Build-time environment variables passed to the buildpacks as pack --env "
+                    "(gen1 buildEnvironmentVariables).")
+    memory: str = Field(
+        default="256Mi",
+        description="Memory limit as a Kubernetes quantity (gen1 tiers: 128Mi, 256Mi, 512Mi, 1Gi, "
+                    "2Gi, 4Gi, 8Gi); 128Mi to 32Gi.")
+    cpu: str | None = Field(
+        default=None,
+        description="vCPU limit ('0.5', '1', '2', '500m'); unset = the CPU gen1 gave this memory "
+                    "tier (128Mi .083, 256Mi .167, 512Mi .333, 1Gi .583, 2Gi 1, 4Gi 2, 8Gi 2).")
+    timeout_s: int = Field(default=60, ge=1, le=3600, description="Request timeout in seconds (1 to 3600).")
+    concurrency: int = Field(
+        default=1, ge=1, le=1000,
+        description="Concurrent requests per instance; gen1 served one at a time (1). More than "
+                    "1 needs at least 1 vCPU.")
+    min_instances: int = Field(default=0, ge=0, le=1000, description="Minimum number of instances kept warm.")
+    max_instances: int | None = Field(
+        default=None, ge=1, le=1000, description="Maximum number of instances; unset = Cloud Run's default.")
+    service_account: str | None = Field(
+        default=None,
+        description="Service account email the service runs as (gen1 used "
+                    "PROJECT@appspot.gserviceaccount.com); unset = Cloud Run's default.")
+    ingress: Ingress = Field(
+        default="all",
+        description="Who may reach the service: 'all', 'internal-only' or 'internal-and-gclb'.")
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="Labels on the service (keys: lowercase letter first, then lowercase letters, "
+                    "digits, '_' or '-'; at most 63 characters each).")
+    allow_unauthenticated: bool = Field(
+        default=False, description="Make the service public (allUsers may invoke it). Private by default.")
+    smoke: SmokeRequest = Field(
+        default_factory=lambda: SmokeRequest(), description="The request that checks the deployed service.")
+
+    @field_validator("name")
+    @classmethod
+    def _service_name(cls, name: str) -> str:
+        if not SERVICE_NAME_RE.match(name):
+            raise ValueError(
+                f"{name!r} is not a valid Cloud Run service name; use lowercase letters, digits and "
+                "'-', start with a letter, do not end with '-', fewer than 50 characters")
+        return name
+
+    @field_validator("source")
+    @classmethod
+    def _source_dir(cls, source: Path, info: ValidationInfo) -> Path:
+        base = Path((info.context or {}).get("base_dir") or Path.cwd())
+        resolved = (base / source.expanduser()).resolve()
+        if not resolved.is_dir():
+            what = "is not a directory" if resolved.exists() else "does not exist"
+            raise ValueError(f"source directory {str(source)!r} ({resolved}) {what}; point it at the "
+                             "function's source directory (relative paths start at the manifest's "
+                             "directory)")
+        return resolved
+
+    @field_validator("entry_point")
+    @classmethod
+    def _entry_point(cls, entry_point: str, info: ValidationInfo) -> str:
+        runtime = str(info.data.get("runtime", ""))
+        if runtime.startswith("python"):
+            if not entry_point.isidentifier() or keyword.iskeyword(entry_point):
+                raise ValueError(f"entry_point {entry_point!r} is not a Python identifier; give the "
+                                 "name of the function defined in main.py")
+        elif not JS_IDENTIFIER_RE.match(entry_point):
+            raise ValueError(f"entry_point {entry_point!r} is not a JavaScript identifier; give the "
+                             "name of the exported function")
+        return entry_point
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, env: dict[str, str]) -> dict[str, str]:
+        _check_env_names(env, "env")
+        reserved = sorted(RESERVED_ENV & env.keys())
+        if reserved:
+            raise ValueError(f"env sets {', '.join(reserved)}, which Cloud Run reserves and sets "
+                             "itself; remove it (read it at run time instead)")
+        return env
+
+    @field_validator("build_env")
+    @classmethod
+    def _build_env(cls, build_env: dict[str, str]) -> dict[str, str]:
+        _check_env_names(build_env, "build_env")
+        derived = sorted(DERIVED_BUILD_ENV.keys() & build_env.keys())
+        if derived:
+            source = DERIVED_BUILD_ENV[derived[0]]
+            raise ValueError(f"build_env sets {derived[0]}, which cf2run derives from the `{source}` "
+                             f"field; remove it and set `{source}` instead")
+        return build_env
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, memory: str) -> str:
+        low, high = MEMORY_MIB_RANGE
+        if not low <= memory_mib(memory) <= high:
+            raise ValueError(f"memory {memory!r} is outside Cloud Run's range 128Mi..32Gi")
+        return memory
+
+    @field_validator("cpu")
+    @classmethod
+    def _cpu(cls, cpu: str | None) -> str | None:
+        if cpu is None:
+            return None
+        cores = cpu_cores(cpu)
+        low, high = CPU_RANGE
+        if not low <= cores <= high or (cores > 1 and cores not in WHOLE_CPUS_ABOVE_ONE):
+            raise ValueError(f"cpu {cpu!r} is not a Cloud Run CPU limit; use a value from 0.08 to 1, "
+                             "or 2, 4, 6 or 8")
+        return cpu
+
+    @field_validator("service_account")
+    @classmethod
+    def _service_account(cls, email: str | None) -> str | None:
+        if email is not None and not SERVICE_ACCOUNT_RE.match(email):
+            raise ValueError(f"service_account {email!r} is not an email address; give the service "
+                             "account's email, e.g. NAME@PROJECT.iam.gserviceaccount.com")
+        return email
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, labels: dict[str, str]) -> dict[str, str]:
+        if len(labels) > 64:
+            raise ValueError(f"{len(labels)} labels given; Google allows at most 64")
+        for key, value in labels.items():
+            if not LABEL_KEY_RE.match(key):
+                raise ValueError(f"label key {key!r} is invalid; start with a lowercase letter and use "
+                                 "lowercase letters, digits, '_' and '-', at most 63 characters")
+            if not LABEL_VALUE_RE.match(value):
+                raise ValueError(f"label {key!r} has invalid value {value!r}; use lowercase letters, "
+                                 "digits, '_' and '-', at most 63 characters")
+        return labels
+
+    @model_validator(mode="after")
+    def _cloud_run_rules(self) -> FunctionSpec:
+        if self.max_instances is not None and self.max_instances < self.min_instances:
+            raise ValueError(f"max_instances ({self.max_instances}) is below min_instances "
+                             f"({self.min_instances}); raise max_instances or lower min_instances")
+        mib = memory_mib(self.memory)
+        if self.cpu is None and mib > max(GEN1_CPU_BY_MEMORY_MIB):
+            raise ValueError(f"memory {self.memory} is above gen1's 8Gi tier, so there is no gen1 CPU "
+                             "for it; set cpu explicitly (at least 4 above 8Gi)")
+        cores = self.cpu_cores
+        shown = f"cpu {self.effective_cpu}" + ("" if self.cpu else f" (gen1's CPU for {self.memory})")
+        if cores < 1 and self.concurrency > 1:
+            raise ValueError(f"concurrency {self.concurrency} with {shown}: below 1 vCPU Cloud Run "
+                             "serves one request at a time; set concurrency: 1 or cpu: '1'")
+        for above_mib, needed in MIN_CPU_ABOVE_MEMORY_MIB:
+            if mib > above_mib and cores < needed:
+                raise ValueError(f"memory {self.memory} with {shown}: Cloud Run needs at least "
+                                 f"{needed:g} vCPU above {above_mib}Mi; set cpu: '{needed:g}' or "
+                                 "lower memory")
+        return self
+
+    @property
+    def effective_cpu(self) -> str:
+        """The CPU limit Cloud Run gets: `cpu`, else what gen1 gave this memory tier."""
+        if self.cpu is not None:
+            return self.cpu
+        mib = memory_mib(self.memory)
+        tiers = [tier for tier in GEN1_CPU_BY_MEMORY_MIB if tier >= mib] or [max(GEN1_CPU_BY_MEMORY_MIB)]
+        tier = min(tiers)
+        return GEN1_CPU_BY_MEMORY_MIB[tier]
+
+    @property
+    def cpu_cores(self) -> float:
+        """`effective_cpu` as a number of vCPUs."""
+        return cpu_cores(self.effective_cpu)
+
+    @property
+    def language(self) -> Literal["python", "nodejs"]:
+        """Buildpack language (GOOGLE_RUNTIME): 'python' or 'nodejs'."""
+        return "python" if self.runtime.startswith("python") else "nodejs"
+
+    @property
+    def runtime_version(self) -> str:
+        """Language version (GOOGLE_RUNTIME_VERSION): 'python312' -> '3.12', 'nodejs20' -> '20'."""
+        digits = self.runtime.removeprefix(self.language)
+        return f"{digits[0]}.{digits[1:]}" if self.language == "python" else digits
+
+
+class Target(_Model):
+    """Where functions are migrated to: the embedded local cloud or a real GCP project."""
+
+    kind: Literal["local", "gcp"] = Field(
+        default="local", description="'local' = the embedded local cloud on 127.0.0.1; 'gcp' = Google Cloud.")
+    project: str = Field(default="local-project", description="Google Cloud project id.")
+    region: str = Field(
+        default="us-central1", description="Region for Cloud Build, Artifact Registry and Cloud Run.")
+    repository: str = Field(
+        default="cf2run", description="Artifact Registry Docker repository that receives the images.")
+    staging_bucket: str | None = Field(
+        default=None,
+        description="Cloud Storage bucket for source archives; unset = PROJECT_cloudbuild as gcloud "
+                    "uses (':' and '.' in the project become '_').")
+    builder: str = Field(
+        default=DEFAULT_BUILDER,
+        description="Buildpacks builder image, pinned to a tag or digest (e.g. "
+                    "gcr.io/buildpacks/builder:google-22); ':latest' is refused.")
+    build_timeout_s: int = Field(default=1200, ge=60, le=86400, description="Cloud Build timeout in seconds.")
+    credentials_block: str | None = Field(
+        default=None,
+        description="Name of a prefect-gcp GcpCredentials block; unset = Application Default Credentials.")
+    localcloud_dir: Path | None = Field(
+        default=None,
+        description="For kind 'local': directory holding the local cloud's endpoints.json; unset = "
+                    "$CF2RUN_LOCALCLOUD_DIR, else ~/.cf2run/localcloud.")
+
+    @field_validator("project")
+    @classmethod
+    def _project(cls, project: str) -> str:
+        if not PROJECT_RE.match(project):
+            raise ValueError(f"{project!r} is not a Google Cloud project id; use 6 to 30 lowercase "
+                             "letters, digits and '-', starting with a letter")
+        return project
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, region: str) -> str:
+        if not REGION_RE.match(region):
+            raise ValueError(f"{region!r} is not a Google Cloud region; write it like 'us-central1'")
+        return region
+
+    @field_validator("repository")
+    @classmethod
+    def _repository(cls, repository: str) -> str:
+        if not REPOSITORY_RE.match(repository):
+            raise ValueError(f"{repository!r} is not an Artifact Registry repository id; use lowercase "
+                             "letters, digits and '-', starting with a letter")
+        return repository
+
+    @field_validator("staging_bucket")
+    @classmethod
+    def _staging_bucket(cls, bucket: str | None) -> str | None:
+        if bucket is not None and not BUCKET_RE.match(bucket.removeprefix("gs://")):
+            raise ValueError(f"{bucket!r} is not a Cloud Storage bucket name; use 3 to 63 lowercase "
+                             "letters, digits, '-', '_' and '.' (without gs://)")
+        return None if bucket is None else bucket.removeprefix("gs://")
+
+    @field_validator("builder")
+    @classmethod
+    def _pinned_builder(cls, builder: str) -> str:
+        last = builder.rsplit("/", 1)[-1]
+        tag = last.partition(":")[2] if ":" in last else None
+        if "@sha256:" not in builder and tag in (None, "latest"):
+            raise ValueError(
+                f"builder {builder!r} is not pinned; ':latest' has moved between stacks "
+                "(google-22 -> google-24), so the same source could build differently. Use a fixed "
+                f"tag such as {DEFAULT_BUILDER!r} or 'gcr.io/buildpacks/builder:google-24'")
+        return builder
+
+    @model_validator(mode="after")
+    def _gcp_needs_project(self) -> Target:
+        if self.kind == "gcp" and self.project == "local-project":
+            raise ValueError("target kind 'gcp' needs your Google Cloud project; set target.project")
+        return self
+
+    @property
+    def bucket(self) -> str:
+        """Bucket for source archives: `staging_bucket`, else gcloud's ``PROJECT_cloudbuild``."""
+        if self.staging_bucket:
+            return self.staging_bucket
+        return self.project.replace(":", "_").replace(".", "_") + "_cloudbuild"
+
+    @property
+    def registry_host(self) -> str:
+        """Artifact Registry Docker host for the region."""
+        return f"{self.region}-docker.pkg.dev"
+
+    def image_repository(self, name: str) -> str:
+        """``REGION-docker.pkg.dev/PROJECT/REPOSITORY/NAME`` (no tag)."""
+        return f"{self.registry_host}/{self.project.replace(':', '/')}/{self.repository}/{name}"
+
+
+class Manifest(_Model):
+    """A fleet of functions and the target they migrate to (the YAML manifest)."""
+
+    target: Target = Field(
+        default_factory=lambda: Target(), description="Where the functions are migrated to.")
+    defaults: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Function fields applied to every function; a function's own value wins "
+                    "(mappings such as env, labels and smoke are merged key by key).")
+    functions: list[FunctionSpec] = Field(min_length=1, description="The functions to migrate.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        defaults = data.get("defaults") or {}
+        functions = data.get("functions")
+        if not isinstance(defaults, Mapping) or not isinstance(functions, list):
+            return data
+        known = {key: value for key, value in defaults.items() if key in _field_names(FunctionSpec)}
+        merged = [_merge(known, item) if isinstance(item, Mapping) else item for item in functions]
+        return {**data, "functions": merged}
+
+    @field_validator("defaults")
+    @classmethod
+    def _known_defaults(cls, defaults: dict[str, Any]) -> dict[str, Any]:
+        for key in defaults:
+            if key == "name":
+                raise ValueError("defaults cannot set `name`; each function needs its own name")
+            if key not in _field_names(FunctionSpec):
+                raise ValueError(f"unknown field {key!r} in defaults{_did_you_mean(key, FunctionSpec)}")
+        return defaults
+
+    @field_validator("functions")
+    @classmethod
+    def _unique_names(cls, functions: list[FunctionSpec]) -> list[FunctionSpec]:
+        first: dict[str, int] = {}
+        for index, spec in enumerate(functions):
+            if spec.name in first:
+                raise ValueError(f"function name {spec.name!r} is used by functions[{first[spec.name]}] "
+                                 f"and functions[{index}]; service names must be unique, rename one")
+            first[spec.name] = index
+        return functions
+
+    def function(self, name: str) -> FunctionSpec:
+        """The function called `name` (SpecError if there is none)."""
+        for spec in self.functions:
+            if spec.name == name:
+                return spec
+        raise SpecError(f"no function named {name!r}", hint=f"known: {', '.join(self.names)}")
+
+    @property
+    def names(self) -> list[str]:
+        return [spec.name for spec in self.functions]
+
+
+# -- loading a manifest -----------------------------------------------------------------------
+
+
+def load_manifest(path: Path, *, only: Sequence[str] | None = None,
+                  target_kind: str | None = None) -> Manifest:
+    """Read and validate a YAML manifest; every problem is a SpecError naming file, function and field.
+
+    `only` keeps the named functions (all are validated); `target_kind` overrides `target.kind`.
+    Relative `source` paths are resolved against the manifest's directory.
+    """
+    shown = str(path)
+    data = _read_yaml(Path(path))
+    if not isinstance(data, dict):
+        raise SpecError(f"{shown}: the manifest must be a mapping with a `functions:` list "
+                        "(and optionally `target:` and `defaults:`)")
+    if target_kind is not None:
+        if target_kind not in get_args(Target.model_fields["kind"].annotation):
+            raise SpecError(f"--target {target_kind!r} is not a target kind; use 'local' or 'gcp'")
+        target = data.get("target") or {}
+        data = {**data, "target": {**target, "kind": target_kind} if isinstance(target, dict) else target}
+    try:
+        manifest = Manifest.model_validate(data, context={"base_dir": Path(path).resolve().parent})
+    except ValidationError as error:
+        raise SpecError(_explain(error, shown, data)) from None
+    if only:
+        unknown = [name for name in only if name not in manifest.names]
+        if unknown:
+            raise SpecError(f"{shown}: --only names {', '.join(map(repr, unknown))}, not in the manifest",
+                            hint=f"functions in the manifest: {', '.join(manifest.names)}")
+        manifest = manifest.model_copy(
+            update={"functions": [spec for spec in manifest.functions if spec.name in only]})
+    return manifest
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if isinstance(key, typing.Hashable) and key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} appears twice (first on line {seen[key]})", key_node.start_mark)
+        if isinstance(key, typing.Hashable):
+            seen[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"{path}: manifest not found", hint="give the path of a YAML manifest") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise SpecError(f"{path}: cannot read the manifest: {error}") from None
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: safe
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
+        raise SpecError(f"{path}: {where}: invalid YAML: {error.problem or error.context}",
+                        hint="check the indentation and quoting around that line") from None
+    except yaml.YAMLError as error:
+        raise SpecError(f"{path}: invalid YAML: {error}") from None
+
+
+def _explain(error: ValidationError, shown: str, data: Mapping[str, Any]) -> str:
+    """One line per problem: ``FILE: functions[1] (orders-api).memory: what is wrong; what to do``."""
+    lines = []
+    for problem in error.errors():
+        loc = problem["loc"]
+        lines.append(f"{shown}: {_where(loc, data)}: {_message(problem)}")
+    return "\n".join(lines)
+
+
+def _where(loc: tuple[int | str, ...], data: Mapping[str, Any]) -> str:
+    text = ""
+    functions = data.get("functions")
+    for position, part in enumerate(loc):
+        if isinstance(part, int):
+            text += f"[{part}]"
+            if position == 1 and loc[0] == "functions" and isinstance(functions, list):
+                item = functions[part] if part < len(functions) else None
+                name = item.get("name") if isinstance(item, Mapping) else None
+                if isinstance(name, str) and name:
+                    text += f" ({name})"
+        else:
+            text += f".{part}" if text else str(part)
+    return text or "manifest"
+
+
+def _message(problem: Any) -> str:
+    kind, loc, value = problem["type"], problem["loc"], problem.get("input")
+    field = loc[-1] if loc else "?"
+    if kind == "value_error":
+        return str(problem["msg"]).removeprefix("Value error, ")
+    if kind == "missing":
+        return f"required field `{field}` is missing; add it (to the function or to defaults)"
+    if kind == "extra_forbidden":
+        model = _model_at(Manifest, loc[:-1])
+        hint = _did_you_mean(str(field), model) if model else ""
+        return f"unknown field {field!r}{hint}"
+    message = str(problem["msg"])
+    if isinstance(value, str | int | float | bool) or value is None:
+        message += f" (got {value!r})"
+    return message
+
+
+def _model_at(model: type[BaseModel], loc: Sequence[int | str]) -> type[BaseModel] | None:
+    """The model class found by following `loc` (field names; list indexes skipped) from `model`."""
+    current = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = current.model_fields.get(part)
+        if field is None:
+            return None
+        annotation = field.annotation
+        if typing.get_origin(annotation) is list:
+            annotation = typing.get_args(annotation)[0]
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        current = annotation
+    return current
+
+
+def _field_names(model: type[BaseModel]) -> set[str]:
+    names = set(model.model_fields)
+    return names | {field.alias for field in model.model_fields.values() if field.alias}
+
+
+def _did_you_mean(key: str, model: type[BaseModel]) -> str:
+    close = difflib.get_close_matches(key, sorted(_field_names(model)), n=1)
+    if close:
+        return f"; did you mean {close[0]!r}?"
+    return f"; known fields: {', '.join(sorted(_field_names(model)))}"
+
+
+def _merge(defaults: Mapping[str, Any], own: Mapping[str, Any]) -> dict[str, Any]:
+    """`own` over `defaults`; where both are mappings, merged key by key (own wins)."""
+    merged = dict(defaults)
+    for key, value in own.items():
+        base = merged.get(key)
+        merged[key] = _merge(base, value) if isinstance(base, Mapping) and isinstance(value, Mapping) \
+            else value
+    return merged
+

@@ -1,0 +1,151 @@
+"""The Cloud Build request is the one `gcloud builds submit --pack` creates (REFERENCE §1)."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from google.cloud.devtools import cloudbuild_v1
+from google.protobuf import duration_pb2
+
+from cf2run.results import SourceArchive
+from cf2run.spec import FunctionSpec, Target
+from tasks.build import image_for, image_tag, pack_build_request
+
+SHA = "ab" * 32
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+BUILD_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")  # Cloud Build's rule for build tags
+DOCKER_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")  # OCI distribution's rule for image tags
+
+
+def node_spec(**overrides: Any) -> FunctionSpec:
+    fields = {"name": "hello-node", "source": str(EXAMPLES / "node-http"), "runtime": "nodejs20",
+              "entry_point": "helloHttp", "build_env": {"NODE_ENV": "production",
+                                                         "GOOGLE_LABEL_TEAM": "samples"}}
+    return FunctionSpec.model_validate({**fields, **overrides})
+
+
+def archive() -> SourceArchive:
+    name = f"source/hello-node-{SHA[:16]}.tgz"
+    return SourceArchive(uri=f"gs://local-project_cloudbuild/{name}", bucket="local-project_cloudbuild",
+                         object_name=name, generation=1716400000123456, sha256=SHA, files=3, bytes=812)
+
+
+def pack_step(*args: str) -> cloudbuild_v1.BuildStep:
+    return cloudbuild_v1.BuildStep(name="gcr.io/k8s-skaffold/pack", entrypoint="pack", args=list(args))
+
+
+def test_build_equals_the_gcloud_pack_build_field_by_field() -> None:
+    spec, target = node_spec(), Target()
+    image = image_for(spec, target, SHA)
+    build = pack_build_request(spec, target, archive(), image)
+
+    # "The build's source is `StorageSource(bucket, object, generation)`."
+    assert build.source.storage_source == cloudbuild_v1.StorageSource(
+        bucket="local-project_cloudbuild", object_=f"source/hello-node-{SHA[:16]}.tgz",
+        generation=1716400000123456)
+    # "1. name `gcr.io/k8s-skaffold/pack`, entrypoint `pack`, args `config default-builder B`"
+    #  (with the builder pinned instead of `:latest`: "Pin the builder").
+    assert build.steps[0] == pack_step("config", "default-builder", "gcr.io/buildpacks/builder:google-22")
+    # "2. name `gcr.io/k8s-skaffold/pack`, entrypoint `pack`, args `build IMAGE --network
+    #  cloudbuild --env K=V ...` (`--builder B` is appended when one is given; no `--path`,
+    #  no `--publish`)." Build env: REFERENCE §2 (target, signature type, runtime, version).
+    assert build.steps[1] == pack_step(
+        "build", image, "--network", "cloudbuild",
+        "--env", "GOOGLE_FUNCTION_TARGET=helloHttp",
+        "--env", "GOOGLE_FUNCTION_SIGNATURE_TYPE=http",
+        "--env", "GOOGLE_RUNTIME=nodejs",
+        "--env", "GOOGLE_RUNTIME_VERSION=20",
+        "--env", "GOOGLE_LABEL_TEAM=samples",   # then build_env, sorted by name
+        "--env", "NODE_ENV=production",
+        "--builder", "gcr.io/buildpacks/builder:google-22")
+    assert len(build.steps) == 2
+    assert "--path" not in build.steps[1].args and "--publish" not in build.steps[1].args
+    # "`images: [IMAGE]` — Cloud Build pushes it after the steps".
+    assert list(build.images) == [image]
+    assert image.startswith("us-central1-docker.pkg.dev/local-project/cf2run/hello-node:")
+    # "`timeout` unset → server default 10 minutes. Set it explicitly (`"1200s"`)."
+    assert build.timeout == timedelta(seconds=1200)  # proto-plus shows a Duration as a timedelta
+    # Tags naming the tool and the function, valid Cloud Build tags.
+    assert list(build.tags) == ["cf2run", "fn-hello-node"]
+    assert all(BUILD_TAG_RE.match(tag) for tag in build.tags)
+    # Nothing else: logging mode and options left to the service, as gcloud does.
+    assert "options" not in build
+    assert build.options.logging == cloudbuild_v1.BuildOptions.LoggingMode.LOGGING_UNSPECIFIED
+    set_fields = {field.name for field, _ in cloudbuild_v1.Build.pb(build).ListFields()}
+    assert set_fields == {"source", "steps", "images", "timeout", "tags"}
+
+    # The whole message, as one golden value.
+    assert build == cloudbuild_v1.Build(
+        source=cloudbuild_v1.Source(storage_source=build.source.storage_source),
+        steps=[build.steps[0], build.steps[1]], images=[image],
+        timeout=duration_pb2.Duration(seconds=1200), tags=["cf2run", "fn-hello-node"])
+
+
+def test_python_cloudevent_env_and_builder_from_target() -> None:
+    spec = FunctionSpec.model_validate({
+        "name": "storage-events", "source": str(EXAMPLES / "python-cloudevent"), "runtime": "python312",
+        "entry_point": "on_event", "signature_type": "cloudevent"})
+    target = Target(builder="gcr.io/buildpacks/builder:google-24", build_timeout_s=900)
+    build = pack_build_request(spec, target, archive(), "img:x")
+    assert list(build.steps[1].args) == [
+        "build", "img:x", "--network", "cloudbuild",
+        "--env", "GOOGLE_FUNCTION_TARGET=on_event",
+        "--env", "GOOGLE_FUNCTION_SIGNATURE_TYPE=cloudevent",
+        "--env", "GOOGLE_RUNTIME=python",
+        "--env", "GOOGLE_RUNTIME_VERSION=3.12",
+        "--builder", "gcr.io/buildpacks/builder:google-24"]
+    assert list(build.steps[0].args) == ["config", "default-builder", "gcr.io/buildpacks/builder:google-24"]
+    assert build.timeout == timedelta(seconds=900)
+
+
+def test_dollar_signs_are_escaped_for_cloud_build_substitutions() -> None:
+    # "`$` in build args is a substitution: escape as `$$`."
+    spec = node_spec(entry_point="$handler", build_env={"PRICE": "$5", "REF": "${PROJECT_ID}"})
+    args = list(pack_build_request(spec, Target(), archive(), "img:x").steps[1].args)
+    assert "GOOGLE_FUNCTION_TARGET=$$handler" in args
+    assert "PRICE=$$5" in args
+    assert "REF=$${PROJECT_ID}" in args
+    assert not any(re.search(r"(?<!\$)\$(?!\$)", arg) for arg in args)
+
+
+# -- the image tag: a function of the source and the build settings, nothing else -------------
+
+
+def test_tag_is_stable_and_valid() -> None:
+    tag = image_tag(node_spec(), Target(), SHA)
+    assert tag == image_tag(node_spec(), Target(), SHA)
+    assert DOCKER_TAG_RE.match(tag)
+    assert image_for(node_spec(), Target(), SHA).endswith(f"/hello-node:{tag}")
+
+
+@pytest.mark.parametrize(("spec_changes", "target_changes", "sha"), [
+    ({}, {}, "cd" * 32),                                              # the source
+    ({"runtime": "nodejs22"}, {}, SHA),
+    ({"entry_point": "other"}, {}, SHA),
+    ({"signature_type": "event"}, {}, SHA),
+    ({"build_env": {"NODE_ENV": "production"}}, {}, SHA),               # one build env removed
+    ({"build_env": {"NODE_ENV": "development", "GOOGLE_LABEL_TEAM": "samples"}}, {}, SHA),
+    ({}, {"builder": "gcr.io/buildpacks/builder:google-24"}, SHA),
+])
+def test_tag_changes_with_the_source_and_every_build_setting(
+        spec_changes: dict[str, Any], target_changes: dict[str, Any], sha: str) -> None:
+    base = image_tag(node_spec(), Target(), SHA)
+    assert image_tag(node_spec(**spec_changes), Target(**target_changes), sha) != base
+
+
+@pytest.mark.parametrize(("spec_changes", "target_changes"), [
+    ({"memory": "1Gi", "cpu": "1", "concurrency": 80, "timeout_s": 300}, {}),
+    ({"env": {"GREETING": "hi"}, "labels": {"team": "x"}, "allow_unauthenticated": True}, {}),
+    ({"min_instances": 1, "max_instances": 5, "ingress": "internal-only"}, {}),
+    ({"smoke": {"path": "/health"}}, {}),
+    ({"build_env": {"GOOGLE_LABEL_TEAM": "samples", "NODE_ENV": "production"}}, {}),  # same, reordered
+    ({}, {"build_timeout_s": 3600, "project": "another-project", "region": "europe-west1"}),
+])
+def test_tag_ignores_what_the_build_does_not_see(
+        spec_changes: dict[str, Any], target_changes: dict[str, Any]) -> None:
+    assert image_tag(node_spec(**spec_changes), Target(**target_changes), SHA) == \
+        image_tag(node_spec(), Target(), SHA)

@@ -1,0 +1,194 @@
+"""The source tarball: deterministic bytes and gcloud's ignore rules (REFERENCE §1)."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from google.api_core.client_options import ClientOptions
+from google.auth.credentials import AnonymousCredentials
+from google.cloud.storage import Client
+
+from cf2run.errors import Cf2RunError, SourceError
+from cf2run.localcloud.storage import StorageServer
+from tasks.package import make_tarball, upload_archive
+
+
+def tree(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root
+
+
+def members(source: Path) -> dict[str, tarfile.TarInfo]:
+    with tarfile.open(fileobj=io.BytesIO(make_tarball(source).data), mode="r:gz") as tar:
+        return {info.name: info for info in tar.getmembers()}
+
+
+def names(source: Path) -> list[str]:
+    return sorted(members(source))
+
+
+def test_same_tree_same_bytes_whatever_the_file_times(tmp_path: Path) -> None:
+    source = tree(tmp_path / "src", {"main.py": "x = 1\n", "lib/util.py": "y = 2\n", "requirements.txt": ""})
+    first = make_tarball(source)
+    for path in [source, *source.rglob("*")]:
+        os.utime(path, (1_000_000_000, 1_500_000_000))
+    second = make_tarball(source)
+    assert second.data == first.data
+    assert second.sha256 == first.sha256
+    (source / "main.py").write_text("x = 2\n")
+    assert make_tarball(source).sha256 != first.sha256
+
+
+def test_same_content_elsewhere_same_sha(tmp_path: Path) -> None:
+    files = {"index.js": "exports.f = () => 1;\n", "package.json": "{}\n"}
+    one = make_tarball(tree(tmp_path / "one", files))
+    two = make_tarball(tree(tmp_path / "elsewhere" / "two", dict(reversed(files.items()))))
+    assert one.sha256 == two.sha256
+    assert one.files == 2
+
+
+def test_entries_are_sorted_with_directories_and_root_ownership(tmp_path: Path) -> None:
+    # REFERENCE §1: directories added explicitly, uid/gid 0, owner root.
+    source = tree(tmp_path / "src", {"b.py": "", "a/z.py": "", "a/c.py": ""})
+    (source / "run.sh").write_text("#!/bin/sh\n")
+    (source / "run.sh").chmod(0o700)
+    (source / "b.py").chmod(0o600)
+    with tarfile.open(fileobj=io.BytesIO(make_tarball(source).data), mode="r:gz") as tar:
+        infos = tar.getmembers()
+    assert [info.name for info in infos] == ["a", "a/c.py", "a/z.py", "b.py", "run.sh"]
+    assert infos[0].isdir()
+    for info in infos:
+        assert (info.uid, info.gid, info.uname, info.gname, info.mtime) == (0, 0, "root", "root", 0)
+    modes = {info.name: info.mode for info in infos}
+    assert modes == {"a": 0o755, "a/c.py": 0o644, "a/z.py": 0o644, "b.py": 0o644, "run.sh": 0o755}
+
+
+def test_gzip_header_has_no_time_and_no_name(tmp_path: Path) -> None:
+    data = make_tarball(tree(tmp_path / "src", {"main.py": ""})).data
+    assert data[:2] == b"\x1f\x8b"
+    assert data[4:8] == b"\0\0\0\0"          # MTIME 0
+    assert data[3] & 0x08 == 0                # no FNAME
+    assert gzip.decompress(data)              # a valid gzip stream
+
+
+def test_gcloudignore_rules_apply_with_gitignore_semantics(tmp_path: Path) -> None:
+    source = tree(tmp_path / "src", {
+        ".gcloudignore": "# comment\n*.log\n!keep.log\nbuild/\n/secrets.txt\n",
+        "main.py": "", "debug.log": "", "keep.log": "", "build/out.py": "",
+        "secrets.txt": "", "sub/secrets.txt": "", "sub/trace.log": "",
+        ".gitignore": "main.py\n",  # not read: .gcloudignore takes precedence
+    })
+    assert names(source) == [".gcloudignore", ".gitignore", "keep.log", "main.py", "sub",
+                             "sub/secrets.txt"]
+
+
+def test_gcloudignore_include_of_gitignore(tmp_path: Path) -> None:
+    source = tree(tmp_path / "src", {
+        ".gcloudignore": ".gcloudignore\n#!include:.gitignore\n",
+        ".gitignore": "__pycache__/\n*.pyc\n",
+        "main.py": "", "__pycache__/main.cpython-311.pyc": "", "old.pyc": "",
+    })
+    assert names(source) == [".gitignore", "main.py"]
+
+
+def test_gcloudignore_include_of_missing_file_is_an_error(tmp_path: Path) -> None:
+    source = tree(tmp_path / "src", {".gcloudignore": "#!include:.gitignore\n", "main.py": ""})
+    with pytest.raises(SourceError, match=r"\.gcloudignore: #!include:\.gitignore: cannot read"):
+        make_tarball(source)
+
+
+def test_default_rules_in_a_git_checkout(tmp_path: Path) -> None:
+    # REFERENCE §1: no .gcloudignore, .git or .gitignore present -> .gcloudignore, .git,
+    # .gitignore plus .gitignore's lines are ignored.
+    source = tree(tmp_path / "src", {
+        ".git/HEAD": "ref: refs/heads/main\n", ".gitignore": "node_modules/\n.env\n",
+        "index.js": "", "node_modules/dep/index.js": "", ".env": "SECRET=1\n", ".eslintrc": "",
+    })
+    assert names(source) == [".eslintrc", "index.js"]
+
+
+def test_default_rules_with_only_a_git_directory(tmp_path: Path) -> None:
+    source = tree(tmp_path / "src", {".git/HEAD": "", "main.py": "", "notes.log": ""})
+    assert names(source) == ["main.py", "notes.log"]
+
+
+def test_no_ignore_file_means_everything_is_uploaded(tmp_path: Path) -> None:
+    source = tree(tmp_path / "src", {"main.py": "", "node_modules/x.js": "", "a.log": "", ".env": ""})
+    (source / "empty").mkdir()
+    assert names(source) == [".env", "a.log", "empty", "main.py", "node_modules", "node_modules/x.js"]
+
+
+def test_symlink_inside_the_tree_is_kept_as_a_link(tmp_path: Path) -> None:
+    source = tree(tmp_path / "src", {"main.py": "", "lib/real.py": ""})
+    (source / "alias.py").symlink_to("lib/real.py")
+    (source / "absolute.py").symlink_to(source / "lib" / "real.py")
+    found = members(source)
+    assert found["alias.py"].issym() and found["alias.py"].linkname == "lib/real.py"
+    # an absolute link into the tree is stored relative, so it works where the archive lands
+    assert found["absolute.py"].issym() and found["absolute.py"].linkname == "lib/real.py"
+
+
+@pytest.mark.parametrize("target", ["../../outside.py", "/etc/passwd"])
+def test_symlink_leaving_the_tree_is_refused(tmp_path: Path, target: str) -> None:
+    (tmp_path / "outside.py").write_text("")
+    source = tree(tmp_path / "src", {"main.py": ""})
+    (source / "lib").mkdir()
+    (source / "lib" / "escape.py").symlink_to(target)
+    with pytest.raises(SourceError, match=f"symlink lib/escape.py -> {target} points outside"):
+        make_tarball(source)
+
+
+def test_ignored_escaping_symlink_is_fine(tmp_path: Path) -> None:
+    source = tree(tmp_path / "src", {"main.py": "", ".gcloudignore": "venv/\n"})
+    (source / "venv").mkdir()
+    (source / "venv" / "python").symlink_to("/usr/bin/python3")
+    assert names(source) == [".gcloudignore", "main.py"]
+
+
+def test_missing_or_empty_source_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="does not exist"):
+        make_tarball(tmp_path / "nope")
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    with pytest.raises(SourceError, match="has no files to upload"):
+        make_tarball(tmp_path / "empty")
+    everything_ignored = tree(tmp_path / "ignored", {".gcloudignore": "*\n", "main.py": ""})
+    with pytest.raises(SourceError, match=r"check \.gcloudignore"):
+        make_tarball(everything_ignored)
+
+
+# -- upload: content-addressed, written once (if_generation_match=0), reused afterwards --------
+
+
+@pytest.fixture(scope="module")
+def gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
+    """The official storage client against the local cloud's Cloud Storage (fake-gcs-server)."""
+    with StorageServer(tmp_path_factory.mktemp("gcs")) as server:
+        yield Client(project="local-project", credentials=AnonymousCredentials(),
+                     client_options=ClientOptions(api_endpoint=server.url))
+
+
+def test_upload_creates_the_bucket_and_reuses_an_existing_object(tmp_path: Path, gcs: Client) -> None:
+    tarball = make_tarball(tree(tmp_path / "src", {"main.py": "def f(r):\n    return 'ok'\n"}))
+    name = f"source/fn-{tarball.sha256[:16]}.tgz"
+    first = upload_archive(gcs, "local-project_cloudbuild", name, tarball)
+    assert first.uri == f"gs://local-project_cloudbuild/{name}"
+    assert (first.sha256, first.files, first.bytes) == (tarball.sha256, 1, len(tarball.data))
+    assert gcs.bucket("local-project_cloudbuild").blob(name).download_as_bytes() == tarball.data
+    again = upload_archive(gcs, "local-project_cloudbuild", name, tarball)
+    assert again == first  # same generation: nothing was rewritten
+
+
+def test_an_object_with_other_content_under_the_name_is_an_error(tmp_path: Path, gcs: Client) -> None:
+    tarball = make_tarball(tree(tmp_path / "src", {"main.py": "x = 1\n"}))
+    gcs.create_bucket("clash-bucket").blob("source/clash.tgz").upload_from_string(b"other")
+    with pytest.raises(Cf2RunError, match="exists with other content"):
+        upload_archive(gcs, "clash-bucket", "source/clash.tgz", tarball)

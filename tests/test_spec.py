@@ -1,0 +1,246 @@
+"""Manifest and spec validation: what users see when a manifest is wrong, before any cloud call."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from cf2run.errors import SpecError
+from cf2run.spec import FunctionSpec, SmokeRequest, Target, load_manifest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def function(**overrides: Any) -> dict[str, Any]:
+    base = {"name": "orders-api", "source": "src", "runtime": "python312", "entry_point": "handle"}
+    return {**base, **overrides}
+
+
+def write_manifest(tmp_path: Path, data: dict[str, Any]) -> Path:
+    (tmp_path / "src").mkdir(exist_ok=True)
+    (tmp_path / "src" / "main.py").write_text("def handle(request):\n    return 'ok'\n")
+    path = tmp_path / "manifest.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def rejected(tmp_path: Path, data: dict[str, Any], **kwargs: Any) -> str:
+    path = write_manifest(tmp_path, data)
+    with pytest.raises(SpecError) as caught:
+        load_manifest(path, **kwargs)
+    return str(caught.value)
+
+
+# -- valid manifests --------------------------------------------------------------------------
+
+
+def test_examples_manifest_loads_with_sources_resolved_next_to_it() -> None:
+    manifest = load_manifest(EXAMPLES / "manifest.yaml")
+    assert manifest.target.kind == "local"
+    assert manifest.names == ["hello-python", "hello-node", "storage-events", "orders-background"]
+    by_name = {spec.name: spec for spec in manifest.functions}
+    assert by_name["hello-node"].source == EXAMPLES / "node-http"
+    assert {spec.language for spec in manifest.functions} == {"python", "nodejs"}
+    assert by_name["storage-events"].signature_type == "cloudevent"
+    assert by_name["orders-background"].signature_type == "event"
+    # defaults are merged under each function's own values
+    assert all(spec.labels == {"team": "samples"} for spec in manifest.functions)
+    assert all(spec.smoke.deadline_s == 120 for spec in manifest.functions)
+    assert by_name["hello-node"].memory == "512Mi"
+    assert by_name["storage-events"].smoke.json_body == {"bucket": "uploads", "name": "reports/2024-01.csv"}
+
+
+def test_defaults_merge_mappings_key_by_key_and_function_values_win(tmp_path: Path) -> None:
+    path = write_manifest(tmp_path, {
+        "defaults": {"memory": "512Mi", "env": {"A": "1", "B": "2"}, "smoke": {"deadline_s": 5}},
+        "functions": [function(env={"B": "3"}, smoke={"path": "/x"}),
+                      function(name="other", memory="1Gi")],
+    })
+    first, second = load_manifest(path).functions
+    assert first.env == {"A": "1", "B": "3"}
+    assert (first.smoke.path, first.smoke.deadline_s) == ("/x", 5)
+    assert (first.memory, second.memory) == ("512Mi", "1Gi")
+
+
+def test_gen1_cpu_follows_the_memory_tier() -> None:
+    # REFERENCE §5: gen1 CPU was tied to memory: .083/.167/.333/.583/1/2/2 vCPU.
+    expected = {"128Mi": "0.083", "256Mi": "0.167", "512Mi": "0.333", "1Gi": "0.583",
+                "2Gi": "1", "4Gi": "2", "8Gi": "2"}
+    for memory, cpu in expected.items():
+        spec = FunctionSpec.model_validate(function(source=str(EXAMPLES / "python-http"), memory=memory))
+        assert spec.effective_cpu == cpu
+    explicit = FunctionSpec.model_validate(
+        function(source=str(EXAMPLES / "python-http"), cpu="1", concurrency=80))
+    assert (explicit.effective_cpu, explicit.cpu_cores) == ("1", 1.0)
+
+
+def test_runtime_gives_language_and_version() -> None:
+    source = str(EXAMPLES / "python-http")
+    python = FunctionSpec.model_validate(function(source=source, runtime="python312"))
+    node = FunctionSpec.model_validate(function(source=source, runtime="nodejs20", entry_point="$fn"))
+    assert (python.language, python.runtime_version) == ("python", "3.12")
+    assert (node.language, node.runtime_version) == ("nodejs", "20")
+
+
+def test_only_keeps_the_named_functions(tmp_path: Path) -> None:
+    path = write_manifest(tmp_path, {"functions": [function(), function(name="b"), function(name="c")]})
+    assert load_manifest(path, only=["c", "orders-api"]).names == ["orders-api", "c"]
+
+
+def test_target_defaults_bucket_and_image_repository() -> None:
+    target = Target(project="example.com:my-proj", region="europe-west1")
+    assert target.bucket == "example_com_my-proj_cloudbuild"  # REFERENCE §1: ':'/'.' -> '_'
+    assert target.registry_host == "europe-west1-docker.pkg.dev"
+    assert target.image_repository("fn") == "europe-west1-docker.pkg.dev/example.com/my-proj/cf2run/fn"
+    assert Target(staging_bucket="gs://mine").bucket == "mine"
+
+
+def test_target_kind_override(tmp_path: Path) -> None:
+    data = {"target": {"project": "my-proj-123"}, "functions": [function()]}
+    path = write_manifest(tmp_path, data)
+    assert load_manifest(path, target_kind="gcp").target.kind == "gcp"
+
+
+def test_every_field_has_a_description() -> None:
+    for model in (FunctionSpec, SmokeRequest, Target):
+        for name, field in model.model_fields.items():
+            assert field.description, f"{model.__name__}.{name} has no description"
+
+
+# -- invalid manifests: each message names file, function and field ---------------------------
+
+
+@pytest.mark.parametrize(("overrides", "where", "says"), [
+    ({"name": "Orders_API"}, "functions[0] (Orders_API).name", "not a valid Cloud Run service name"),
+    ({"name": "x" * 50}, ".name", "fewer than 50 characters"),
+    ({"name": "orders-"}, ".name", "do not end with '-'"),
+    ({"env": {"PORT": "8080"}}, "functions[0] (orders-api).env", "PORT, which Cloud Run reserves"),
+    ({"env": {"K_SERVICE": "x"}}, ".env", "K_SERVICE"),
+    ({"env": {"1BAD": "x"}}, ".env", "not a valid environment variable name"),
+    ({"build_env": {"GOOGLE_FUNCTION_TARGET": "x"}}, ".build_env", "set `entry_point` instead"),
+    ({"concurrency": 10}, "functions[0] (orders-api)", "concurrency 10 with cpu 0.167"),
+    ({"memory": "1Gi", "cpu": "0.25"}, "functions[0] (orders-api)", "at least 0.5 vCPU above 512Mi"),
+    ({"memory": "2Gi", "cpu": "0.5"}, "functions[0] (orders-api)", "at least 1 vCPU above 1024Mi"),
+    ({"cpu": "3"}, ".cpu", "0.08 to 1, or 2, 4, 6 or 8"),
+    ({"memory": "1GB"}, ".memory", "not a Kubernetes quantity"),
+    ({"memory": "64Mi"}, ".memory", "outside Cloud Run's range"),
+    ({"runtime": "python27"}, ".runtime", "'python312'"),
+    ({"entry_point": "my-handler"}, ".entry_point", "not a Python identifier"),
+    ({"signature_type": "pubsub"}, ".signature_type", "'cloudevent'"),
+    ({"memroy": "512Mi"}, "functions[0] (orders-api).memroy", "did you mean 'memory'?"),
+    ({"labels": {"Team": "x"}}, ".labels", "label key 'Team' is invalid"),
+    ({"labels": {"team": "Platform Eng"}}, ".labels", "invalid value 'Platform Eng'"),
+    ({"min_instances": 3, "max_instances": 2}, "functions[0] (orders-api)", "max_instances (2) is below"),
+    ({"timeout_s": 4000}, ".timeout_s", "less than or equal to 3600"),
+    ({"service_account": "robot"}, ".service_account", "not an email address"),
+    ({"ingress": "internal"}, ".ingress", "'internal-only'"),
+    ({"smoke": {"path": "health"}}, ".smoke.path", "must start with '/'"),
+    ({"smoke": {"body": "x", "json": {"a": 1}}}, ".smoke", "keep only one of them"),
+    ({"smoke": {"metod": "GET"}}, ".smoke.metod", "did you mean 'method'?"),
+    ({"source": "missing-dir"}, "functions[0] (orders-api).source", "does not exist"),
+])
+def test_invalid_function_is_rejected_naming_the_field(
+        tmp_path: Path, overrides: dict[str, Any], where: str, says: str) -> None:
+    message = rejected(tmp_path, {"functions": [function(**overrides)]})
+    assert message.startswith(str(tmp_path / "manifest.yaml") + ": ")
+    assert where in message
+    assert says in message
+
+
+def test_error_names_the_function_by_index_and_name(tmp_path: Path) -> None:
+    message = rejected(tmp_path, {"functions": [function(), function(name="billing", memory="lots")]})
+    assert "functions[1] (billing).memory: memory 'lots' is not a Kubernetes quantity" in message
+
+
+def test_missing_required_field(tmp_path: Path) -> None:
+    data = function()
+    del data["entry_point"]
+    message = rejected(tmp_path, {"functions": [data]})
+    assert "functions[0] (orders-api).entry_point: required field `entry_point` is missing" in message
+
+
+def test_duplicate_names_are_rejected(tmp_path: Path) -> None:
+    message = rejected(tmp_path, {"functions": [function(), function(memory="512Mi")]})
+    assert "functions: function name 'orders-api' is used by functions[0] and functions[1]" in message
+
+
+def test_unknown_default_is_rejected(tmp_path: Path) -> None:
+    message = rejected(tmp_path, {"defaults": {"timout_s": 5}, "functions": [function()]})
+    assert "defaults: unknown field 'timout_s' in defaults; did you mean 'timeout_s'?" in message
+
+
+def test_unknown_top_level_key(tmp_path: Path) -> None:
+    message = rejected(tmp_path, {"function": [function()]})
+    assert "function: unknown field 'function'; did you mean 'functions'?" in message
+
+
+@pytest.mark.parametrize(("target", "where", "says"), [
+    ({"builder": "gcr.io/buildpacks/builder:latest"}, "target.builder", "moved between stacks"),
+    ({"builder": "gcr.io/buildpacks/builder"}, "target.builder", "not pinned"),
+    ({"project": "My_Project"}, "target.project", "not a Google Cloud project id"),
+    ({"region": "us central"}, "target.region", "not a Google Cloud region"),
+    ({"kind": "gcp"}, "target", "set target.project"),
+    ({"kind": "aws"}, "target.kind", "'local' or 'gcp'"),
+    ({"staging_bucket": "Bad Bucket"}, "target.staging_bucket", "not a Cloud Storage bucket name"),
+])
+def test_invalid_target_is_rejected(tmp_path: Path, target: dict[str, Any], where: str, says: str) -> None:
+    message = rejected(tmp_path, {"target": target, "functions": [function()]})
+    assert f"manifest.yaml: {where}: " in message
+    assert says in message
+
+
+def test_pinned_builders_are_accepted() -> None:
+    for builder in ("gcr.io/buildpacks/builder:google-24", "gcr.io/buildpacks/builder:v1",
+                    "gcr.io/buildpacks/builder@sha256:" + "a" * 64):
+        assert Target(builder=builder).builder == builder
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "manifest.yaml"
+    path.write_text(textwrap.dedent("""\
+        functions:
+          - name: orders-api
+            source: src
+           runtime: python312
+        """))
+    with pytest.raises(SpecError) as caught:
+        load_manifest(path)
+    assert str(caught.value).startswith(f"{path}: line 4, column")
+    assert "invalid YAML" in str(caught.value)
+
+
+def test_duplicate_yaml_key_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "manifest.yaml"
+    path.write_text("functions:\n  - name: a\n    memory: 1Gi\n    memory: 2Gi\n")
+    with pytest.raises(SpecError, match=r"line 4, .*'memory' appears twice \(first on line 3\)"):
+        load_manifest(path)
+
+
+def test_manifest_must_be_a_mapping_and_exist(tmp_path: Path) -> None:
+    path = tmp_path / "manifest.yaml"
+    path.write_text("- just\n- a list\n")
+    with pytest.raises(SpecError, match="must be a mapping with a `functions:` list"):
+        load_manifest(path)
+    with pytest.raises(SpecError, match="manifest not found"):
+        load_manifest(tmp_path / "nope.yaml")
+
+
+def test_only_with_an_unknown_name(tmp_path: Path) -> None:
+    message = rejected(tmp_path, {"functions": [function()]}, only=["orders-apy"])
+    assert "--only names 'orders-apy', not in the manifest" in message
+    assert "functions in the manifest: orders-api" in message
+
+
+def test_unknown_target_kind_flag(tmp_path: Path) -> None:
+    message = rejected(tmp_path, {"functions": [function()]}, target_kind="aws")
+    assert "--target 'aws' is not a target kind" in message
+
+
+def test_direct_construction_raises_validation_error_naming_the_field() -> None:
+    with pytest.raises(ValidationError, match="PORT, which Cloud Run reserves"):
+        FunctionSpec.model_validate(function(source=str(EXAMPLES / "python-http"), env={"PORT": "1"}))
