@@ -19,16 +19,14 @@ import grpc
 import httpx
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials, Credentials
-from google.cloud import (
-    run_v2,
-    storage,  # type: ignore[attr-defined]
-)
+from google.cloud import run_v2
 from google.cloud.devtools import cloudbuild_v1
 from google.cloud.devtools.cloudbuild_v1.services.cloud_build.transports import (
     CloudBuildGrpcTransport,
 )
 from google.cloud.run_v2.services.revisions.transports import RevisionsGrpcTransport
 from google.cloud.run_v2.services.services.transports import ServicesGrpcTransport
+from google.cloud.storage import Client as StorageClient
 
 from cf2run.errors import Cf2RunError
 from cf2run.localcloud.endpoints import Endpoints
@@ -48,7 +46,7 @@ def default_localcloud_dir() -> Path:
 class Cloud:
     """Clients for one project, on GCP or on the local cloud. Thread-safe, built lazily."""
 
-    def __init__(self, *, project: str, storage_client: Callable[[], storage.Client],
+    def __init__(self, *, project: str, storage_client: Callable[[], StorageClient],
                  channel: Callable[[str], grpc.Channel | None], credentials: Callable[[], Credentials],
                  registry: Callable[[], RegistryClient], id_token: Callable[[str], str],
                  endpoints: Endpoints | None = None) -> None:
@@ -77,7 +75,7 @@ class Cloud:
         return cls(
             project=project,
             endpoints=endpoints,
-            storage_client=lambda: storage.Client(
+            storage_client=lambda: StorageClient(
                 project=project, credentials=AnonymousCredentials(),
                 client_options=ClientOptions(api_endpoint=endpoints.storage)),
             channel=lambda service: grpc.insecure_channel(getattr(endpoints, service)),
@@ -129,7 +127,7 @@ class Cloud:
 
         return cls(
             project=project,
-            storage_client=lambda: storage.Client(project=project, credentials=credentials()),
+            storage_client=lambda: StorageClient(project=project, credentials=credentials()),
             channel=lambda service: None,
             credentials=credentials,
             registry=lambda: RegistryClient(auth=registry_auth),
@@ -147,7 +145,7 @@ class Cloud:
     # -- clients ------------------------------------------------------------------------
 
     @functools.cached_property
-    def storage(self) -> storage.Client:
+    def storage(self) -> StorageClient:
         return self._make_storage()
 
     @functools.cached_property
