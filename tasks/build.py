@@ -9,12 +9,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
+from typing import Any
 
 from google.cloud.devtools import cloudbuild_v1
 from google.protobuf import duration_pb2
+from prefect import get_run_logger, task
+from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy
+from prefect.context import TaskRunContext
 
-from cf2run.results import SourceArchive
+from cf2run.cloud import Cloud
+from cf2run.errors import BuildFailed
+from cf2run.oci import ImageRef
+from cf2run.results import BuiltImage, SourceArchive
 from cf2run.spec import FunctionSpec, Target
+from tasks.policy import RETRIES
 
 # ==============================================================================================
 # The build request and the image tag (pure: no clients, no I/O)
@@ -95,5 +104,68 @@ def pack_build_request(spec: FunctionSpec, target: Target, archive: SourceArchiv
 
 
 # ==============================================================================================
-# The Prefect task: submit, poll, reuse an existing tag (added separately)
+# The Prefect task: reuse an existing tag, else submit the build and poll it
 # ==============================================================================================
+
+#: Build states after which Cloud Build will not change the build any more.
+TERMINAL = {
+    cloudbuild_v1.Build.Status.SUCCESS, cloudbuild_v1.Build.Status.FAILURE,
+    cloudbuild_v1.Build.Status.INTERNAL_ERROR, cloudbuild_v1.Build.Status.TIMEOUT,
+    cloudbuild_v1.Build.Status.CANCELLED, cloudbuild_v1.Build.Status.EXPIRED,
+}
+#: Poll GetBuild every 1, 2, 4 ... up to 15 seconds: per-second polling exhausts the
+#: "Get requests per minute" quota on big fleets (REFERENCE §1).
+POLL_FIRST_S, POLL_MAX_S = 1.0, 15.0
+
+
+def build_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    """Cache key across flow runs: the image the inputs name (source sha256 + build settings)."""
+    return image_for(parameters["spec"], parameters["target"], parameters["archive"].sha256)
+
+
+@task(name="build", task_run_name="build[{spec.name}]", persist_result=True,
+      cache_policy=CacheKeyFnPolicy(cache_key_fn=build_cache_key) + TASK_SOURCE, **RETRIES)
+def submit_pack_build(spec: FunctionSpec, target: Target, archive: SourceArchive) -> BuiltImage:
+    """Build the function's image with Cloud Build pack, unless that exact image exists."""
+    logger = get_run_logger()
+    cloud = Cloud.for_target(target)
+    image = image_for(spec, target, archive.sha256)
+    existing = cloud.registry.head_manifest(ImageRef.parse(image))
+    if existing is not None:
+        logger.info("%s already built: %s@%s", spec.name, image, existing.digest)
+        return BuiltImage(image=image, digest=existing.digest, cached=True)
+
+    request = pack_build_request(spec, target, archive, image)
+    operation = cloud.builds.create_build(
+        parent=f"projects/{target.project}/locations/{target.region}",
+        project_id=target.project, build=request)
+    build_id = operation.metadata.build.id
+    logger.info("build %s started for %s: %s", build_id, spec.name, operation.metadata.build.log_url)
+    build = wait_for_build(cloud, target, build_id, spec.name)
+    if build.status != cloudbuild_v1.Build.Status.SUCCESS:
+        raise BuildFailed(
+            f"build {build_id} of {spec.name} ended {build.status.name}: "
+            f"{build.status_detail or 'no detail'}; log: {build.log_url}",
+            hint="read the build log; fix the source or build settings and run again")
+    digest = next((built.digest for built in build.results.images if built.name == image), None)
+    if not digest:
+        raise BuildFailed(f"build {build_id} of {spec.name} succeeded but reported no digest "
+                          f"for {image}; log: {build.log_url}")
+    return BuiltImage(image=image, digest=digest, build_id=build_id, log_url=build.log_url,
+                      cached=False)
+
+
+def wait_for_build(cloud: Cloud, target: Target, build_id: str, function: str) -> cloudbuild_v1.Build:
+    """Poll GetBuild with exponential backoff until the build ends (or its timeout passes)."""
+    name = f"projects/{target.project}/locations/{target.region}/builds/{build_id}"
+    deadline = time.monotonic() + target.build_timeout_s + 120
+    delay = POLL_FIRST_S
+    while True:
+        build = cloud.builds.get_build(name=name)  # the client retries UNAVAILABLE itself
+        if build.status in TERMINAL:
+            return build
+        if time.monotonic() > deadline:
+            raise BuildFailed(f"build {build_id} of {function} still {build.status.name} after "
+                              f"{target.build_timeout_s}s (its timeout); log: {build.log_url}")
+        time.sleep(delay)
+        delay = min(delay * 2, POLL_MAX_S)
