@@ -84,7 +84,7 @@ class LocalCloud:
         runtime = Runtime(state / "runtime", registry_client,
                           ready_deadline_s=lambda: self.settings.ready_deadline_s)
         stack.callback(runtime.stop_all)
-        router = Router(tokens)
+        router = Router(tokens, resolve=runtime.address)
         stack.callback(router.stop_all)
         self.cloudrun = CloudRunService(state / "cloudrun", self.settings, self.faults,
                                         runtime, router, tokens)
