@@ -28,7 +28,9 @@ def migrate_each(functions: Iterable[FunctionSpec], target: Target) -> list[Migr
 
 def results_table(results: list[MigrationResult], title: str = "Migrations") -> Table:
     table = Table(title=title)
-    for column in ("function", "status", "URL", "smoke / error", "build", "time"):
+    for column in ("function", "status", "URL"):
+        table.add_column(column, no_wrap=True)
+    for column in ("smoke / error", "build", "time"):
         table.add_column(column)
     for r in results:
         status = "[green]ok[/]" if r.status == "succeeded" else f"[red]failed at {r.failed_step}[/]"
@@ -39,4 +41,7 @@ def results_table(results: list[MigrationResult], title: str = "Migrations") -> 
 
 
 def print_results(results: list[MigrationResult], title: str = "Migrations") -> None:
-    Console().print(results_table(results, title))
+    console = Console()
+    if not console.is_terminal:  # a log or a pipe: do not squeeze URLs into 80 columns
+        console = Console(width=200)
+    console.print(results_table(results, title))

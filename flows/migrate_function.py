@@ -64,7 +64,7 @@ def migrate_function(spec: FunctionSpec, target: Target | None = None) -> State[
         _publish_link(spec, "url", deployment.url, "Cloud Run service URL")
         smoke = steps.run("smoke", smoke_test, spec, target, deployment)
         result.status = "succeeded"
-        result.message = f"smoke test answered {smoke.status} in {smoke.latency_s:.2f}s"
+        result.message = f"smoke {smoke.status} in {smoke.latency_s:.2f}s"
     except Exception as error:
         result.failed_step, result.message = steps.current, str(error)
         logger.error("%s failed at %s: %s", spec.name, steps.current, error)
