@@ -59,7 +59,7 @@ def migrate_function(spec: FunctionSpec, target: Target | None = None) -> State[
         result.digest, result.build_cached = built.digest, built.cached
         _publish_link(spec, "build-log", built.log_url, "Cloud Build log")
         image = steps.run("verify", verify_image, spec, target, built)
-        deployment = steps.run("deploy", deploy_service, spec, target, image)
+        deployment = steps.run("deploy", deploy_service, spec, target, image, archive.sha256)
         result.url, result.revision = deployment.url, deployment.revision
         _publish_link(spec, "url", deployment.url, "Cloud Run service URL")
         smoke = steps.run("smoke", smoke_test, spec, target, deployment)

@@ -1,0 +1,347 @@
+"""deploy_service: create or update the Cloud Run v2 service so it serves the verified image.
+
+- `service_for` (pure) turns the spec into the `run_v2.Service` to send: the image by digest,
+  the gen1 settings as fields (REFERENCE §4, §5), labels marking it as cf2run's, and a
+  revision named from a hash of everything else, so the same digest and settings always give
+  the same revision name and any change gives a new one.
+- `deploy` (plain, takes the clients) reads the service; a missing one is created, one that
+  already serves our revision is left untouched (no write at all), anything else is updated
+  with the etag it was read with. It waits for the operation and the Ready condition and
+  reports Google's reason when the revision fails. Then the ``allUsers`` invoker binding, only
+  for ``allow_unauthenticated`` services.
+- `deploy_service` is the Prefect task, cached across flow runs on digest + settings + target.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any, TypeAlias
+
+from google.api_core import exceptions as api_exceptions
+from google.api_core import operation as lro
+from google.api_core.future import polling
+from google.cloud import run_v2
+from google.iam.v1 import policy_pb2
+from prefect import get_run_logger, task
+from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy
+from prefect.context import TaskRunContext
+from prefect.utilities.hashing import hash_objects
+
+from cf2run.cloud import Cloud
+from cf2run.errors import DeployFailed, TransientError
+from cf2run.oci import ImageRef
+from cf2run.results import Deployment, VerifiedImage
+from cf2run.spec import FunctionSpec, Target
+from tasks.policy import RETRIES, is_transient
+
+Log: TypeAlias = "logging.Logger | logging.LoggerAdapter[Any]"
+
+#: Bump when `service_for` changes what it sends, so existing services get a new revision.
+REVISION_SCHEME = 1
+REVISION_SUFFIX_LEN = 10
+MAX_REVISION_NAME = 63
+MANAGED_BY_LABEL = ("managed-by", "cf2run")
+SOURCE_LABEL = "cf2run-source"
+SOURCE_LABEL_LEN = 12
+CLIENT = "cf2run"
+INVOKER_ROLE = "roles/run.invoker"
+ALL_USERS = "allUsers"
+#: How long to wait for Cloud Run to bring a revision to Ready, and how often to ask.
+DEPLOY_TIMEOUT_S = 900.0
+POLLING = polling.DEFAULT_POLLING.with_delay(initial=0.5, maximum=10.0, multiplier=1.5) \
+    .with_timeout(DEPLOY_TIMEOUT_S)
+
+INGRESS = {
+    "all": run_v2.IngressTraffic.INGRESS_TRAFFIC_ALL,
+    "internal-only": run_v2.IngressTraffic.INGRESS_TRAFFIC_INTERNAL_ONLY,
+    "internal-and-gclb": run_v2.IngressTraffic.INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER,
+}
+SUCCEEDED = run_v2.Condition.State.CONDITION_SUCCEEDED
+FAILED = run_v2.Condition.State.CONDITION_FAILED
+LATEST = run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST
+REVISION = run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION
+
+log = logging.getLogger(__name__)
+
+
+# -- the service we want (pure) ------------------------------------------------------------------
+
+
+def parent_of(target: Target) -> str:
+    return f"projects/{target.project}/locations/{target.region}"
+
+
+def service_path(target: Target, name: str) -> str:
+    """``projects/P/locations/R/services/NAME``."""
+    return f"{parent_of(target)}/services/{name}"
+
+
+def service_labels(spec: FunctionSpec, source_sha256: str | None = None) -> dict[str, str]:
+    """The spec's labels plus ``managed-by: cf2run`` and ``cf2run-source: <short source sha>``."""
+    labels = {**spec.labels, MANAGED_BY_LABEL[0]: MANAGED_BY_LABEL[1]}
+    if source_sha256:
+        labels[SOURCE_LABEL] = source_sha256.removeprefix("sha256:").lower()[:SOURCE_LABEL_LEN]
+    return labels
+
+
+def service_for(spec: FunctionSpec, target: Target, image: VerifiedImage,
+                source_sha256: str | None = None) -> run_v2.Service:
+    """The Service to create or update (without `name`: Create takes it as `service_id`).
+
+    Cloud Run needs `cpu_idle` set explicitly once resources are given; True keeps a
+    function's billing model (CPU only during requests), and below 1 vCPU it is required.
+    """
+    labels = service_labels(spec, source_sha256)
+    container = run_v2.Container(
+        image=f"{ImageRef.parse(image.image).name}@{image.digest}",
+        env=[run_v2.EnvVar(name=key, value=value) for key, value in spec.env.items()],
+        resources=run_v2.ResourceRequirements(
+            limits={"cpu": spec.effective_cpu, "memory": spec.memory}, cpu_idle=True),
+    )
+    scaling = run_v2.RevisionScaling(min_instance_count=spec.min_instances)
+    if spec.max_instances is not None:
+        scaling.max_instance_count = spec.max_instances
+    template = run_v2.RevisionTemplate(
+        labels=labels,
+        containers=[container],
+        max_instance_request_concurrency=spec.concurrency,
+        timeout=timedelta(seconds=spec.timeout_s),
+        scaling=scaling,
+        service_account=spec.service_account or "",
+    )
+    service = run_v2.Service(labels=labels, client=CLIENT, ingress=INGRESS[spec.ingress],
+                             template=template)
+    revision = revision_name(spec.name, service)
+    service.template.revision = revision
+    service.traffic = [run_v2.TrafficTarget(type_=REVISION, revision=revision, percent=100)]
+    return service
+
+
+def revision_name(name: str, service: run_v2.Service) -> str:
+    """``NAME-<hash>``: the hash of every field of `service` that is set (revision and traffic aside).
+
+    Only set fields count, so a newer google-cloud-run with new proto fields gives the same names.
+    The result is a valid revision id: service-name prefix, lowercase hex, at most 63 characters.
+    """
+    settings = run_v2.Service(service)
+    settings.template.revision = ""
+    settings.traffic = []
+    text = run_v2.Service.to_json(settings, sort_keys=True, indent=None, use_integers_for_enums=False,
+                                  always_print_fields_with_no_presence=False)
+    digest = str(hash_objects(REVISION_SCHEME, json.loads(text), raise_on_failure=True))
+    length = min(REVISION_SUFFIX_LEN, MAX_REVISION_NAME - len(name) - 1)
+    return f"{name}-{digest[:length]}"
+
+
+def short_name(resource: str) -> str:
+    """The last segment of a resource name (revisions are named either way)."""
+    return resource.rsplit("/", 1)[-1]
+
+
+def serves(existing: run_v2.Service, wanted: run_v2.Service) -> bool:
+    """Whether `existing` runs `wanted`'s revision, Ready, with all traffic, same ingress and labels."""
+    revision = wanted.template.revision
+    latest_ready = short_name(existing.latest_ready_revision)
+    on_revision = sum(
+        status.percent for status in existing.traffic_statuses
+        if short_name(status.revision or (latest_ready if status.type_ == LATEST else "")) == revision)
+    return (existing.template.revision == revision
+            and existing.terminal_condition.state == SUCCEEDED
+            and on_revision == 100
+            and existing.ingress == wanted.ingress
+            and all(existing.labels.get(key) == value for key, value in wanted.labels.items()))
+
+
+# -- talking to Cloud Run ------------------------------------------------------------------------
+
+
+@contextmanager
+def _step(what: str, hint: str | None = None) -> Iterator[None]:
+    """Permanent API errors become DeployFailed naming the step; transient ones pass (Prefect retries)."""
+    try:
+        yield
+    except api_exceptions.GoogleAPICallError as error:
+        if is_transient(error):
+            raise
+        raise DeployFailed(f"deploy_service: {what} failed: {error.message or error}",
+                           hint=hint or _hint_for(error)) from error
+
+
+def _hint_for(error: api_exceptions.GoogleAPICallError) -> str:
+    if isinstance(error, api_exceptions.PermissionDenied | api_exceptions.Unauthenticated):
+        return "the credentials need roles/run.admin (and iam.serviceAccountUser on the runtime account)"
+    if isinstance(error, api_exceptions.InvalidArgument | api_exceptions.FailedPrecondition):
+        return "fix the function's settings in the manifest (the message names the field)"
+    return "check the Cloud Run service in the console, then run the migration again"
+
+
+def deploy(services: run_v2.ServicesClient, revisions: run_v2.RevisionsClient, spec: FunctionSpec,
+           target: Target, image: VerifiedImage, source_sha256: str | None = None,
+           logger: Log = log) -> Deployment:
+    """Bring the service to `service_for(...)` (create, update or nothing), then the invoker binding."""
+    wanted = service_for(spec, target, image, source_sha256)
+    name = service_path(target, spec.name)
+    revision = wanted.template.revision
+    with _step(f"GetService {name}"):
+        try:
+            existing: run_v2.Service | None = services.get_service(name=name)
+        except api_exceptions.NotFound:
+            existing = None
+    if existing is not None and serves(existing, wanted):
+        logger.info("%s already serves %s (%s): nothing to deploy", spec.name, revision, image.digest)
+        final, changed = existing, False
+    else:
+        final, changed = _write(services, revisions, target, spec.name, wanted, existing, logger), True
+    ensure_invoker(services, final.name or name, spec.allow_unauthenticated, logger)
+    return Deployment(service=final.name or name, revision=revision, url=final.uri,
+                      digest=image.digest, changed=changed)
+
+
+def _write(services: run_v2.ServicesClient, revisions: run_v2.RevisionsClient, target: Target,
+           service_id: str, wanted: run_v2.Service, existing: run_v2.Service | None,
+           logger: Log) -> run_v2.Service:
+    """CreateService or UpdateService (with the etag read), then wait until the revision is Ready."""
+    revision = wanted.template.revision
+    name = service_path(target, service_id)
+    if existing is None:
+        logger.info("creating service %s with revision %s", name, revision)
+        with _step(f"CreateService {name}"):
+            try:
+                operation = services.create_service(parent=parent_of(target), service=wanted,
+                                                    service_id=service_id)
+            except api_exceptions.AlreadyExists as error:
+                raise TransientError(f"deploy_service: {name} was created by someone else meanwhile",
+                                     hint="retrying updates it instead") from error
+    else:
+        logger.info("updating service %s to revision %s (was %s)", name, revision,
+                    existing.template.revision or "unnamed")
+        update = run_v2.Service(wanted)
+        update.name = name
+        update.etag = existing.etag
+        with _step(f"UpdateService {name}"):
+            operation = services.update_service(service=update)
+    final = _wait(operation, revisions, name, revision)
+    if final.terminal_condition.state != SUCCEEDED:
+        reason = _with_details(final.terminal_condition.message or "no reason given",
+                               _revision_problems(revisions, name, revision))
+        raise DeployFailed(f"deploy_service: {name} is not Ready after deploying revision {revision}: "
+                           f"{reason}", hint=_READY_HINT)
+    logger.info("service %s serves revision %s at %s", name, revision, final.uri)
+    return final
+
+
+_READY_HINT = ("read the revision's logs (Cloud Run console, or `cf2run localcloud logs SERVICE`); "
+               "a function that does not start is usually a wrong entry point or a missing dependency")
+
+
+def _wait(operation: lro.Operation, revisions: run_v2.RevisionsClient, name: str,
+          revision: str) -> run_v2.Service:
+    """The operation's Service; a failed operation is DeployFailed with Google's message (not retried)."""
+    what = f"{name} revision {revision}"
+    try:
+        result = operation.result(polling=POLLING)
+    except TimeoutError as error:  # concurrent.futures.TimeoutError since 3.11
+        raise DeployFailed(f"deploy_service: {what} was not Ready within {DEPLOY_TIMEOUT_S:g}s",
+                           hint=_READY_HINT) from error
+    except api_exceptions.GoogleAPICallError as error:
+        if not (operation.operation.done and operation.operation.HasField("error")):
+            raise  # polling itself failed: transport trouble, retried by Prefect if transient
+        message = _with_details(operation.operation.error.message or str(error),
+                                _revision_problems(revisions, name, revision))
+        raise DeployFailed(f"deploy_service: {what} failed: {message}", hint=_READY_HINT) from error
+    if not isinstance(result, run_v2.Service):  # pragma: no cover - the API promises a Service
+        raise DeployFailed(f"deploy_service: {what}: the operation returned {type(result).__name__}")
+    return result
+
+
+def _revision_problems(revisions: run_v2.RevisionsClient, service: str, revision: str) -> list[str]:
+    """The distinct messages of a revision's failed conditions ([] when it cannot be read)."""
+    try:
+        found = revisions.get_revision(name=f"{service}/revisions/{revision}")
+    except api_exceptions.GoogleAPICallError:
+        return []
+    messages = [c.message or f"{c.type_}: {c.reason.name}" for c in found.conditions if c.state == FAILED]
+    return list(dict.fromkeys(messages))
+
+
+def _with_details(message: str, details: list[str]) -> str:
+    """`message` plus whichever of `details` it does not already say."""
+    extra = [detail for detail in details if detail not in message]
+    return f"{message} ({'; '.join(extra)})" if extra else message
+
+
+# -- IAM: the allUsers invoker binding -----------------------------------------------------------
+
+
+def has_public_binding(policy: policy_pb2.Policy) -> bool:
+    return any(b.role == INVOKER_ROLE and ALL_USERS in b.members for b in policy.bindings)
+
+
+def with_public_binding(policy: policy_pb2.Policy) -> policy_pb2.Policy:
+    """A copy of `policy` (etag kept) with ``allUsers`` in ``roles/run.invoker``."""
+    updated = policy_pb2.Policy()
+    updated.CopyFrom(policy)
+    for binding in updated.bindings:
+        if binding.role == INVOKER_ROLE and not binding.HasField("condition"):
+            binding.members.append(ALL_USERS)
+            return updated
+    updated.bindings.add(role=INVOKER_ROLE, members=[ALL_USERS])
+    return updated
+
+
+def ensure_invoker(services: run_v2.ServicesClient, service: str, public: bool, logger: Log) -> None:
+    """Public services get ``allUsers`` -> ``roles/run.invoker`` (once); private ones are never opened.
+
+    As gcloud does, a failure here is a warning, not a failed deploy. A binding that is already
+    there on a service the spec calls private is reported, not removed.
+    """
+    command = (f"gcloud run services add-iam-policy-binding {short_name(service)} "
+               f"--member={ALL_USERS} --role={INVOKER_ROLE}")
+    try:
+        policy = services.get_iam_policy(request={"resource": service})
+        if not public:
+            if has_public_binding(policy):
+                logger.warning("%s is public (allUsers may invoke it) but the spec says "
+                               "allow_unauthenticated: false; cf2run does not remove bindings: run "
+                               "`gcloud run services remove-iam-policy-binding %s --member=%s --role=%s` "
+                               "to make it private", service, short_name(service), ALL_USERS, INVOKER_ROLE)
+            return
+        if has_public_binding(policy):
+            return
+        services.set_iam_policy(request={"resource": service, "policy": with_public_binding(policy)})
+        logger.info("%s is public: %s may invoke it", service, ALL_USERS)
+    except api_exceptions.GoogleAPICallError as error:
+        if public:
+            logger.warning("could not make %s public (%s); it is deployed but answers 403 without a "
+                           "token. Run `%s`", service, error.message or error, command)
+        else:
+            logger.warning("could not read the IAM policy of %s (%s)", service, error.message or error)
+
+
+# -- the Prefect task ------------------------------------------------------------------------------
+
+
+def deploy_cache_key(spec: FunctionSpec, target: Target, image: VerifiedImage,
+                     source_sha256: str | None = None) -> str:
+    """Content key of a deploy: the target, the revision name (digest + every setting) and IAM intent."""
+    revision = service_for(spec, target, image, source_sha256).template.revision
+    return "deploy-" + str(hash_objects(target.model_dump(mode="json"), spec.name, revision, image.digest,
+                                        spec.allow_unauthenticated, raise_on_failure=True))
+
+
+def _deploy_key_fn(context: TaskRunContext, inputs: dict[str, Any]) -> str:
+    return deploy_cache_key(inputs["spec"], inputs["target"], inputs["image"], inputs.get("source_sha256"))
+
+
+@task(name="deploy_service", task_run_name="deploy[{spec.name}]",
+      cache_policy=CacheKeyFnPolicy(cache_key_fn=_deploy_key_fn) + TASK_SOURCE,
+      persist_result=True, cache_expiration=timedelta(hours=1), **RETRIES)
+def deploy_service(spec: FunctionSpec, target: Target, image: VerifiedImage,
+                   source_sha256: str | None = None) -> Deployment:
+    """Create or update the Cloud Run service to run `image` by digest (`source_sha256`: for the label)."""
+    cloud = Cloud.for_target(target)
+    return deploy(cloud.services, cloud.revisions, spec, target, image, source_sha256, get_run_logger())

@@ -1,0 +1,159 @@
+"""smoke_test: send the spec's smoke request to the deployed service and check the answer.
+
+A fresh revision may still be cold: connection errors, 429 and 5xx are retried with backoff
+until `smoke.deadline_s` (that loop lives here, not in Prefect retries, because it is about
+the service warming up, not about a flaky API). Private services get an ID token whose
+audience is the service URL. Never cached: it checks what is live now.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from cf2run.cloud import Cloud
+from cf2run.errors import SmokeTestFailed
+from cf2run.results import Deployment, SmokeResult
+from cf2run.spec import FunctionSpec, SmokeRequest, Target
+
+RETRY_STATUSES = frozenset({429}) | frozenset(range(500, 600))
+#: Right after the allUsers binding is set, Google may refuse callers for a while (IAM propagation).
+IAM_PROPAGATION_STATUSES = frozenset({401, 403})
+EXCERPT_CHARS = 200
+FIRST_DELAY_S = 0.5
+MAX_DELAY_S = 5.0
+MAX_REQUEST_TIMEOUT_S = 30.0
+
+
+@dataclass
+class _Attempts:
+    """What the retry loop saw: the number of requests and the last answer or error."""
+
+    count: int = 0
+    response: httpx.Response | None = None
+    error: httpx.TransportError | None = None
+    latency_s: float = 0.0
+
+
+def request_url(base_url: str, path: str) -> str:
+    return f"{base_url.rstrip('/')}/{path.lstrip('/')}"
+
+
+def request_headers(smoke: SmokeRequest, token: str | None) -> dict[str, str]:
+    """The smoke request's headers plus the ID token (in X-Serverless-Authorization when the
+    request already has its own Authorization, as Cloud Run allows)."""
+    headers = dict(smoke.headers)
+    if token:
+        has_own = any(name.lower() == "authorization" for name in headers)
+        headers["X-Serverless-Authorization" if has_own else "Authorization"] = f"Bearer {token}"
+    return headers
+
+
+def excerpt(text: str) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= EXCERPT_CHARS else flat[:EXCERPT_CHARS] + "..."
+
+
+def run_smoke(url: str, smoke: SmokeRequest, token: str | None = None, *, public: bool = False,
+              log: Callable[[str], None] = lambda line: None,
+              sleep: Callable[[float], None] = time.sleep,
+              clock: Callable[[], float] = time.monotonic) -> SmokeResult:
+    """Send `smoke` to `url` until it is not a cold-start answer or the deadline passes, then check it.
+
+    Retried until the deadline: connection errors, 429 and 5xx, and for a `public` service also
+    401/403 (the new allUsers binding may not have propagated yet).
+    """
+    target = request_url(url, smoke.path)
+    retry = RETRY_STATUSES | (IAM_PROPAGATION_STATUSES if public else frozenset())
+    attempts = _send_until_warm(target, smoke, request_headers(smoke, token), retry, log, sleep, clock)
+    response = attempts.response
+    if response is None:
+        raise SmokeTestFailed(
+            f"smoke_test {smoke.method} {target}: no answer after {attempts.count} attempts in "
+            f"{smoke.deadline_s:g}s ({attempts.error})",
+            hint="the service did not accept connections; check its logs and that the URL is reachable")
+    got = excerpt(response.text)
+    if response.status_code != smoke.expect_status:
+        waited = " (still failing at the deadline)" if response.status_code in retry else ""
+        raise SmokeTestFailed(
+            f"smoke_test {smoke.method} {target}: expected status {smoke.expect_status}, got "
+            f"{response.status_code}{waited} after {attempts.count} attempts; body: {got!r}",
+            hint=_status_hint(response.status_code, token is not None, public))
+    if smoke.expect_body is not None and smoke.expect_body not in response.text:
+        raise SmokeTestFailed(
+            f"smoke_test {smoke.method} {target}: status {response.status_code} as expected, but the "
+            f"body does not contain {smoke.expect_body!r}; body: {got!r}",
+            hint="check the function's answer, or fix smoke.expect_body in the manifest")
+    return SmokeResult(status=response.status_code, latency_s=round(attempts.latency_s, 4),
+                       excerpt=got, attempts=attempts.count)
+
+
+def _status_hint(status: int, with_token: bool, public: bool) -> str:
+    if status in IAM_PROPAGATION_STATUSES:
+        if with_token:
+            return "the service refused the ID token; the caller needs roles/run.invoker on it"
+        if public:
+            return "allUsers may not invoke it: see the deploy step's warning about the IAM binding"
+        return "the service is private; set allow_unauthenticated: true or call it with an ID token"
+    if status == 404:
+        return "check smoke.path and the function's routes"
+    if status in RETRY_STATUSES:
+        return "the function fails or is overloaded; read the revision's logs (or raise smoke.deadline_s)"
+    return "check the function's answer, or fix smoke.expect_status in the manifest"
+
+
+def _send_until_warm(url: str, smoke: SmokeRequest, headers: dict[str, str], retry: frozenset[int],
+                     log: Callable[[str], None], sleep: Callable[[float], None],
+                     clock: Callable[[], float]) -> _Attempts:
+    deadline = clock() + smoke.deadline_s
+    attempts = _Attempts()
+    delay = FIRST_DELAY_S
+    with httpx.Client(follow_redirects=False) as http:
+        while True:
+            remaining = deadline - clock()
+            attempts.count += 1
+            started = clock()
+            try:
+                attempts.response = http.request(
+                    smoke.method, url, headers=headers, content=smoke.body,
+                    json=smoke.json_body, timeout=max(0.1, min(remaining, MAX_REQUEST_TIMEOUT_S)))
+                attempts.error = None
+                status = attempts.response.status_code
+                outcome = f"HTTP {status}"
+                cold = status in retry and status != smoke.expect_status
+            except httpx.TransportError as error:
+                attempts.response, attempts.error = None, error
+                outcome, cold = f"{type(error).__name__}: {error}", True
+            attempts.latency_s = clock() - started
+            remaining = deadline - clock()
+            if not cold or remaining <= 0:
+                return attempts
+            wait = min(max(delay, _retry_after(attempts.response)), MAX_DELAY_S, remaining)
+            log(f"attempt {attempts.count}: {outcome}; retrying in {wait:.1f}s "
+                f"({remaining:.0f}s left of smoke.deadline_s)")
+            sleep(wait)
+            delay = min(delay * 2, MAX_DELAY_S)
+
+
+def _retry_after(response: httpx.Response | None) -> float:
+    """The seconds a Retry-After header asks for (0 when there is none or it is a date)."""
+    value = response.headers.get("Retry-After", "").strip() if response is not None else ""
+    return float(value) if value.isdigit() else 0.0
+
+
+@task(name="smoke_test", task_run_name="smoke[{spec.name}]", cache_policy=NO_CACHE)
+def smoke_test(spec: FunctionSpec, target: Target, deployment: Deployment) -> SmokeResult:
+    """The spec's smoke request against the service URL (with an ID token for private services)."""
+    logger = get_run_logger()
+    token = None if spec.allow_unauthenticated else Cloud.for_target(target).id_token(deployment.url)
+    logger.info("smoke %s %s%s", spec.smoke.method, deployment.url, spec.smoke.path)
+    result = run_smoke(deployment.url, spec.smoke, token, public=spec.allow_unauthenticated,
+                       log=logger.info)
+    logger.info("smoke passed: HTTP %s in %.3fs after %s attempt(s)", result.status, result.latency_s,
+                result.attempts)
+    return result
