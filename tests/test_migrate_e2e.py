@@ -1,0 +1,125 @@
+"""The whole pipeline against the local cloud, through the official clients and a real Prefect API.
+
+What a user notices: the samples migrate and answer their smoke requests; a rerun builds
+nothing and creates no revision; a transient fault in any API is retried (visible as the task
+run's run count) and the migration still completes; a build failure stops the migration at the
+build step with the builder's message, and nothing is deployed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+from google.api_core import exceptions as api_exceptions
+from google.cloud.devtools import cloudbuild_v1
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+from cf2run.cloud import Cloud
+from cf2run.localcloud.server import LocalCloud
+from cf2run.localcloud.settings import Fault, LocalCloudSettings
+from cf2run.results import MigrationResult
+from cf2run.spec import FunctionSpec, Target, load_manifest
+from flows.migrate_function import migrate_function
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+
+@pytest.fixture(scope="module")
+def target(localcloud: LocalCloud) -> Target:
+    return Target(kind="local", localcloud_dir=localcloud.state_dir)
+
+
+@pytest.fixture(scope="module")
+def samples() -> dict[str, FunctionSpec]:
+    manifest = load_manifest(EXAMPLES / "manifest.yaml")
+    return {spec.name: spec for spec in manifest.functions}
+
+
+def migrate(spec: FunctionSpec, target: Target) -> tuple[MigrationResult, dict[str, int]]:
+    """Run the flow; return its result and each task run's run count, read back from Prefect."""
+    state = migrate_function(spec, target, return_state=True)
+    result = state.result(raise_on_failure=False)
+    assert isinstance(result, MigrationResult), result
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+    return result, {run.name: run.run_count for run in runs}
+
+
+def fresh_copy(spec: FunctionSpec, tmp_path: Path) -> FunctionSpec:
+    """The same function under a new name and with a new source hash, so nothing is cached."""
+    source = tmp_path / spec.source.name
+    shutil.copytree(spec.source, source, ignore=shutil.ignore_patterns("node_modules"))
+    marker = source / ("main.py" if spec.language == "python" else "index.js")
+    marker.write_text(marker.read_text() + f"\n// {uuid.uuid4()}\n".replace("//", "#" if
+                      spec.language == "python" else "//"))
+    return spec.model_copy(update={"name": f"{spec.name}-{uuid.uuid4().hex[:6]}", "source": source})
+
+
+def builds_of(cloud: Cloud, target: Target, function: str) -> list[cloudbuild_v1.Build]:
+    return [b for b in cloud.builds.list_builds(project_id=target.project, filter=f'tags="fn-{function}"')]
+
+
+def revisions_of(cloud: Cloud, target: Target, function: str) -> list[str]:
+    parent = f"projects/{target.project}/locations/{target.region}/services/{function}"
+    return [r.name for r in cloud.revisions.list_revisions(parent=parent)]
+
+
+@pytest.mark.parametrize("name", ["hello-python", "hello-node"])
+def test_sample_migrates_then_rerun_builds_and_deploys_nothing(
+        name: str, samples: dict[str, FunctionSpec], target: Target, cloud: Cloud) -> None:
+    spec = samples[name]
+    first, _ = migrate(spec, target)
+    assert first.status == "succeeded", first.message
+    assert first.build_cached is False
+    assert first.url and first.digest and first.revision
+    answer = httpx.get(first.url + spec.smoke.path,
+                       headers={"Authorization": f"Bearer {cloud.id_token(first.url)}"})
+    assert spec.smoke.expect_body and spec.smoke.expect_body in answer.text
+    builds, revisions = builds_of(cloud, target, name), revisions_of(cloud, target, name)
+    assert len(builds) == 1 and len(revisions) == 1
+
+    again, _ = migrate(spec, target)
+    assert again.status == "succeeded", again.message
+    assert (again.url, again.digest, again.revision) == (first.url, first.digest, first.revision)
+    assert len(builds_of(cloud, target, name)) == 1, "the rerun submitted a build"
+    assert revisions_of(cloud, target, name) == revisions, "the rerun created a revision"
+
+
+@pytest.mark.parametrize(("fault", "step"), [
+    ("CloudBuild.CreateBuild", "build"),
+    ("Registry.HeadManifest", "build"),
+    ("Registry.GetManifest", "verify"),
+    ("Services.CreateService", "deploy"),
+])
+def test_transient_fault_is_retried_and_migration_completes(
+        fault: str, step: str, samples: dict[str, FunctionSpec], target: Target,
+        knobs: LocalCloudSettings, tmp_path: Path) -> None:
+    spec = fresh_copy(samples["hello-python"], tmp_path)
+    knobs.faults = [Fault(method=fault, code="UNAVAILABLE", first_n=1)]
+    result, run_counts = migrate(spec, target)
+    assert result.status == "succeeded", result.message
+    assert run_counts[f"{step}[{spec.name}]"] == 2, run_counts
+
+
+def test_build_failure_stops_at_build_with_builders_message_and_deploys_nothing(
+        samples: dict[str, FunctionSpec], target: Target, cloud: Cloud, tmp_path: Path) -> None:
+    spec = fresh_copy(samples["hello-python"], tmp_path).model_copy(
+        update={"entry_point": "no_such_function"})
+    result, run_counts = migrate(spec, target)
+    assert result.status == "failed"
+    assert result.failed_step == "build"
+    assert "no_such_function" in (result.message or "")
+    assert run_counts[f"build[{spec.name}]"] == 1, "a build failure must not be retried"
+    assert not any(name.startswith(("deploy", "smoke")) for name in run_counts)
+    with pytest.raises(api_exceptions.NotFound):
+        cloud.services.get_service(
+            name=f"projects/{target.project}/locations/{target.region}/services/{spec.name}")
+
+
