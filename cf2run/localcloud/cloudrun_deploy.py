@@ -1,0 +1,291 @@
+"""The slow half of the local Cloud Run: what happens after a write is accepted.
+
+A `Deployer` runs each service's jobs (deploy, delete) one at a time, in order, on that
+service's own worker thread: it starts revisions through the `Runtime` (never holding the
+state lock while a process starts), opens the service and tag URLs on the `Router` (on the
+ports they had before, so URLs outlive revisions and restarts), routes traffic, stops what no
+longer carries traffic, and finishes the long-running operation. `restore()` brings services
+back after a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from google.cloud import run_v2
+from google.iam.v1 import policy_pb2
+
+from cf2run.localcloud import cloudrun_status as status
+from cf2run.localcloud.cloudrun_rules import Target
+from cf2run.localcloud.cloudrun_state import Store, tag_key
+from cf2run.localcloud.operations import Operations
+from cf2run.localcloud.router import Router
+from cf2run.localcloud.runtime import RevisionFailed, RevisionSpec, Runtime
+from cf2run.localcloud.settings import FaultInjector, LocalCloudSettings
+
+log = logging.getLogger(__name__)
+
+INVOKER = "roles/run.invoker"
+
+
+class Deployer:
+    """Runs the jobs that accepted writes leave behind. Thread-safe."""
+
+    def __init__(self, store: Store, ops: Operations, settings: LocalCloudSettings,
+                 faults: FaultInjector, runtime: Runtime, router: Router) -> None:
+        self._store = store
+        self._ops = ops
+        self._settings = settings
+        self._faults = faults
+        self._runtime = runtime
+        self._router = router
+        self._workers: dict[str, ThreadPoolExecutor] = {}
+        self._workers_lock = threading.Lock()
+        self._route_lock = threading.Lock()
+
+    # -- jobs ----------------------------------------------------------------------------------
+
+    def submit(self, service: str, op_name: str, job: Callable[[], None]) -> None:
+        """Queue `job` on `service`'s worker; an unexpected error fails operation `op_name`."""
+        def run() -> None:
+            if self._store.closed:
+                return
+            try:
+                job()
+            except Exception as exc:
+                log.exception("local Cloud Run job for %s failed", service)
+                self._ops.fail(op_name, grpc.StatusCode.INTERNAL,
+                               f"the local Cloud Run failed while working on {service}: {exc!r}")
+
+        with self._workers_lock:
+            worker = self._workers.get(service)
+            if worker is None:
+                worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cloudrun-deploy")
+                self._workers[service] = worker
+        worker.submit(run)
+
+    def stop(self) -> None:
+        """Drop queued jobs; running ones finish without saving (the store is closed)."""
+        with self._store.lock:
+            self._store.closed = True
+        with self._workers_lock:
+            workers = list(self._workers.values())
+            self._workers.clear()
+        for worker in workers:
+            worker.shutdown(wait=False, cancel_futures=True)
+
+    def deploy(self, op_name: str, name: str, generation: int, revision: str,
+               targets: Sequence[Target]) -> None:
+        """Make generation `generation` of service `name` serve: run `revision` (the one the
+        write deploys, new or reused: LATEST from now on) and what the traffic `targets` name,
+        then route them. On failure the traffic stays where it was."""
+        time.sleep(self._settings.deploy_latency_s)
+        if self._open_urls(name, []) is None:
+            self._deleted_meanwhile(op_name, name)
+            return
+        resolved = [Target(t.revision or revision, t.percent, t.tag) for t in targets]
+        needed = [revision, *sorted({t.revision for t in resolved if t.revision} - {revision})]
+        reason = next((why for rev in needed if (why := self._start(name, rev))), None)
+        if reason is not None:
+            self._update(name, lambda s: status.failed(s, reason=reason, generation=generation),
+                         op_name, failure=reason)
+            return
+        urls = self._open_urls(name, [t.tag for t in targets if t.tag])
+        done = None if urls is None else self._update(name, lambda s: status.serving(
+            s, uri=urls[0], latest=revision, targets=targets, tag_urls=urls[1],
+            generation=generation))
+        if done is None:
+            self._deleted_meanwhile(op_name, name)
+            return
+        self.apply_routes(name)
+        self._stop_unused(name)
+        self._ops.succeed(op_name, done, metadata=done)
+
+    def _deleted_meanwhile(self, op_name: str, name: str) -> None:
+        self._ops.fail(op_name, grpc.StatusCode.ABORTED,
+                       f"service {name} was deleted while it was being deployed")
+
+    def delete(self, op_name: str, service: run_v2.Service, revisions: Sequence[str],
+               url_keys: Sequence[str]) -> None:
+        """Stop a deleted service's revisions and close its URLs."""
+        time.sleep(self._settings.deploy_latency_s)
+        for key in url_keys:
+            self._router.close(key)
+        for revision in revisions:
+            self._runtime.stop(revision)
+        deleted = run_v2.Service(service)
+        deleted.delete_time = status.now()
+        self._ops.succeed(op_name, deleted, metadata=deleted)
+
+    def restore(self) -> None:
+        """After a restart: reopen each serving service's URLs on their ports, restart the
+        revisions that carry its traffic (all services at once) and route them. A deploy the
+        stop interrupted is marked failed (its operation is gone)."""
+        interrupted = ("The local cloud stopped while this revision was being deployed; deploy "
+                       "again.")
+        with self._store.lock:
+            state = self._store.state
+            for name, service in state.services.items():
+                if service.reconciling:
+                    state.services[name] = status.failed(service, reason=interrupted,
+                                                         generation=service.generation)
+            for full, revision in state.revisions.items():
+                if revision.reconciling:
+                    state.revisions[full] = status.revision_failed(revision, interrupted)
+            self._store.save()
+            names = [s.name for s in state.services.values() if s.traffic_statuses]
+        with ThreadPoolExecutor(max_workers=8, thread_name_prefix="cloudrun-restore") as pool:
+            list(pool.map(self._restore_one, names))
+
+    def _restore_one(self, name: str) -> None:
+        with self._store.lock:
+            service = run_v2.Service(self._store.state.services[name])
+        targets = status.resolved_targets(service)
+        urls = self._open_urls(name, [t.tag for t in targets if t.tag])
+        if urls is None:
+            return
+        uri, tag_urls = urls
+        if uri != service.uri:  # the old port was taken: the URL had to change
+            log.warning("service %s moved from %s to %s", name, service.uri, uri)
+            self._update(name, lambda s: _with_urls(s, uri, tag_urls))
+        for revision in sorted({t.revision for t in targets if t.revision}):
+            reason = self._start(name, revision)
+            if reason:
+                log.warning("revision %s of %s did not come back: %s", revision, name, reason)
+        self.apply_routes(name)
+
+    # -- routes --------------------------------------------------------------------------------
+
+    def apply_routes(self, name: str) -> None:
+        """Point service `name`'s URLs at the revisions its traffic statuses name, with its
+        current access policy; close the URLs of tags it no longer has."""
+        with self._route_lock:
+            with self._store.lock:
+                state = self._store.state
+                service = state.services.get(name)
+                if service is None or not service.traffic_statuses:
+                    return
+                targets = status.resolved_targets(service)
+                public = is_public(service, state.policies.get(name))
+                audiences = [service.uri, *(t.uri for t in service.traffic_statuses if t.uri),
+                             *service.custom_audiences]
+                timeout_s = service.template.timeout.total_seconds() or 300.0
+                live = {tag_key(name, t.tag) for t in targets if t.tag}
+                stale = [key for key in state.ports if key.startswith(f"{name}#") and key not in live]
+                for key in stale:
+                    del state.ports[key]
+                self._store.save()
+            backends = [(t.revision, t.percent) for t in targets if t.revision and t.percent]
+            self._router.route(name, backends, public=public, audiences=audiences,
+                               timeout_s=timeout_s)
+            for target in targets:
+                if target.tag and target.revision:
+                    self._router.route(tag_key(name, target.tag), [(target.revision, 100)],
+                                       public=public, audiences=audiences, timeout_s=timeout_s)
+            for key in stale:
+                self._router.close(key)
+
+    def _open_urls(self, name: str, tags: Sequence[str]) -> tuple[str, dict[str, str]] | None:
+        """Open the service URL and its tags' URLs (on their old ports) and record the ports:
+        (service URL, {tag: URL}), or None (and nothing left open) if the service is gone."""
+        keys = [name, *(tag_key(name, tag) for tag in tags)]
+        with self._store.lock:
+            ports = {key: self._store.state.ports.get(key, 0) for key in keys}
+        urls = {key: self._router.open(key, port) for key, port in ports.items()}
+        with self._store.lock:
+            service = self._store.state.services.get(name)
+            if service is not None:
+                self._store.state.ports.update(
+                    {key: int(url.rsplit(":", 1)[1]) for key, url in urls.items()})
+                service.uri = urls[name]
+                service.urls = [urls[name]]
+                self._store.save()
+        if service is None:  # deleted meanwhile: its delete job may not know these URLs
+            for key in keys:
+                self._router.close(key)
+            return None
+        return urls[name], {tag: urls[tag_key(name, tag)] for tag in tags}
+
+    def _stop_unused(self, name: str) -> None:
+        """Stop the revisions of `name` that carry no traffic and no tag."""
+        with self._store.lock:
+            service = self._store.state.services.get(name)
+            used = {t.revision for t in status.resolved_targets(service)} if service else set()
+            unused = [status.short_name(r.name) for r in self._store.state.revisions_of(name)
+                      if status.short_name(r.name) not in used]
+        for revision in unused:
+            self._runtime.stop(revision)
+
+    # -- revisions and the stored service ------------------------------------------------------
+
+    def _start(self, name: str, revision: str) -> str | None:
+        """Run `revision` of service `name` (if not running yet); the reason it failed, or None."""
+        full = f"{name}/revisions/{revision}"
+        with self._store.lock:
+            record = self._store.state.revisions.get(full)
+            template = self._store.state.templates.get(full)
+        if record is None or template is None:
+            return (f"Revision '{revision}' does not exist or is deleted. Update all traffic to "
+                    "route to currently available revisions.")
+        if self._runtime.address(revision) is not None:
+            return None
+        service_id = status.short_name(name)
+        container = template.containers[0]
+        spec = RevisionSpec(service=service_id, revision=revision, image=container.image,
+                            configuration=service_id,
+                            env={e.name: e.value for e in container.env if "value_source" not in e})
+        never_ready = self._faults.never_ready(service_id) and not status.is_ready(record)
+        try:
+            self._runtime.start(spec, never_ready=never_ready)
+        except RevisionFailed as exc:
+            reason = exc.reason
+            self._update_revision(full, lambda r: status.revision_failed(r, reason))
+            return reason
+        if not status.is_ready(record):
+            self._update_revision(full, status.revision_ready)
+        return None
+
+    def _update_revision(self, full: str, change: Callable[[run_v2.Revision], run_v2.Revision]) -> None:
+        with self._store.lock:
+            record = self._store.state.revisions.get(full)
+            if record is not None:
+                self._store.state.revisions[full] = change(record)
+                self._store.save()
+
+    def _update(self, name: str, change: Callable[[run_v2.Service], run_v2.Service],
+                op_name: str | None = None, failure: str | None = None) -> run_v2.Service | None:
+        """Apply `change` to the stored service; with `failure`, fail operation `op_name` with it."""
+        with self._store.lock:
+            current = self._store.state.services.get(name)
+            changed = change(current) if current is not None else None
+            if changed is not None:
+                self._store.state.services[name] = changed
+                self._store.save()
+            copy = run_v2.Service(changed) if changed is not None else None
+        if op_name is not None and failure is not None:
+            self._ops.fail(op_name, grpc.StatusCode.FAILED_PRECONDITION, failure, metadata=copy)
+        return copy
+
+
+def is_public(service: run_v2.Service, policy: policy_pb2.Policy | None) -> bool:
+    """Whether anyone may invoke `service`: ``allUsers`` has ``roles/run.invoker`` in its IAM
+    policy, or the invoker check is disabled."""
+    if service.invoker_iam_disabled:
+        return True
+    bindings = policy.bindings if policy is not None else []
+    return any(b.role == INVOKER and "allUsers" in b.members for b in bindings)
+
+
+def _with_urls(service: run_v2.Service, uri: str, tag_urls: dict[str, str]) -> run_v2.Service:
+    moved = run_v2.Service(service)
+    moved.uri = uri
+    moved.urls = [uri]
+    for target in moved.traffic_statuses:
+        if target.tag in tag_urls:
+            target.uri = tag_urls[target.tag]
+    return moved

@@ -1,0 +1,400 @@
+"""What Cloud Run v2 refuses, and why, as pure functions over the request messages.
+
+Every check raises `RpcError` with the status Google answers and a message in Google's own
+shape, ``Violation in <Request>.<field path>: <what is wrong>``, so a caller can tell which
+field of its request to fix. The texts quote what Cloud Run answers where it is known:
+
+- service id: pulumi/pulumi-gcp#3167 ("only lowercase, digits, and hyphens; must begin with
+  letter, and cannot end with hyphen; must be less than 50 characters."). REFERENCE §4 says
+  "letters"; the API refuses upper case, so this does too.
+- revision name: pipe-cd/pipecd#5688 (same rule, fewer than 64 characters).
+- reserved env names: "The following reserved env names were provided: PORT. These values are
+  automatically set by the system." (REFERENCE §4; seen in many deploy logs).
+- system annotations: GoogleCloudPlatform/avocano#238 ("Violation in
+  CreateServiceRequest.service.template.annotations[autoscaling.knative.dev/maxScale]: system
+  annotations are not supported in Cloud Run API v2.").
+- cpu/concurrency: nearform/slack-knowledgebase-chatgpt-responder#980 ("Invalid value specified
+  for cpu. Total cpu < 1 is not supported with concurrency > 1."); memory ranges per cpu:
+  GoogleCloudPlatform/community#2105 and Cloud Run's "Configure CPU limits" page.
+- scaling: goblet/goblet#287 ("...scaling.max_instance_count: must be greater or equal than
+  min_instance_count.").
+- traffic tags: firebase/firebase-tools#6137 ("traffic tag 'x' and service name 'y' together
+  are too long. Combined traffic tag and service name cannot exceed 46 characters.").
+- missing revision in traffic: terraform-google-modules/terraform-docs-samples#269 ("Revision
+  'x' does not exist or is deleted. Update all traffic to route to currently available
+  revisions.").
+- revision reused with another template: firebase/firebase-tools#10148 (409 ALREADY_EXISTS,
+  "Revision named 'x' with different configuration already exists.").
+- etag mismatch: ABORTED, as AIP-154 requires since aip-dev/google.aip.dev#705 (409 Conflict).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal, InvalidOperation
+
+import grpc
+from google.cloud import run_v2
+from google.iam.v1 import policy_pb2
+
+from cf2run.localcloud.grpcapi import RpcError
+
+RESERVED_ENV = ("PORT", "K_SERVICE", "K_REVISION", "K_CONFIGURATION")
+SYSTEM_NAMESPACES = ("run.googleapis.com", "cloud.googleapis.com", "serving.knative.dev",
+                     "autoscaling.knative.dev")
+MAX_TAG_AND_SERVICE = 46
+DEFAULT_CONCURRENCY = 80
+MAX_CONCURRENCY = 1000
+DEFAULT_TIMEOUT = timedelta(seconds=300)
+MAX_TIMEOUT = timedelta(seconds=3600)
+DEFAULT_CPU = "1000m"
+DEFAULT_MEMORY = "512Mi"
+DEFAULT_PORT = 8080
+
+_DNS_LABEL = r"[a-z](?:[a-z0-9-]*[a-z0-9])?"
+_SERVICE_ID = re.compile(rf"^{_DNS_LABEL}$")
+_PARENT = re.compile(r"^projects/([a-z0-9][a-z0-9.:-]*)/locations/([a-z0-9-]+)$")
+_SERVICE_NAME = re.compile(r"^(projects/[^/]+/locations/[^/]+)/services/([^/]+)$")
+_REVISION_NAME = re.compile(r"^(projects/[^/]+/locations/[^/]+/services/[^/]+)/revisions/([^/]+)$")
+_LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+_LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
+_ENV_NAME = re.compile(r"^[^=]+$")
+
+_MEMORY_UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
+                 "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
+_MI = 2**20
+_GI = 2**30
+#: Memory a cpu value allows (Cloud Run "Configure CPU limits"): (least cpu, min, max memory).
+_MEMORY_FOR_CPU = (
+    (Decimal("8"), 4 * _GI, 32 * _GI),
+    (Decimal("6"), 4 * _GI, 24 * _GI),
+    (Decimal("4"), 2 * _GI, 16 * _GI),
+    (Decimal("2"), 128 * _MI, 8 * _GI),
+    (Decimal("1"), 128 * _MI, 4 * _GI),
+    (Decimal("0.5"), 128 * _MI, 1 * _GI),
+    (Decimal("0.08"), 128 * _MI, 512 * _MI),
+)
+_WHOLE_CPUS = (Decimal(1), Decimal(2), Decimal(4), Decimal(6), Decimal(8))
+
+
+def violation(field: str, description: str,
+              code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT) -> RpcError:
+    """The error Cloud Run answers for one field: ``Violation in FIELD: DESCRIPTION``."""
+    return RpcError(code, f"Violation in {field}: {description}")
+
+
+# -- names ---------------------------------------------------------------------------------
+
+
+def check_parent(parent: str, field: str) -> tuple[str, str]:
+    """``projects/P/locations/L`` -> (P, L)."""
+    match = _PARENT.match(parent)
+    if match is None or match.group(2) == "-":
+        raise violation(field, f"{parent!r} is not of the form projects/{{project}}/locations/"
+                               "{location} (a Google Cloud region; '-' is not accepted)")
+    return match.group(1), match.group(2)
+
+
+def check_service_id(service_id: str, field: str) -> None:
+    if not service_id or len(service_id) >= 50 or not _SERVICE_ID.match(service_id):
+        raise violation(field, "only lowercase, digits, and hyphens; must begin with letter, and "
+                               f"cannot end with hyphen; must be less than 50 characters (got "
+                               f"{service_id!r}).")
+
+
+def split_service_name(name: str, field: str) -> tuple[str, str]:
+    """``projects/P/locations/L/services/S`` -> (``projects/P/locations/L``, S)."""
+    match = _SERVICE_NAME.match(name)
+    if match is None:
+        raise violation(field, f"{name!r} is not of the form "
+                               "projects/{project}/locations/{location}/services/{service}")
+    check_parent(match.group(1), field)
+    return match.group(1), match.group(2)
+
+
+def split_revision_name(name: str, field: str) -> tuple[str, str]:
+    """``.../services/S/revisions/R`` -> (service name, R)."""
+    match = _REVISION_NAME.match(name)
+    if match is None:
+        raise violation(field, f"{name!r} is not of the form projects/{{project}}/locations/"
+                               "{location}/services/{service}/revisions/{revision}")
+    return match.group(1), match.group(2)
+
+
+def check_revision_id(revision: str, service_id: str, field: str) -> None:
+    if len(revision) >= 64 or not _SERVICE_ID.match(revision):
+        raise violation(field, "only lowercase, digits, and hyphens; must begin with letter, and "
+                               f"may not end with hyphen; must be less than 64 characters (got "
+                               f"{revision!r}).")
+    if not revision.startswith(f"{service_id}-") or revision == f"{service_id}-":
+        raise violation(field, f"revision name {revision!r} must be prefixed by the name of the "
+                               f"enclosing Service with a trailing '-' ({service_id}-...)")
+
+
+# -- metadata ------------------------------------------------------------------------------
+
+
+def _is_system_key(key: str) -> bool:
+    prefix = key.split("/", 1)[0] if "/" in key else ""
+    return any(prefix == ns or prefix.endswith(f".{ns}") for ns in SYSTEM_NAMESPACES)
+
+
+def check_annotations(annotations: dict[str, str], field: str) -> None:
+    for key in annotations:
+        if _is_system_key(key):
+            raise violation(f"{field}[{key}]",
+                            "system annotations are not supported in Cloud Run API v2.")
+
+
+def check_labels(labels: dict[str, str], field: str) -> None:
+    for key, value in labels.items():
+        if _is_system_key(key):
+            raise violation(f"{field}[{key}]",
+                            "system labels are not supported in Cloud Run API v2.")
+        if not _LABEL_KEY.match(key):
+            raise violation(f"{field}[{key}]", "label keys must start with a lowercase letter "
+                                               "and contain only lowercase letters, digits, '_' "
+                                               "and '-', at most 63 characters.")
+        if not _LABEL_VALUE.match(value):
+            raise violation(f"{field}[{key}]", "label values contain only lowercase letters, "
+                                               "digits, '_' and '-', at most 63 characters.")
+
+
+# -- resources -----------------------------------------------------------------------------
+
+
+def parse_cpu(quantity: str, field: str) -> Decimal:
+    """A Kubernetes cpu quantity (``1``, ``0.5``, ``500m``) in vCPU, within Cloud Run's range."""
+    match = _QUANTITY.match(quantity.strip())
+    if match is None or match.group(2) not in (None, "m"):
+        raise violation(field, f"Invalid value specified for cpu: {quantity!r} is not a cpu "
+                               "quantity such as '1', '0.5' or '500m'.")
+    cpu = Decimal(match.group(1)) / (1000 if match.group(2) == "m" else 1)
+    if cpu < Decimal("0.08") or cpu > 8:
+        raise violation(field, f"Invalid value specified for cpu: {quantity}. cpu must be between "
+                               "0.08 and 8.")
+    if cpu > 1 and cpu not in _WHOLE_CPUS:
+        raise violation(field, f"Invalid value specified for cpu: {quantity}. Above 1, cpu must "
+                               "be one of 1, 2, 4, 6, 8.")
+    if cpu < 1 and cpu != cpu.quantize(Decimal("0.001")):
+        raise violation(field, f"Invalid value specified for cpu: {quantity}. Below 1, cpu is set "
+                               "in increments of 0.001.")
+    return cpu
+
+
+def parse_memory(quantity: str, field: str) -> int:
+    """A Kubernetes memory quantity (``512Mi``, ``1Gi``, ``1G``) in bytes."""
+    match = _QUANTITY.match(quantity.strip())
+    if match is None or match.group(2) == "m":
+        raise violation(field, f"Invalid value specified for memory: {quantity!r} is not a memory "
+                               "quantity such as '512Mi' or '2Gi'.")
+    try:
+        return int(Decimal(match.group(1)) * _MEMORY_UNITS[match.group(2) or ""])
+    except InvalidOperation:  # pragma: no cover - the regex only lets numbers through
+        raise violation(field, f"Invalid value specified for memory: {quantity!r}.") from None
+
+
+def _memory_text(amount: int) -> str:
+    return f"{amount // _GI}Gi" if amount % _GI == 0 else f"{amount // _MI}Mi"
+
+
+def check_resources(limits: dict[str, str], concurrency: int, field: str) -> None:
+    """cpu and memory limits, and what they allow together and with `concurrency`."""
+    for key in limits:
+        if key not in ("cpu", "memory", "nvidia.com/gpu"):
+            raise violation(f"{field}[{key}]", "only 'cpu', 'memory' and 'nvidia.com/gpu' "
+                                               "limits can be set.")
+    cpu = parse_cpu(limits.get("cpu", DEFAULT_CPU), f"{field}[cpu]")
+    memory = parse_memory(limits.get("memory", DEFAULT_MEMORY), f"{field}[memory]")
+    if cpu < 1 and concurrency > 1:
+        raise violation(f"{field}[cpu]", "Invalid value specified for cpu. Total cpu < 1 is not "
+                                         f"supported with concurrency > 1 (concurrency is "
+                                         f"{concurrency}; set max_instance_request_concurrency "
+                                         "to 1 or cpu to at least 1).")
+    _, low, high = next(row for row in _MEMORY_FOR_CPU if cpu >= row[0])
+    if not low <= memory <= high:
+        raise violation(f"{field}[memory]",
+                        f"Invalid value specified for memory. For {cpu.normalize()} CPU, memory "
+                        f"must be between {_memory_text(low)} and {_memory_text(high)} inclusive.")
+
+
+# -- the revision template -----------------------------------------------------------------
+
+
+def check_container(container: run_v2.Container, concurrency: int, field: str) -> None:
+    if not container.image:
+        raise violation(f"{field}.image", "an image is required (a URL such as "
+                                          "REGION-docker.pkg.dev/PROJECT/REPO/IMAGE:TAG).")
+    for i, env in enumerate(container.env):
+        where = f"{field}.env[{i}].name"
+        if env.name in RESERVED_ENV:
+            raise violation(where, f"The following reserved env names were provided: "
+                                   f"{env.name}. These values are automatically set by the "
+                                   "system.")
+        if not env.name or not _ENV_NAME.match(env.name):
+            raise violation(where, f"{env.name!r} is not a valid environment variable name "
+                                   "(non-empty, no '=').")
+    for i, port in enumerate(container.ports):
+        if not 0 <= port.container_port <= 65535:
+            raise violation(f"{field}.ports[{i}].container_port",
+                            "must be between 1 and 65535.")
+    check_resources(dict(container.resources.limits), concurrency, f"{field}.resources.limits")
+
+
+def check_template(template: run_v2.RevisionTemplate, service_id: str, field: str) -> None:
+    """Everything Cloud Run checks in a revision template (`field`: ``...service.template``)."""
+    if template.revision:
+        check_revision_id(template.revision, service_id, f"{field}.revision")
+    check_labels(dict(template.labels), f"{field}.labels")
+    check_annotations(dict(template.annotations), f"{field}.annotations")
+    concurrency = template.max_instance_request_concurrency
+    if not 0 <= concurrency <= MAX_CONCURRENCY:
+        raise violation(f"{field}.max_instance_request_concurrency",
+                        f"must be between 1 and {MAX_CONCURRENCY} (got {concurrency}).")
+    if "timeout" in template:
+        timeout = template.timeout
+        if not timedelta(seconds=1) <= timeout <= MAX_TIMEOUT:
+            raise violation(f"{field}.timeout", f"must be between 1s and 3600s (got "
+                                                f"{timeout.total_seconds():g}s).")
+    scaling = template.scaling
+    if scaling.min_instance_count < 0 or scaling.max_instance_count < 0:
+        raise violation(f"{field}.scaling", "instance counts cannot be negative.")
+    if scaling.max_instance_count and scaling.min_instance_count > scaling.max_instance_count:
+        raise violation(f"{field}.scaling.max_instance_count",
+                        "must be greater or equal than min_instance_count.")
+    if not template.containers:
+        raise violation(f"{field}.containers", "exactly one container is required.")
+    if len(template.containers) > 1:
+        raise violation(f"{field}.containers", "the local cloud runs one container per revision "
+                                               "(no sidecars); give exactly one container.")
+    check_container(template.containers[0], concurrency or DEFAULT_CONCURRENCY,
+                    f"{field}.containers[0]")
+
+
+def with_defaults(template: run_v2.RevisionTemplate) -> run_v2.RevisionTemplate:
+    """The template as Cloud Run stores it: defaults filled, so equal templates compare equal."""
+    filled = run_v2.RevisionTemplate(template)
+    if not filled.max_instance_request_concurrency:
+        filled.max_instance_request_concurrency = DEFAULT_CONCURRENCY
+    if "timeout" not in filled:
+        filled.timeout = DEFAULT_TIMEOUT
+    for container in filled.containers:
+        limits = container.resources.limits
+        limits.setdefault("cpu", DEFAULT_CPU)
+        limits.setdefault("memory", DEFAULT_MEMORY)
+        if not container.ports:
+            container.ports.append(run_v2.ContainerPort(name="http1", container_port=DEFAULT_PORT))
+    return filled
+
+
+def same_configuration(a: run_v2.RevisionTemplate, b: run_v2.RevisionTemplate) -> bool:
+    """Whether two templates describe the same revision (ignoring its name)."""
+    left, right = with_defaults(a), with_defaults(b)
+    left.revision = right.revision = ""
+    return bool(left == right)  # message equality: map fields compare as maps, in any order
+
+
+# -- traffic -------------------------------------------------------------------------------
+
+LATEST = run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST
+REVISION = run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION
+
+
+@dataclass(frozen=True)
+class Target:
+    """One traffic target, resolved: `revision` None means the latest ready revision."""
+
+    revision: str | None
+    percent: int
+    tag: str
+
+
+def check_traffic(traffic: list[run_v2.TrafficTarget], service_id: str,
+                  revisions: set[str], field: str) -> list[Target]:
+    """Validate `traffic` against the service's `revisions` (short names); default 100% LATEST."""
+    if not traffic:
+        return [Target(None, 100, "")]
+    targets: list[Target] = []
+    tags: set[str] = set()
+    for i, target in enumerate(traffic):
+        where = f"{field}[{i}]"
+        latest = target.type_ == LATEST or (target.type_ != REVISION and not target.revision)
+        if latest and target.revision:
+            raise violation(f"{where}.revision", "must be empty when type is "
+                                                 "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST.")
+        if not latest and target.revision not in revisions:
+            raise violation(f"{where}.revision", f"Revision '{target.revision}' does not exist or "
+                                                 "is deleted. Update all traffic to route to "
+                                                 "currently available revisions.")
+        if not 0 <= target.percent <= 100:
+            raise violation(f"{where}.percent", f"must be between 0 and 100 (got {target.percent}).")
+        if target.tag:
+            check_tag(target.tag, service_id, f"{where}.tag")
+            if target.tag in tags:
+                raise violation(f"{where}.tag", f"tag {target.tag!r} is used more than once.")
+            tags.add(target.tag)
+        targets.append(Target(None if latest else target.revision, target.percent, target.tag))
+    total = sum(t.percent for t in targets)
+    if total != 100:
+        raise violation(field, f"traffic percents must add up to 100 (they add up to {total}).")
+    return targets
+
+
+def check_tag(tag: str, service_id: str, field: str) -> None:
+    if not _SERVICE_ID.match(tag):
+        raise violation(field, f"traffic tag {tag!r} must be lowercase letters, digits and "
+                               "hyphens, begin with a letter and not end with a hyphen.")
+    if len(tag) + len(service_id) > MAX_TAG_AND_SERVICE:
+        raise violation(field, f"traffic tag '{tag}' and service name '{service_id}' together "
+                               f"are too long. Combined traffic tag and service name cannot "
+                               f"exceed {MAX_TAG_AND_SERVICE} characters.")
+
+
+# -- the whole service ---------------------------------------------------------------------
+
+
+def check_service(service: run_v2.Service, service_id: str, revisions: set[str],
+                  field: str) -> list[Target]:
+    """Validate a Service of a Create/Update request; returns its resolved traffic targets.
+
+    `revisions` are the short names of the service's existing revisions; the template's own
+    revision name counts as existing, since the deploy creates it.
+    """
+    check_labels(dict(service.labels), f"{field}.labels")
+    check_annotations(dict(service.annotations), f"{field}.annotations")
+    if "template" not in service:
+        raise violation(f"{field}.template", "a revision template is required.")
+    check_template(service.template, service_id, f"{field}.template")
+    known = revisions | ({service.template.revision} if service.template.revision else set())
+    return check_traffic(list(service.traffic), service_id, known, f"{field}.traffic")
+
+
+def check_etag(given: str, current: str, what: str) -> None:
+    """An etag that is given must be the current one (ABORTED otherwise, per AIP-154)."""
+    if given and given != current:
+        raise RpcError(grpc.StatusCode.ABORTED,
+                       f"etag {given} does not match the current etag {current} of {what}: it "
+                       "changed since you read it; read it again and retry.")
+
+
+# -- IAM -----------------------------------------------------------------------------------
+
+_MEMBER = re.compile(r"^(allUsers|allAuthenticatedUsers|(user|serviceAccount|group|domain|principal|"
+                     r"principalSet|deleted):.+)$")
+
+
+def check_policy(policy: policy_pb2.Policy, field: str) -> None:
+    """Roles are ``roles/...`` and members IAM principals (``allUsers``, ``user:EMAIL``, ...)."""
+    for i, binding in enumerate(policy.bindings):
+        if not binding.role.startswith(("roles/", "projects/", "organizations/")):
+            raise violation(f"{field}.bindings[{i}].role", f"{binding.role!r} is not a role "
+                                                          "(such as 'roles/run.invoker').")
+        for j, member in enumerate(binding.members):
+            if not _MEMBER.match(member):
+                raise violation(f"{field}.bindings[{i}].members[{j}]",
+                                f"{member!r} is not a principal: use allUsers, "
+                                "allAuthenticatedUsers or TYPE:ID (user:, serviceAccount:, "
+                                "group:, domain:).")

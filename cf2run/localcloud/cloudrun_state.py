@@ -1,0 +1,122 @@
+"""What the local Cloud Run keeps: services, revisions, IAM policies and URL ports, on disk.
+
+One JSON document (``STATE_DIR/state.json``), rewritten atomically (temp file + os.replace)
+after every change, so a restarted local cloud finds its services, and their URLs on the same
+ports. Messages are stored in their proto3 JSON form (`to_json` / `from_json`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from google.cloud import run_v2
+from google.iam.v1 import policy_pb2
+from google.protobuf import json_format
+
+from cf2run.localcloud.cloudrun_rules import violation
+
+FILENAME = "state.json"
+T = TypeVar("T")
+
+
+def tag_key(service_name: str, tag: str) -> str:
+    """The router key (and port key) of a traffic tag's URL."""
+    return f"{service_name}#{tag}"
+
+
+@dataclass
+class CloudRunState:
+    """Everything the local Cloud Run knows, keyed by full resource names."""
+
+    services: dict[str, run_v2.Service] = field(default_factory=dict)
+    revisions: dict[str, run_v2.Revision] = field(default_factory=dict)
+    #: the (defaults-filled) template each revision was made from
+    templates: dict[str, run_v2.RevisionTemplate] = field(default_factory=dict)
+    policies: dict[str, policy_pb2.Policy] = field(default_factory=dict)
+    #: router key (service name, or `tag_key`) -> the port its URL listens on
+    ports: dict[str, int] = field(default_factory=dict)
+
+    def revisions_of(self, service_name: str) -> list[run_v2.Revision]:
+        return [r for r in self.revisions.values() if r.service == service_name]
+
+    def save(self, state_dir: Path) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        document = {
+            "services": [_to_dict(run_v2.Service, s) for s in self.services.values()],
+            "revisions": [_to_dict(run_v2.Revision, r) for r in self.revisions.values()],
+            "templates": {name: _to_dict(run_v2.RevisionTemplate, t)
+                          for name, t in self.templates.items()},
+            "policies": {name: json_format.MessageToDict(p) for name, p in self.policies.items()},
+            "ports": self.ports,
+        }
+        path = state_dir / FILENAME
+        tmp = path.with_name(f".{FILENAME}.tmp")
+        tmp.write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, state_dir: Path) -> CloudRunState:
+        path = state_dir / FILENAME
+        if not path.exists():
+            return cls()
+        document = json.loads(path.read_text())
+        services = [_from_dict(run_v2.Service, d) for d in document.get("services", [])]
+        revisions = [_from_dict(run_v2.Revision, d) for d in document.get("revisions", [])]
+        return cls(
+            services={s.name: s for s in services},
+            revisions={r.name: r for r in revisions},
+            templates={name: _from_dict(run_v2.RevisionTemplate, d)
+                       for name, d in document.get("templates", {}).items()},
+            policies={name: json_format.ParseDict(d, policy_pb2.Policy())
+                      for name, d in document.get("policies", {}).items()},
+            ports={key: int(port) for key, port in document.get("ports", {}).items()},
+        )
+
+
+class Store:
+    """The state, the one lock that guards it, and saving it after each change.
+
+    Hold `lock` while reading or changing `state`, and call `save()` before letting go of it
+    after a change; never hold it while waiting on a process or a socket. Once `closed` (the
+    local cloud is stopping), nothing is saved any more: what shutting down does to revisions
+    is not a change a restart should see.
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = Path(state_dir)
+        self.lock = threading.Lock()
+        self.state = CloudRunState.load(self.dir)
+        self.closed = False
+
+    def save(self) -> None:
+        if not self.closed:
+            self.state.save(self.dir)
+
+
+def _to_dict(message_type: Any, message: Any) -> Any:
+    return json.loads(message_type.to_json(message))
+
+
+def _from_dict(message_type: Any, data: Any) -> Any:
+    return message_type.from_json(json.dumps(data), ignore_unknown_fields=True)
+
+
+def page(items: Sequence[T], page_size: int, page_token: str, field: str) -> tuple[list[T], str]:
+    """One page of `items` and the token of the next one ('' at the end)."""
+    try:
+        start = int(page_token) if page_token else 0
+    except ValueError:
+        start = -1
+    if start < 0 or start > len(items):
+        raise violation(f"{field}.page_token", f"invalid page token {page_token!r}; pass the "
+                                               "next_page_token of the previous page.")
+    if page_size < 0:
+        raise violation(f"{field}.page_size", "must not be negative.")
+    end = len(items) if page_size == 0 else min(len(items), start + page_size)
+    return list(items[start:end]), str(end) if end < len(items) else ""
