@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-from prefect import flow, get_run_logger
+from prefect import Task, flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.states import Completed, Failed, State
 
+from cf2run.errors import ImageVerificationError, SmokeTestFailed
 from cf2run.results import MigrationResult
 from cf2run.spec import FunctionSpec, Target
 from tasks.build import submit_pack_build
@@ -31,17 +31,22 @@ T = TypeVar("T")
 
 
 class _Steps:
-    """Runs steps in order, timing each and remembering which one is running."""
+    """Runs tasks in order, timing each and remembering which one runs and which came from cache."""
 
     def __init__(self) -> None:
         self.current: str | None = None
         self.timings: dict[str, float] = {}
+        self.cached: dict[str, bool] = {}
 
-    def run(self, name: str, step: Callable[..., T], *args: Any) -> T:
+    def run(self, name: str, step: Task[..., T], *args: Any, refresh: bool = False) -> T:
         self.current = name
         started = time.monotonic()
         try:
-            return step(*args)
+            if refresh:
+                step = step.with_options(refresh_cache=True)
+            state = cast("State[T]", step(*args, return_state=True))
+            self.cached[name] = state.name == "Cached"
+            return state.result()
         finally:
             self.timings[name] = round(time.monotonic() - started, 3)
 
@@ -56,13 +61,34 @@ def migrate_function(spec: FunctionSpec, target: Target | None = None) -> State[
     try:
         archive = steps.run("package", package_source, spec, target)
         built = steps.run("build", submit_pack_build, spec, target, archive)
-        result.digest, result.build_cached = built.digest, built.cached
+        try:
+            image = steps.run("verify", verify_image, spec, target, built)
+        except ImageVerificationError as error:
+            if not steps.cached["build"]:
+                raise
+            # A cached build result whose image left the registry (deleted, tag moved): the
+            # cache was wrong, not the build. Build again, once, so a rerun converges.
+            logger.warning("cached build of %s is stale (%s); building again", spec.name, error)
+            built = steps.run("build", submit_pack_build, spec, target, archive, refresh=True)
+            image = steps.run("verify", verify_image, spec, target, built)
+        result.digest, result.build_cached = built.digest, built.cached or steps.cached["build"]
         _publish_link(spec, "build-log", built.log_url, "Cloud Build log")
-        image = steps.run("verify", verify_image, spec, target, built)
         deployment = steps.run("deploy", deploy_service, spec, target, image, archive.sha256)
         result.url, result.revision = deployment.url, deployment.revision
+        try:
+            smoke = steps.run("smoke", smoke_test, spec, target, deployment)
+        except SmokeTestFailed as error:
+            if not steps.cached["deploy"]:
+                raise
+            # The service may have changed since the cached deploy (deleted, redeployed by
+            # hand): deploy again, for real, before calling the function broken.
+            logger.warning("smoke test after a cached deploy of %s failed (%s); deploying again",
+                           spec.name, error)
+            deployment = steps.run("deploy", deploy_service, spec, target, image, archive.sha256,
+                                   refresh=True)
+            result.url, result.revision = deployment.url, deployment.revision
+            smoke = steps.run("smoke", smoke_test, spec, target, deployment)
         _publish_link(spec, "url", deployment.url, "Cloud Run service URL")
-        smoke = steps.run("smoke", smoke_test, spec, target, deployment)
         result.status = "succeeded"
         result.message = f"smoke {smoke.status} in {smoke.latency_s:.2f}s"
     except Exception as error:

@@ -337,7 +337,7 @@ def _deploy_key_fn(context: TaskRunContext, inputs: dict[str, Any]) -> str:
     return deploy_cache_key(inputs["spec"], inputs["target"], inputs["image"], inputs.get("source_sha256"))
 
 
-@task(name="deploy_service", task_run_name="deploy[{spec.name}]",
+@task(name="deploy", task_run_name="deploy[{spec.name}]",
       cache_policy=CacheKeyFnPolicy(cache_key_fn=_deploy_key_fn) + TASK_SOURCE,
       persist_result=True, cache_expiration=timedelta(hours=1), **RETRIES)
 def deploy_service(spec: FunctionSpec, target: Target, image: VerifiedImage,

@@ -146,7 +146,7 @@ def _retry_after(response: httpx.Response | None) -> float:
     return float(value) if value.isdigit() else 0.0
 
 
-@task(name="smoke_test", task_run_name="smoke[{spec.name}]", cache_policy=NO_CACHE)
+@task(name="smoke", task_run_name="smoke[{spec.name}]", cache_policy=NO_CACHE)
 def smoke_test(spec: FunctionSpec, target: Target, deployment: Deployment) -> SmokeResult:
     """The spec's smoke request against the service URL (with an ID token for private services)."""
     logger = get_run_logger()

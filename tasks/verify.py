@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import json
 import shlex
-from datetime import timedelta
 from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy
-from prefect.context import TaskRunContext
-from prefect.utilities.hashing import hash_objects
+from prefect.cache_policies import NO_CACHE
 
 from cf2run.cloud import Cloud
 from cf2run.errors import ImageVerificationError
@@ -126,19 +123,9 @@ def _json_blob(data: bytes, what: str) -> dict[str, Any]:
     return parsed
 
 
-def verify_cache_key(target: Target, built: BuiltImage) -> str:
-    """Content key of a verification: the registry (target) and the image tag and digest."""
-    return "verify-" + str(hash_objects(target.model_dump(mode="json"), built.image, built.digest,
-                                        raise_on_failure=True))
-
-
-def _verify_key_fn(context: TaskRunContext, inputs: dict[str, Any]) -> str:
-    return verify_cache_key(inputs["target"], inputs["built"])
-
-
-@task(name="verify_image", task_run_name="verify[{spec.name}]",
-      cache_policy=CacheKeyFnPolicy(cache_key_fn=_verify_key_fn) + TASK_SOURCE,
-      persist_result=True, cache_expiration=timedelta(days=7), **RETRIES)
+#: Never cached: verifying is three cheap reads, and it is what tells the flow that a cached
+#: build result no longer matches the registry (the image was deleted or the tag moved).
+@task(name="verify", task_run_name="verify[{spec.name}]", cache_policy=NO_CACHE, **RETRIES)
 def verify_image(spec: FunctionSpec, target: Target, built: BuiltImage) -> VerifiedImage:
     """Check the built image: tag -> reported digest, linux/amd64, a buildpack ``web`` process."""
     logger = get_run_logger()

@@ -123,3 +123,19 @@ def test_build_failure_stops_at_build_with_builders_message_and_deploys_nothing(
             name=f"projects/{target.project}/locations/{target.region}/services/{spec.name}")
 
 
+
+
+def test_rerun_converges_after_the_service_was_deleted_by_hand(
+        samples: dict[str, FunctionSpec], target: Target, cloud: Cloud, tmp_path: Path) -> None:
+    spec = fresh_copy(samples["hello-python"], tmp_path)
+    first, _ = migrate(spec, target)
+    assert first.status == "succeeded", first.message
+    name = f"projects/{target.project}/locations/{target.region}/services/{spec.name}"
+    cloud.services.delete_service(name=name).result(timeout=60)
+
+    # The deploy result is cached (same digest and settings), so the smoke test fails first;
+    # the flow then deploys again for real instead of reporting a broken function.
+    again, run_counts = migrate(spec, target)
+    assert again.status == "succeeded", again.message
+    assert cloud.services.get_service(name=name).latest_ready_revision.endswith(first.revision or "")
+    assert run_counts[f"build[{spec.name}]"] == 1
