@@ -1,0 +1,179 @@
+"""The local buildpack: what Google's buildpacks do for a function, for Python and Node.js.
+
+    digest = build_function(source_dir, {"GOOGLE_FUNCTION_TARGET": "hello"},
+                            "us-central1-docker.pkg.dev/p/r/hello:v1", registry, cache_dir, print)
+
+Detect the language (``GOOGLE_RUNTIME`` overrides), check the entry file and the target,
+install dependencies into a layer (cached by the requirements or lockfile plus runtime), add
+the Functions Framework when the source does not declare it, and push an OCI image whose
+config carries the ``web`` process and buildpack-style labels. The build runs with the host's
+Python and Node; a different requested version is a warning in the log, not a failure.
+
+The image's runtime contract (what the local runtime relies on): the web process's
+``command[0]`` is ``python3`` or ``node``; every ``/workspace`` or ``/layers`` path in the
+command, args and Env is relative to the image root (layers unpacked in order);
+``WorkingDir`` is ``/workspace``; the runtime sets ``PORT``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from cf2run.errors import RegistryError, SpecError
+from cf2run.localcloud.builder_common import (
+    BuildCancelled,
+    BuildError,
+    DependencyPlan,
+    FunctionEnv,
+    LanguagePack,
+    Log,
+    Runner,
+    version_matches,
+    warn_version,
+)
+from cf2run.localcloud.builder_node import NodePack, node_version_matches
+from cf2run.localcloud.builder_python import PythonPack
+from cf2run.localcloud.image import (
+    DependencyCache,
+    ImageLayer,
+    LayerFile,
+    extract_layer,
+    image_config,
+    write_layer,
+)
+from cf2run.oci import ImageRef, Layer, RegistryClient
+
+__all__ = ["BuildCancelled", "BuildError", "build_function", "detect_language"]
+
+LABEL_BUILDPACK = "google.utils.label"
+
+
+def build_function(source_dir: Path, env: Mapping[str, str], image: str, registry: RegistryClient,
+                   cache_dir: Path, log: Log, *, cancel: threading.Event | None = None) -> str:
+    """Build the function in `source_dir` and push it as `image`; returns the manifest digest.
+
+    `env` is the build env (pack ``--env``). Setting `cancel` stops the build (a running
+    pip/npm is killed) with `BuildCancelled`. Raises `BuildError` saying what is wrong.
+    """
+    runner = Runner(log, cancel)
+    try:
+        ref = ImageRef.parse(image)
+    except SpecError as error:
+        raise BuildError(f"cannot build {image!r}: {error.message}", hint=error.hint) from None
+    log("===> DETECTING")
+    function_env = FunctionEnv.parse(env, log)
+    pack = _pack(source_dir, function_env, runner, log)
+    runtime = pack.runtime()
+    buildpacks = pack.buildpacks() + ([LABEL_BUILDPACK] if function_env.labels else [])
+    log(f"{len(buildpacks)} buildpacks participating")
+    for buildpack in buildpacks:
+        log(f"{buildpack:<40} local")
+    warn_version(runtime, log, version_matches if pack.language == "python" else node_version_matches)
+    if function_env.entrypoint:
+        log("WARNING: GOOGLE_ENTRYPOINT is ignored for function builds: the web process is the "
+            "Functions Framework serving GOOGLE_FUNCTION_TARGET.")
+
+    log("===> BUILDING")
+    pack.check_source()
+    with tempfile.TemporaryDirectory(prefix="cf2run-build-") as tmp:
+        root = Path(tmp) / "root"
+        shutil.copytree(source_dir, root / "workspace", symlinks=True,
+                        ignore=_top_level(source_dir, pack.app_excludes()))
+        plan = pack.dependencies()
+        dependencies = _dependency_layer(pack, plan, DependencyCache.key(runtime, plan.key_material),
+                                         root, cache_dir, log)
+        runner.check_cancelled()
+        pack.check_target(root)
+        log(f"Function '{function_env.target}' ({function_env.signature_type}) found in the source.")
+        process = pack.web_process(root)
+
+        log("===> EXPORTING")
+        app = write_layer([(source_dir, "workspace")], Path(tmp) / "app.tar.gz", pack.app_excludes())
+        layers = [ImageLayer(dependencies, plan.buildpack_id),
+                  ImageLayer(app, "buildpacksio/lifecycle:application")]
+        for label, value in function_env.labels.items():
+            log(f"Adding image label {label}: {value}")
+        config = image_config(process=process, env=pack.launch_env(), layers=layers, runtime=runtime,
+                              buildpacks=buildpacks, labels=function_env.labels)
+        runner.check_cancelled()
+        log(f"Adding layer '{plan.buildpack_id}' {dependencies.diff_id}")
+        log(f"Adding layer 'app' {app.diff_id}")
+        log(f"Setting default process type 'web': {' '.join(process.command + process.args)}")
+        digest = _push(registry, ref, config, [dependencies, app])
+    log(f"*** Images ({digest[7:19]}):")
+    log(f"      {image}")
+    log(f"Successfully built image '{image}'")
+    return digest
+
+
+def detect_language(source_dir: Path, runtime: str | None) -> str:
+    """``python`` or ``nodejs``, as the builder's detect phase decides (REFERENCE §2)."""
+    if runtime:
+        wanted = runtime.strip().lower()
+        if wanted.startswith("python"):
+            return "python"
+        if wanted.startswith("nodejs") or wanted == "node":
+            return "nodejs"
+        raise BuildError(f"GOOGLE_RUNTIME={runtime!r} is not supported by the local builder",
+                         hint="use python (python312, ...) or nodejs (nodejs20, ...)")
+    python_files = sorted(str(p.relative_to(source_dir)) for p in source_dir.rglob("*.py"))
+    node_files = (["package.json"] if (source_dir / "package.json").is_file() else []) + sorted(
+        str(p.relative_to(source_dir)) for p in source_dir.rglob("*.js"))
+    if python_files and node_files:
+        raise BuildError(
+            f"both Python ({_some(python_files)}) and Node.js ({_some(node_files)}) files found; "
+            "cannot tell which language the function is in",
+            hint="set GOOGLE_RUNTIME (python or nodejs) in the build env, or remove the stray files")
+    if python_files:
+        return "python"
+    if node_files:
+        return "nodejs"
+    raise BuildError("no Python (*.py) or Node.js (package.json, *.js) files found in the source",
+                     hint="the local builder builds Python and Node.js functions; check the source "
+                          "directory and its .gcloudignore")
+
+
+def _pack(source_dir: Path, env: FunctionEnv, runner: Runner, log: Log) -> LanguagePack:
+    language = detect_language(source_dir, env.runtime)
+    log(f"Detected language: {language}" + (f" (GOOGLE_RUNTIME={env.runtime})" if env.runtime else ""))
+    if language == "python":
+        return PythonPack(source_dir, env, runner, log)
+    return NodePack(source_dir, env, runner, log)
+
+
+def _dependency_layer(pack: LanguagePack, plan: DependencyPlan, key: str, root: Path, cache_dir: Path,
+                      log: Log) -> LayerFile:
+    """The dependency layer from the cache, or installed now and cached."""
+    cache = DependencyCache(cache_dir)
+    cached = cache.get(key)
+    if cached is not None:
+        log(f"Restoring dependency layer '{plan.buildpack_id}' from cache (key {key[:12]})")
+        if pack.check_needs_dependencies:
+            extract_layer(cached.path, root)
+        return cached
+    log(f"No cached dependency layer for key {key[:12]}: installing dependencies")
+    pack.install(root)
+    return cache.build(key, lambda out: write_layer([(root / plan.layer_dir, plan.layer_dir)], out))
+
+
+def _push(registry: RegistryClient, ref: ImageRef, config: bytes, layers: list[LayerFile]) -> str:
+    try:
+        return registry.push_image(ref, config, [Layer(path=layer.path) for layer in layers])
+    except RegistryError as error:
+        raise BuildError(f"pushing {ref} failed: {error.message}", hint=error.hint) from error
+
+
+def _top_level(source_dir: Path, excludes: frozenset[str]) -> Callable[[str, list[str]], set[str]]:
+    """A copytree `ignore` that drops `excludes` at the top level only."""
+    def ignore(directory: str, names: list[str]) -> set[str]:
+        return set(names) & excludes if Path(directory) == source_dir else set()
+
+    return ignore
+
+
+def _some(names: list[str], limit: int = 3) -> str:
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
