@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-# Prefect keeps results (the cross-run cache) and its database under PREFECT_HOME: give the
-# test session its own, so tests neither see nor leave a user's cache. Set before any import
-# of prefect.
-os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="cf2run-test-prefect-")
+# Everything the session creates lives under one temporary directory: local clouds' state,
+# tmp_path, and PREFECT_HOME (results = the cross-run cache, and the database), so tests neither
+# see nor leave a user's cache, and leaked processes can be found by their paths. Set before
+# any import of prefect.
+SESSION_TMP = tempfile.mkdtemp(prefix="cf2run-tests-")
+os.environ["TMPDIR"] = tempfile.tempdir = SESSION_TMP
+os.environ["PREFECT_HOME"] = os.path.join(SESSION_TMP, "prefect-home")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
-import pytest
+import pytest  # noqa: E402
 
-from cf2run.cloud import Cloud
-from cf2run.localcloud.settings import LocalCloudSettings
+from cf2run.cloud import Cloud  # noqa: E402
+from cf2run.localcloud.settings import LocalCloudSettings  # noqa: E402
 
 if TYPE_CHECKING:
     from cf2run.localcloud.server import LocalCloud
@@ -53,3 +58,33 @@ def prefect_api() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+def _session_processes() -> set[int]:
+    """Live processes (other than pytest) running in or on this session's temporary directory:
+    revisions (their working directory is an unpacked image), fake-gcs-server (its state),
+    `cf2run localcloud serve`, Prefect servers and workers started by tests."""
+    found = set()
+    marker = SESSION_TMP.encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            cwd = os.readlink(proc / "cwd").encode()
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and (marker in cmdline or cwd.startswith(marker)):
+            found.add(int(proc.name))
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leaked_processes() -> Iterator[None]:
+    """After the whole suite, no revision or storage emulator process started by it is left."""
+    yield
+    deadline = time.monotonic() + 10
+    while (leaked := _session_processes()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not leaked, f"processes outlived the test session (local cloud, servers): {sorted(leaked)}"

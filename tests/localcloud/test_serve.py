@@ -1,0 +1,102 @@
+"""`cf2run localcloud serve`: a persistent local cloud that other processes find and that
+survives restarts — services come back on the same URLs — and leaves no process behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from builder_samples import python_function
+from google.cloud import run_v2
+
+from cf2run.cloud import Cloud
+from cf2run.localcloud.builder import build_function
+from cf2run.localcloud.endpoints import FILENAME, Endpoints
+
+CF2RUN = Path(sys.executable).with_name("cf2run")
+PARENT = "projects/local-project/locations/us-central1"
+IMAGE = "us-central1-docker.pkg.dev/local-project/cf2run/hello:v1"
+
+
+class Serve:
+    """One `cf2run localcloud serve` process on a state dir."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Endpoints:
+        path = self.state_dir / FILENAME
+        before = path.stat().st_mtime_ns if path.exists() else None
+        self.process = subprocess.Popen([str(CF2RUN), "localcloud", "serve", "--state-dir",
+                                         str(self.state_dir)], stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while not path.exists() or path.stat().st_mtime_ns == before:
+            assert self.process.poll() is None, "serve exited before writing endpoints.json"
+            assert time.monotonic() < deadline, "serve did not write endpoints.json in 60 s"
+            time.sleep(0.2)
+        return Endpoints.read(self.state_dir)
+
+    def stop(self) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=60)
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Serve]:
+    server = Serve(tmp_path / "cloud")
+    yield server
+    if server.process and server.process.poll() is None:
+        server.stop()
+
+
+def processes_using(directory: Path) -> list[int]:
+    """Live processes whose working directory is inside `directory` (revisions are)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if os.readlink(proc / "cwd").startswith(str(directory)):
+                    found.append(int(proc.name))
+            except OSError:
+                continue
+    return found
+
+
+def get(url: str, token: str) -> httpx.Response:
+    return httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+
+
+def test_restart_brings_services_back_on_the_same_urls(serve: Serve, tmp_path: Path) -> None:
+    endpoints = serve.start()
+    cloud = Cloud.local(endpoints)
+    source = python_function(tmp_path / "src")
+    build_function(source, {"GOOGLE_FUNCTION_TARGET": "hello"}, IMAGE, cloud.registry,
+                   tmp_path / "cache", log=lambda line: None)
+    service = run_v2.Service(template=run_v2.RevisionTemplate(
+        containers=[run_v2.Container(image=IMAGE)]))
+    created = cloud.services.create_service(parent=PARENT, service_id="hello",
+                                            service=service).result(timeout=120)
+    token = cloud.id_token(created.uri)
+    assert "hello from python" in get(created.uri, token).text
+
+    assert serve.stop() == 0
+    with pytest.raises(httpx.ConnectError):
+        get(created.uri, token)
+    assert processes_using(serve.state_dir) == [], "a revision outlived the local cloud"
+
+    again = serve.start()
+    assert again == endpoints, "the services' endpoints moved after a restart"
+    restored = Cloud.local(again).services.get_service(name=f"{PARENT}/services/hello")
+    assert restored.uri == created.uri
+    assert "hello from python" in get(created.uri, token).text
+    assert serve.stop() == 0
+    assert processes_using(serve.state_dir) == []
