@@ -1,0 +1,49 @@
+"""The `cf2run` command as a user runs it: a subprocess, its exit code and what it prints."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from prefect.settings import PREFECT_API_URL
+
+from cf2run.localcloud.server import LocalCloud
+
+ROOT = Path(__file__).resolve().parents[1]
+CF2RUN = Path(sys.executable).with_name("cf2run")
+
+
+def cf2run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(CF2RUN), *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=900, env={**os.environ, "COLUMNS": "200", **(env or {})})
+
+
+def test_invalid_manifest_exits_2_naming_the_field_before_any_cloud_call(tmp_path: Path) -> None:
+    manifest = tmp_path / "manifest.yaml"
+    manifest.write_text("target: {kind: local, localcloud_dir: /nonexistent}\n"
+                        "functions:\n  - {name: Bad_Name, source: ., runtime: python312, "
+                        "entry_point: main}\n")
+    run = cf2run("migrate", str(manifest))
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "functions[0]" in run.stderr and "name" in run.stderr
+    assert "no local cloud found" not in run.stderr  # validation came before any connection
+
+
+def test_unknown_only_name_is_refused(tmp_path: Path) -> None:
+    run = cf2run("migrate", "examples/manifest.yaml", "--only", "no-such-function")
+    assert run.returncode == 2
+    assert "no-such-function" in run.stderr
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_migrate_only_one_sample_prints_its_row_and_exits_0(localcloud: LocalCloud) -> None:
+    run = cf2run("migrate", "examples/manifest.yaml", "--only", "storage-events",
+                 env={"CF2RUN_LOCALCLOUD_DIR": str(localcloud.state_dir),
+                      "PREFECT_API_URL": str(PREFECT_API_URL.value())})
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    row = next(line for line in run.stdout.splitlines() if "storage-events" in line)
+    assert "ok" in row and "http://127.0.0.1:" in row
+    assert "hello-python" not in run.stdout
