@@ -16,7 +16,6 @@ import hashlib
 import json
 import re
 import threading
-import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -419,13 +418,17 @@ class RegistryClient:
 
     def _fetch_token(self, challenge: _Challenge, ref: ImageRef) -> str:
         """Exchange our credentials for a Bearer token at the challenge's realm, as docker does."""
-        params = dict(challenge.params)
-        params.setdefault("scope", f"repository:{ref.repository}:pull,push")
+        # Only service and scope go to the token server (a challenge's error= is for us), each scope
+        # its own parameter; merged into the realm's own query (httpx's params= would replace it).
+        scope = challenge.params.get("scope") or f"repository:{ref.repository}:pull,push"
+        params: list[tuple[str, str | int | float | bool | None]] = [("scope", s) for s in scope.split()]
+        if challenge.params.get("service"):
+            params.insert(0, ("service", challenge.params["service"]))
         headers = {}
         basic = self._auth() if self._auth else None
         if basic:
             headers["Authorization"] = basic
-        url = f"{challenge.realm}?{urllib.parse.urlencode(params)}"
+        url = httpx.URL(challenge.realm).copy_merge_params(params)
         try:
             response = self._http.get(url, headers=headers)
         except httpx.HTTPError as exc:
@@ -436,8 +439,11 @@ class RegistryClient:
             raise RegistryError(f"token request for {ref}: HTTP {response.status_code}: {message}",
                                 status=response.status_code, code=code,
                                 hint=_hint(response.status_code, code))
-        body = response.json()
-        token = body.get("token") or body.get("access_token")
+        try:
+            body = response.json()
+            token = body.get("token") or body.get("access_token")
+        except (ValueError, AttributeError):
+            token = None
         if not token:
             raise RegistryError(f"token request for {ref}: the answer from {challenge.realm} has no token",
                                 status=response.status_code)

@@ -17,20 +17,32 @@ Two parts, kept apart (as fake-gcs-server keeps its transport from its backend):
 - `RegistryServer`: the HTTP API of the distribution spec, on the stdlib's
   ``ThreadingHTTPServer`` in a daemon thread, with HTTP/1.1 keep-alive and spec error bodies.
   Every call first asks the `FaultInjector` about ``Registry.<Verb>``.
+
+- `TokenAuth` (only with ``RegistryServer(auth=...)``): token authentication as Artifact Registry
+  does it (distribution's token auth spec). A /v2/ call without a valid ``Bearer`` token gets 401
+  and ``WWW-Authenticate: Bearer realm="http://ADDRESS/v2/token",service="ADDRESS",
+  scope="repository:NAME:pull,push"``; ``GET /v2/token?service=..&scope=..`` with Basic
+  credentials that ``auth(username, password)`` accepts (Artifact Registry: ``oauth2accesstoken``
+  and an OAuth access token) answers ``{"token", "access_token", "expires_in"}``. A token opens
+  the repositories of its scopes only, until it expires; a token that does not (any more) gets
+  401 with ``error="invalid_token"`` or ``error="insufficient_scope"``, as distribution answers.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
 import logging
 import os
 import re
+import secrets
 import shutil
 import socket
 import tempfile
 import threading
+import time
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -70,12 +82,14 @@ _FAULT_ERROR_CODE = {
 class ApiError(Exception):
     """An answer in the spec's error format: ``{"errors": [{"code", "message", "detail"}]}``."""
 
-    def __init__(self, status: int, code: str, message: str, detail: Any = None) -> None:
+    def __init__(self, status: int, code: str, message: str, detail: Any = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(f"{status} {code}: {message}")
         self.status = status
         self.code = code
         self.message = message
         self.detail = detail
+        self.headers = headers or {}
 
     def body(self) -> bytes:
         error: dict[str, Any] = {"code": self.code, "message": self.message}
@@ -221,6 +235,53 @@ class BlobStore:
         return self.root / "repositories" / repo
 
 
+# -- token auth ------------------------------------------------------------------------------------
+
+TOKEN_PATH = "/v2/token"
+_ACTIONS = frozenset({"pull", "push"})
+
+
+class TokenAuth:
+    """Bearer tokens, in memory: each grants actions on the repositories of its scopes until it expires."""
+
+    def __init__(self, check: Callable[[str, str], bool], ttl: float = 300.0) -> None:
+        self.check = check
+        self.ttl = ttl
+        self.requests = 0  # token requests answered, granted or not
+        self._tokens: dict[str, tuple[float, dict[str, frozenset[str]]]] = {}  # token -> (expiry, grants)
+        self._lock = threading.Lock()
+
+    def grant(self, username: str | None, password: str | None, scopes: Iterable[str]) -> str | None:
+        """A new token for ``repository:NAME:ACTIONS`` scopes, or None when the credentials are refused."""
+        with self._lock:
+            self.requests += 1
+        if username is None or password is None or not self.check(username, password):
+            return None
+        grants: dict[str, frozenset[str]] = {}
+        for scope in scopes:
+            kind, _, rest = scope.partition(":")
+            name, _, actions = rest.rpartition(":")
+            if kind == "repository" and REPOSITORY_RE.match(name):
+                grants[name] = grants.get(name, frozenset()) | (_ACTIONS & set(actions.split(",")))
+        token = secrets.token_urlsafe(32)
+        now = time.monotonic()
+        with self._lock:
+            self._tokens = {t: entry for t, entry in self._tokens.items() if entry[0] > now}
+            self._tokens[token] = (now + self.ttl, grants)
+        return token
+
+    def verify(self, token: str, name: str, action: str) -> str | None:
+        """None when `token` allows `action` on repository `name` (any valid token: the base
+        endpoint, name ""); else the challenge's error, ``invalid_token`` or ``insufficient_scope``."""
+        with self._lock:
+            entry = self._tokens.get(token)
+        if entry is None or entry[0] <= time.monotonic():
+            return "invalid_token"
+        if name and action not in entry[1].get(name, frozenset()):
+            return "insufficient_scope"
+        return None
+
+
 # -- HTTP ------------------------------------------------------------------------------------------
 
 
@@ -278,11 +339,12 @@ class _RequestHandler(BaseHTTPRequestHandler):
         self._body_read = False
         split = urllib.parse.urlsplit(self.path)
         path = urllib.parse.unquote(split.path)
-        self.query = {k: v[-1] for k, v in urllib.parse.parse_qs(split.query).items()}
+        self.query_lists = urllib.parse.parse_qs(split.query)
+        self.query = {k: v[-1] for k, v in self.query_lists.items()}
         try:
             response = self._route(method, path)
         except ApiError as exc:
-            response = Response(exc.status, exc.body(), {"Content-Type": "application/json"})
+            response = Response(exc.status, exc.body(), {"Content-Type": "application/json", **exc.headers})
         except (ConnectionError, TimeoutError):
             self.close_connection = True
             return
@@ -294,6 +356,12 @@ class _RequestHandler(BaseHTTPRequestHandler):
         self._send(response, head=method == "HEAD")
 
     def _route(self, method: str, path: str) -> Response:
+        tokens = self.server.tokens
+        if tokens is not None and path == TOKEN_PATH:
+            if method != "GET":
+                raise ApiError(405, "UNSUPPORTED", f"{method} is not supported on {path}")
+            self._check_fault("GetToken")
+            return _token(self, tokens)
         for pattern, handlers in _ROUTES:
             match = pattern.fullmatch(path)
             if not match:
@@ -302,14 +370,38 @@ class _RequestHandler(BaseHTTPRequestHandler):
             if entry is None:
                 raise ApiError(405, "UNSUPPORTED", f"{method} is not supported on {path}")
             verb, handler = entry
-            fault = self.server.faults.check(f"Registry.{verb}")
-            if fault is not None:
-                status = FAULT_HTTP_STATUS.get(fault.code, 500)
-                raise ApiError(status, _FAULT_ERROR_CODE.get(fault.code, "UNKNOWN"), fault.message)
             groups = match.groupdict()
+            if tokens is not None:
+                self._authorize(tokens, _check_name(groups["name"]) if "name" in groups else "", method)
+            self._check_fault(verb)
             name = _check_name(groups["name"]) if "name" in groups else ""
             return handler(self, name, groups.get("ref", ""))
         raise ApiError(404, "NOT_FOUND", f"no such endpoint: {path}")
+
+    def _check_fault(self, verb: str) -> None:
+        fault = self.server.faults.check(f"Registry.{verb}")
+        if fault is not None:
+            status = FAULT_HTTP_STATUS.get(fault.code, 500)
+            raise ApiError(status, _FAULT_ERROR_CODE.get(fault.code, "UNKNOWN"), fault.message)
+
+    def _authorize(self, tokens: TokenAuth, name: str, method: str) -> None:
+        """Pass with a Bearer token good for this call; else 401 with distribution's challenge."""
+        scheme, _, token = self.headers.get("Authorization", "").strip().partition(" ")
+        error = None
+        if scheme.lower() == "bearer" and token.strip():
+            error = tokens.verify(token.strip(), name, "pull" if method in ("GET", "HEAD") else "push")
+            if error is None:
+                return
+        address = self.server.address
+        challenge = f'Bearer realm="http://{address}{TOKEN_PATH}",service="{address}"'
+        detail = None
+        if name:
+            challenge += f',scope="repository:{name}:pull,push"'
+            detail = [{"Type": "repository", "Name": name, "Action": action} for action in ("pull", "push")]
+        if error:
+            challenge += f',error="{error}"'
+        raise ApiError(401, "UNAUTHORIZED", "authentication required", detail,
+                       headers={"WWW-Authenticate": challenge})
 
     def _send(self, response: Response, head: bool) -> None:
         self._drain()
@@ -390,6 +482,24 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
 def _ping(req: _RequestHandler, name: str, ref: str) -> Response:
     return _json_response(200, {})
+
+
+def _token(req: _RequestHandler, tokens: TokenAuth) -> Response:
+    """``GET /v2/token?service=..&scope=..`` with Basic credentials: a Bearer token for the scopes."""
+    username = password = None
+    scheme, _, value = req.headers.get("Authorization", "").strip().partition(" ")
+    if scheme.lower() == "basic":
+        with contextlib.suppress(ValueError):  # bad base64 (binascii.Error) or not UTF-8
+            username, sep, password = base64.b64decode(value.strip(), validate=True).decode().partition(":")
+            if not sep:
+                username = password = None
+    scopes = [scope for param in req.query_lists.get("scope", []) for scope in param.split()]
+    token = tokens.grant(username, password, scopes)
+    if token is None:
+        raise ApiError(401, "UNAUTHORIZED", "invalid username or password",
+                       headers={"WWW-Authenticate": f'Basic realm="{req.server.address}"'})
+    return _json_response(200, {"token": token, "access_token": token,
+                                "expires_in": max(1, round(tokens.ttl))})
 
 
 def _blob(req: _RequestHandler, name: str, digest: str) -> Response:
@@ -564,9 +674,11 @@ class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128
 
-    def __init__(self, port: int, store: BlobStore, faults: FaultInjector) -> None:
+    def __init__(self, port: int, store: BlobStore, faults: FaultInjector,
+                 tokens: TokenAuth | None = None) -> None:
         self.store = store
         self.faults = faults
+        self.tokens = tokens
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
         super().__init__(("127.0.0.1", port), _RequestHandler)
@@ -581,6 +693,10 @@ class _HTTPServer(ThreadingHTTPServer):
             self._connections.discard(request)
         super().shutdown_request(request)
 
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.server_address[1]}"
+
     def close_connections(self) -> None:
         with self._connections_lock:
             connections = list(self._connections)
@@ -593,10 +709,16 @@ class _HTTPServer(ThreadingHTTPServer):
 
 
 class RegistryServer:
-    """The local Artifact Registry: ``start()``, ``address`` (``127.0.0.1:PORT``), ``stop()``."""
+    """The local Artifact Registry: ``start()``, ``address`` (``127.0.0.1:PORT``), ``stop()``.
 
-    def __init__(self, state_dir: Path, faults: FaultInjector, port: int = 0) -> None:
+    With `auth` (``auth(username, password)`` decides a token request's Basic credentials), it
+    wants Bearer tokens as Artifact Registry does; tokens live `token_ttl` seconds. Without, open.
+    """
+
+    def __init__(self, state_dir: Path, faults: FaultInjector, port: int = 0, *,
+                 auth: Callable[[str, str], bool] | None = None, token_ttl: float = 300.0) -> None:
         self.store = BlobStore(Path(state_dir))
+        self.tokens = TokenAuth(auth, token_ttl) if auth is not None else None
         self._faults = faults
         self._fixed_port = port
         self._port = port
@@ -608,11 +730,11 @@ class RegistryServer:
         if self._server is not None:
             return
         try:
-            self._server = _HTTPServer(self._port, self.store, self._faults)
+            self._server = _HTTPServer(self._port, self.store, self._faults, self.tokens)
         except OSError:
             if not self._port or self._fixed_port:
                 raise
-            self._server = _HTTPServer(0, self.store, self._faults)
+            self._server = _HTTPServer(0, self.store, self._faults, self.tokens)
         self._port = int(self._server.server_address[1])
         self._thread = threading.Thread(target=self._server.serve_forever, name="localcloud-registry",
                                         kwargs={"poll_interval": 0.2}, daemon=True)
@@ -641,6 +763,11 @@ class RegistryServer:
     @property
     def url(self) -> str:
         return f"http://{self.address}"
+
+    @property
+    def token_requests(self) -> int:
+        """How many token requests (granted or refused) it has answered; 0 without `auth`."""
+        return self.tokens.requests if self.tokens is not None else 0
 
     def __enter__(self) -> RegistryServer:
         self.start()

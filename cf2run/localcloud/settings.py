@@ -40,7 +40,8 @@ class Fault(BaseModel):
     ``CloudBuild.GetBuild``, ``Services.CreateService``, ``Services.UpdateService``,
     ``Revisions.ListRevisions``, ``Operations.GetOperation``, or for the registry
     ``Registry.<Verb>`` with Verb one of ``GetManifest HeadManifest PutManifest GetBlob
-    HeadBlob StartUpload PatchUpload PutUpload ListTags Ping``. ``*`` matches every method.
+    HeadBlob StartUpload PatchUpload PutUpload GetUpload CancelUpload ListTags Ping
+    GetToken``. ``*`` matches every method.
     Without `first_n` and `probability` every call fails.
     """
 
