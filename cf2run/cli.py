@@ -1,6 +1,9 @@
 """The `cf2run` command line.
 
     cf2run migrate MANIFEST [--only NAME] [--target local|gcp]
+    cf2run fleet MANIFEST [--max-parallel N] [--dry-run] [--fanout local|deployments]
+    cf2run setup [--pool NAME] [--builds N] [--run-writes-per-minute N]
+    cf2run rollback SERVICE [--to REVISION] [--manifest M] [--target local|gcp] [--project P] [--region R]
     cf2run demo
     cf2run localcloud serve [--state-dir DIR]
     cf2run localcloud logs SERVICE [--state-dir DIR]
@@ -8,6 +11,12 @@
 """
 
 from __future__ import annotations
+
+import os
+
+# Without a Prefect server configured, Prefect starts a temporary one per command; its first
+# start (database migrations) can take longer than Prefect's default 20 s on a busy machine.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 import contextlib
 import signal
@@ -21,7 +30,7 @@ from cf2run.cloud import default_localcloud_dir
 from cf2run.errors import SpecError
 
 if TYPE_CHECKING:
-    from cf2run.spec import Manifest
+    from cf2run.spec import Manifest, Target
 
 app = typer.Typer(help="Migrate Google Cloud Functions to Cloud Run with buildpacks, on Prefect.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -73,6 +82,85 @@ def demo(keep: Annotated[bool, typer.Option(
     raise typer.Exit(0 if all(r.status == "succeeded" for r in results) else 1)
 
 
+@app.command()
+def fleet(
+    manifest: Annotated[Path, typer.Argument(help="YAML manifest listing the functions.")],
+    max_parallel: Annotated[int, typer.Option(
+        "--max-parallel", min=1, max=500, help="Functions migrated at the same time.")] = 20,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Only report what would be built and deployed; change nothing.")] = False,
+    fanout: Annotated[str, typer.Option(
+        "--fanout", help="local: in this process; deployments: one migrate-function "
+                         "deployment run per function, taken by any worker on the pool.")] = "local",
+    only: Annotated[list[str] | None, typer.Option(
+        "--only", help="Migrate only this function (repeatable).")] = None,
+    exclude: Annotated[list[str] | None, typer.Option(
+        "--exclude", help="Skip this function (repeatable).")] = None,
+    target: Annotated[str | None, typer.Option(
+        "--target", help="Override the manifest's target kind: local or gcp.")] = None,
+) -> None:
+    """Migrate the functions of a manifest many at a time (the migrate-fleet flow)."""
+    from cf2run.fleet_report import FleetReport
+    from cf2run.report import print_results
+    from flows.migrate_fleet import migrate_fleet
+
+    if fanout not in ("local", "deployments"):
+        raise typer.BadParameter("must be 'local' or 'deployments'", param_hint="--fanout")
+    loaded = _load(manifest, None, target)
+    try:
+        loaded = loaded.select(only, exclude)
+    except SpecError as error:
+        typer.secho(f"error: {manifest}: {error}", fg="red", err=True)
+        raise typer.Exit(2) from error
+    state = migrate_fleet(loaded, max_parallel=max_parallel, dry_run=dry_run,
+                          fanout=fanout, return_state=True)  # type: ignore[arg-type]
+    report = state.result(raise_on_failure=False)
+    if not isinstance(report, FleetReport):
+        typer.secho(f"error: the fleet run crashed: {report}", fg="red", err=True)
+        raise typer.Exit(1)
+    if dry_run:
+        _print_rows(report.rows(), f"cf2run fleet {manifest} --dry-run (nothing changed)")
+    else:
+        print_results(report.results, f"cf2run fleet {manifest}")
+    typer.echo(report.summary)
+    raise typer.Exit(1 if report.failed else 0)
+
+
+@app.command()
+def setup(
+    pool: Annotated[str, typer.Option("--pool", help="Name of the process work pool.")] = "cf2run",
+    builds: Annotated[int | None, typer.Option(
+        "--builds", min=1, help="Concurrent Cloud Build builds (your project's quota) "
+                                "[default: 10, when the limit is created]", show_default=False)] = None,
+    run_writes: Annotated[int | None, typer.Option(
+        "--run-writes-per-minute", min=1, help="Cloud Run Admin API writes per minute "
+                                               "[default: 60, when the limit is created]",
+        show_default=False)] = None,
+) -> None:
+    """Create the work pool and the quota limits (Prefect global concurrency limits) if missing."""
+    from cf2run.fleet_limits import BUILD_LIMIT, RUN_WRITES_LIMIT, QuotaLimits
+    from cf2run.fleet_setup import setup as do_setup
+
+    given = {"builds": builds, "run_writes_per_minute": run_writes}
+    quotas = QuotaLimits(**{name: value for name, value in given.items() if value is not None})
+    replace = [name for name, value in ((BUILD_LIMIT, builds), (RUN_WRITES_LIMIT, run_writes))
+               if value is not None]
+    done = do_setup(pool, quotas, replace)
+    typer.echo("\n".join(f"set: {item}" for item in done) if done else "nothing to do: all exist")
+
+
+def _print_rows(rows: list[dict[str, object]], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in rows[0] if rows else ():
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(str(value) for value in row.values()))
+    Console(width=200).print(table)
+
+
 def _load(manifest: Path, only: list[str] | None, target: str | None) -> Manifest:
     from cf2run.spec import load_manifest
 
@@ -82,6 +170,57 @@ def _load(manifest: Path, only: list[str] | None, target: str | None) -> Manifes
         return load_manifest(manifest, only=only or None, target_kind=target)
     except SpecError as error:
         typer.secho(f"error: {error}", fg="red", err=True)
+        raise typer.Exit(2) from error
+
+
+@app.command()
+def rollback(
+    service: Annotated[str, typer.Argument(help="Cloud Run service name.")],
+    to: Annotated[str | None, typer.Option(
+        "--to", help="Revision to move the traffic to (default: the one promoted before the "
+                     "revision serving now).", show_default=False)] = None,
+    manifest: Annotated[Path | None, typer.Option(
+        "--manifest", help="Take the target (project, region, local cloud) from this manifest.")] = None,
+    target: Annotated[str | None, typer.Option(
+        "--target", help="Target kind: local or gcp (default: the manifest's, else local).",
+        show_default=False)] = None,
+    project: Annotated[str | None, typer.Option("--project", help="Google Cloud project id.")] = None,
+    region: Annotated[str | None, typer.Option("--region", help="Cloud Run region.")] = None,
+) -> None:
+    """Move all of a service's traffic back to the revision that served before (no new revision)."""
+    from cf2run.cloud import Cloud
+    from cf2run.errors import Cf2RunError
+    from cf2run.rollback import rollback as do_rollback
+
+    chosen = _target(manifest, target, project, region)
+    try:
+        cloud = Cloud.for_target(chosen)
+        moved = do_rollback(cloud.services, cloud.revisions, chosen, service, to)
+    except Cf2RunError as error:
+        typer.secho(f"error: {error}", fg="red", err=True)
+        raise typer.Exit(1) from error
+    if moved.changed:
+        typer.echo(f"{service}: all traffic moved from {', '.join(moved.previous)} to "
+                   f"{', '.join(moved.serving)} at {moved.url}")
+    else:
+        typer.echo(f"{service}: already serves {', '.join(moved.serving)}; nothing moved")
+
+
+def _target(manifest: Path | None, kind: str | None, project: str | None, region: str | None
+            ) -> Target:
+    """The manifest's target (or the default one), with the given options over it."""
+    from pydantic import ValidationError
+
+    from cf2run.spec import Target
+
+    base = _load(manifest, None, kind).target if manifest else Target()
+    given = {"kind": kind, "project": project, "region": region}
+    try:
+        return Target.model_validate({**base.model_dump(), **{k: v for k, v in given.items() if v}})
+    except ValidationError as error:
+        problems = "; ".join(f"--{e['loc'][0]}: {e['msg'].removeprefix('Value error, ')}"
+                             if e["loc"] else e["msg"] for e in error.errors())
+        typer.secho(f"error: {problems}", fg="red", err=True)
         raise typer.Exit(2) from error
 
 
