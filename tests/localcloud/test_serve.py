@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from builder_samples import python_function
+from builder_samples import PYTHON_MAIN, python_function
 from google.cloud import run_v2
 
 from cf2run.cloud import Cloud
@@ -71,6 +71,11 @@ def processes_using(directory: Path) -> list[int]:
     return found
 
 
+def cf2run(*args: str) -> str:
+    return subprocess.run([str(CF2RUN), *args], check=True, capture_output=True, text=True,
+                          timeout=60).stdout
+
+
 def get(url: str, token: str) -> httpx.Response:
     return httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
 
@@ -78,7 +83,8 @@ def get(url: str, token: str) -> httpx.Response:
 def test_restart_brings_services_back_on_the_same_urls(serve: Serve, tmp_path: Path) -> None:
     endpoints = serve.start()
     cloud = Cloud.local(endpoints)
-    source = python_function(tmp_path / "src")
+    source = python_function(tmp_path / "src", main=PYTHON_MAIN.replace(
+        "def hello(request):\n", "def hello(request):\n    print('handling', request.path)\n"))
     build_function(source, {"GOOGLE_FUNCTION_TARGET": "hello"}, IMAGE, cloud.registry,
                    tmp_path / "cache", log=lambda line: None)
     service = run_v2.Service(template=run_v2.RevisionTemplate(
@@ -87,6 +93,14 @@ def test_restart_brings_services_back_on_the_same_urls(serve: Serve, tmp_path: P
                                             service=service).result(timeout=120)
     token = cloud.id_token(created.uri)
     assert "hello from python" in get(created.uri, token).text
+    assert get(created.uri, "not-a-token").status_code == 403
+
+    # What a user reaches for from a shell: a token for the URL, and the revision's output.
+    printed = cf2run("localcloud", "token", created.uri, "--state-dir", str(serve.state_dir))
+    assert get(created.uri, printed.strip()).status_code == 200
+    logs = cf2run("localcloud", "logs", "hello", "--state-dir", str(serve.state_dir))
+    revision = created.latest_ready_revision.rsplit("/", 1)[-1]
+    assert any(revision in line and "handling /" in line for line in logs.splitlines()), logs
 
     assert serve.stop() == 0
     with pytest.raises(httpx.ConnectError):
