@@ -54,6 +54,7 @@ from google.cloud.devtools import cloudbuild_v1
 from cf2run.cloud import Cloud
 from cf2run.localcloud.runtime import RevisionSpec, _launch
 from cf2run.localcloud.server import LocalCloud
+from cf2run.oci import ImageRef
 from cf2run.results import BuiltImage, SourceArchive
 from cf2run.spec import FunctionSpec, Target
 from tasks.build import POLL_FIRST_S, POLL_MAX_S, TERMINAL, image_for, pack_build_request
@@ -184,16 +185,19 @@ def deploy_to_ready(local: LocalCloud, cloud: Cloud, spec: FunctionSpec, target:
     return deployed + watch.elapsed, ready_at - started_at
 
 
-def start_directly(local: LocalCloud, built: BuiltImage, sample: Sample,
+def start_directly(local: LocalCloud, cloud: Cloud, built: BuiltImage, sample: Sample,
                    scratch: Path) -> tuple[float, float]:
     """Seconds until the image's web process, started by hand, answers the sample's request:
-    from a pristine copy of the unpacked image, then once more from the same copy (its
-    ``__pycache__`` written by the first start)."""
+    from a pristine copy of the image (its layers as pulled, none of the ``__pycache__`` a
+    revision wrote), then once more from the same copy (the first start's bytecode cached)."""
     runtime = local.state_dir / "runtime"
-    unpacked = runtime / "images" / built.digest.replace(":", "-")  # unpacked by the deploy
+    unpacked = runtime / "images" / built.digest.replace(":", "-")  # assembled by the deploy
+    _, manifest = cloud.registry.image_manifest(ImageRef.parse(built.by_digest))
     root = scratch / "rootfs"
-    shutil.rmtree(root, ignore_errors=True)  # the revision wrote __pycache__ there: leave it out
-    shutil.copytree(unpacked / "rootfs", root, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.rmtree(root, ignore_errors=True)
+    for layer in manifest["layers"]:  # unpacked by the deploy, once per layer digest: copied, in order
+        shutil.copytree(runtime / "layers" / layer["digest"].replace(":", "-"), root, symlinks=True,
+                        dirs_exist_ok=True)
     config = json.loads((unpacked / "config.json").read_text())
     spec = RevisionSpec(service="bench-direct", revision="bench-direct-00001", image=built.by_digest)
     command, env, cwd = _launch(root, config, spec, runtime / "node-loopback.js")
@@ -246,7 +250,7 @@ def bench_sample(sample: Sample, reps: int, cold_reps: int, fresh_tool_caches: b
                     total, server = deploy_to_ready(local, cloud, spec, target, built, archive, sample)
                     (result.create if rep == 0 else result.update).add(total)
                     result.server_ready.add(server)
-                    direct, again = start_directly(local, built, sample, Path(tmp))
+                    direct, again = start_directly(local, cloud, built, sample, Path(tmp))
                     result.direct.add(direct)
                     result.direct_again.add(again)
                     print(f"  {sample.key}: rep {rep + 1}/{reps}: warm rebuild {seconds(elapsed)}, "

@@ -3,6 +3,7 @@
     cf2run migrate MANIFEST [--only NAME] [--target local|gcp]
     cf2run fleet MANIFEST [--max-parallel N] [--dry-run] [--fanout local|deployments]
     cf2run setup [--pool NAME] [--builds N] [--run-writes-per-minute N]
+    cf2run plan MANIFEST [--only NAME] [--target local|gcp]
     cf2run rollback SERVICE [--to REVISION] [--manifest M] [--target local|gcp] [--project P] [--region R]
     cf2run demo
     cf2run localcloud serve [--state-dir DIR]
@@ -138,8 +139,8 @@ def setup(
         show_default=False)] = None,
 ) -> None:
     """Create the work pool and the quota limits (Prefect global concurrency limits) if missing."""
-    from cf2run.fleet_limits import BUILD_LIMIT, RUN_WRITES_LIMIT, QuotaLimits
     from cf2run.fleet_setup import setup as do_setup
+    from cf2run.quotas import BUILD_LIMIT, RUN_WRITES_LIMIT, QuotaLimits
 
     given = {"builds": builds, "run_writes_per_minute": run_writes}
     quotas = QuotaLimits(**{name: value for name, value in given.items() if value is not None})
@@ -171,6 +172,25 @@ def _load(manifest: Path, only: list[str] | None, target: str | None) -> Manifes
     except SpecError as error:
         typer.secho(f"error: {error}", fg="red", err=True)
         raise typer.Exit(2) from error
+
+
+@app.command()
+def plan(
+    manifest: Annotated[Path, typer.Argument(help="YAML manifest listing the functions.")],
+    only: Annotated[list[str] | None, typer.Option(
+        "--only", help="Plan only this function (repeatable).")] = None,
+    target: Annotated[str | None, typer.Option(
+        "--target", help="Override the manifest's target kind: local or gcp.")] = None,
+) -> None:
+    """Show what a migration would change per function (service, diff, build cached?); change nothing."""
+    from cf2run.cloud import Cloud
+    from cf2run.plan import plan_function, render
+
+    loaded = _load(manifest, only, target)
+    cloud = Cloud.for_target(loaded.target)
+    plans = [plan_function(spec, loaded.target, cloud) for spec in loaded.functions]
+    typer.echo(render(plans), nl=False)
+    raise typer.Exit(0 if all(p.ok for p in plans) else 1)
 
 
 @app.command()

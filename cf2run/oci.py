@@ -334,6 +334,14 @@ class RegistryClient:
         For an index (multi-platform image) the manifest for `platform` is used (else the first);
         `digest` is always the digest ref resolves to.
         """
+        digest, body = self.image_manifest(ref, platform)
+        config = json.loads(self.get_blob(ref, body["config"]["digest"]))
+        layers = [self.get_blob(ref, layer["digest"]) for layer in body.get("layers", [])]
+        return PulledImage(digest=digest, config=config, layers=layers, manifest=body)
+
+    def image_manifest(self, ref: ImageRef, platform: str = "linux/amd64") -> tuple[str, dict[str, Any]]:
+        """(the digest ref resolves to, the image manifest for `platform`), blobs left unfetched:
+        for a puller that already holds some of the layers. An index is resolved as in `pull_image`."""
         top = self.get_manifest(ref)
         manifest = top
         if top.media_type in INDEX_MEDIA_TYPES:
@@ -342,10 +350,7 @@ class RegistryClient:
                 raise RegistryError(f"pull {ref}: the image index lists no manifests",
                                     code="MANIFEST_INVALID")
             manifest = self.get_manifest(replace(ref, digest=chosen))
-        body = manifest.json()
-        config = json.loads(self.get_blob(ref, body["config"]["digest"]))
-        layers = [self.get_blob(ref, layer["digest"]) for layer in body.get("layers", [])]
-        return PulledImage(digest=top.digest, config=config, layers=layers, manifest=body)
+        return top.digest, manifest.json()
 
     # -- plumbing ------------------------------------------------------------------------------
 

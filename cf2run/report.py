@@ -15,10 +15,10 @@ def migrate_each(functions: Iterable[FunctionSpec], target: Target) -> list[Migr
     """Run the migrate-function flow for each function, one after another."""
     from flows.migrate_function import migrate_function
 
-    results = []
+    results: list[MigrationResult] = []
     for spec in functions:
         state = migrate_function(spec, target, return_state=True)
-        result = state.result(raise_on_failure=False)
+        result: object = state.result(raise_on_failure=False)
         if not isinstance(result, MigrationResult):  # the flow itself crashed
             result = MigrationResult(function=spec.name, status="failed", failed_step="flow",
                                      message=str(result or state.message))
@@ -45,3 +45,9 @@ def print_results(results: list[MigrationResult], title: str = "Migrations") -> 
     if not console.is_terminal:  # a log or a pipe: do not squeeze URLs into 80 columns
         console = Console(width=200)
     console.print(results_table(results, title))
+    triggers = [r for r in results if r.eventarc and r.status == "succeeded"]
+    if triggers:
+        console.print("\nEventarc triggers to create (once the events move from the Cloud Functions):")
+        for result in triggers:
+            console.print(f"  {result.function}: {result.eventarc}", soft_wrap=True, crop=False, markup=False,
+                          highlight=False)

@@ -55,13 +55,42 @@ class VerifiedImage(_Result):
 
 
 class Deployment(_Result):
-    """The Cloud Run service serving the image (deploy step)."""
+    """The Cloud Run service with a revision running the image (deploy step).
+
+    On a service that already served, the new revision is a *candidate*: it gets no traffic,
+    only a tag with its own URL (`candidate_url`), and the revisions in `previous` keep all
+    the traffic until the promote step moves it.
+    """
 
     service: str = Field(description="Full resource name: projects/P/locations/R/services/S.")
-    revision: str = Field(description="Revision serving the image (short name).")
+    revision: str = Field(description="Revision running the image (short name).")
     url: str = Field(description="Service URL.")
     digest: str = Field(description="Image digest the revision runs.")
     changed: bool = Field(description="False when the service already served this digest and settings.")
+    created: bool = Field(default=False, description="True when this deploy created the service.")
+    tag: str | None = Field(default=None, description="Traffic tag of a candidate revision.")
+    candidate_url: str | None = Field(
+        default=None, description="URL of the candidate's tag; None when the revision got the traffic "
+                                  "right away (a new service) or nothing changed.")
+    previous: list[str] = Field(
+        default_factory=list, description="Revisions that carried the traffic before this deploy.")
+
+    @property
+    def smoke_url(self) -> str:
+        """Where the smoke test goes: the candidate's tag URL, else the service URL."""
+        return self.candidate_url or self.url
+
+
+class TrafficChange(_Result):
+    """Where a service's traffic went (promote, discard and rollback steps)."""
+
+    service: str = Field(description="Full resource name: projects/P/locations/R/services/S.")
+    url: str = Field(description="Service URL.")
+    serving: list[str] = Field(description="Revisions that carry traffic now.")
+    previous: list[str] = Field(default_factory=list, description="Revisions that carried it before.")
+    changed: bool = Field(description="False when the traffic was already where it had to be.")
+    public: bool | None = Field(default=None, description="Whether allUsers may invoke the service "
+                                                          "(set by promote).")
 
 
 class SmokeResult(_Result):
@@ -82,6 +111,11 @@ class MigrationResult(_Result):
     message: str | None = Field(default=None, description="What went wrong and what to do.")
     url: str | None = Field(default=None, description="Service URL, when deployed.")
     digest: str | None = Field(default=None, description="Image digest, when built.")
-    revision: str | None = Field(default=None, description="Serving revision, when deployed.")
+    revision: str | None = Field(default=None, description="Revision deployed from the image.")
+    serving: list[str] = Field(
+        default_factory=list, description="Revisions carrying the service's traffic at the end.")
     build_cached: bool | None = Field(default=None, description="True when the build was skipped.")
+    eventarc: str | None = Field(
+        default=None, description="Event functions: the gcloud command that creates the Eventarc "
+                                  "trigger routing their events to the service.")
     timings: dict[str, float] = Field(default_factory=dict, description="Seconds per step.")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import keyword
 import re
+import types
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,7 +24,6 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
@@ -32,6 +32,7 @@ from pydantic import (
 )
 
 from cf2run.errors import SpecError
+from cf2run.spec_parts import SecretRef, SecretVolume, StrictModel, Trigger, overlapping_mounts
 
 Runtime = Literal[
     "python38", "python39", "python310", "python311", "python312", "python313",
@@ -40,6 +41,7 @@ Runtime = Literal[
 SignatureType = Literal["http", "event", "cloudevent"]
 HttpMethod = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 Ingress = Literal["all", "internal-only", "internal-and-gclb"]
+VpcEgress = Literal["private-ranges-only", "all-traffic"]
 
 #: Cloud Run sets these itself; the v2 API refuses them in `containers[].env` (REFERENCE §4).
 RESERVED_ENV = frozenset({"PORT", "K_SERVICE", "K_REVISION", "K_CONFIGURATION"})
@@ -62,6 +64,14 @@ MEMORY_MIB_RANGE = (128, 32768)
 CPU_RANGE = (0.08, 8.0)
 WHOLE_CPUS_ABOVE_ONE = (2.0, 4.0, 6.0, 8.0)
 DEFAULT_BUILDER = "gcr.io/buildpacks/builder:google-22"
+#: Runtimes Google builds only on its Ubuntu 18 stack (google-18-full), which the google-22 and
+#: google-24 builders do not have; gcr.io/buildpacks/builder:v1 does.
+UBUNTU18_RUNTIMES = frozenset({"python38", "python39", "nodejs16"})
+UBUNTU18_BUILDER = "gcr.io/buildpacks/builder:v1"
+NEWER_STACK_TAGS = ("google-22", "google-24")
+
+#: Cloud Run: traffic tag + service name <= 46 (REFERENCE §4); the shortest candidate tag is 'c'.
+MAX_NAME_WITH_TAG = 45
 
 SERVICE_NAME_RE = re.compile(r"^[a-z](?:[a-z0-9-]{0,47}[a-z0-9])?$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -73,6 +83,9 @@ REGION_RE = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
 REPOSITORY_RE = re.compile(r"^[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$")
 SERVICE_ACCOUNT_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+CONNECTOR_RE = re.compile(r"^[a-z][-a-z0-9]{0,23}[a-z0-9]$")
+CONNECTOR_PATH_RE = re.compile(r"^projects/[^/]+/locations/[a-z]+-[a-z]+[0-9]+/connectors/"
+                               r"[a-z][-a-z0-9]{0,23}[a-z0-9]$")
 QUANTITY_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?$")
 CPU_RE = re.compile(r"^(?:([0-9]+(?:\.[0-9]+)?)|([0-9]+)m)$")
 QUANTITY_UNITS = {None: 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
@@ -102,8 +115,7 @@ def _check_env_names(env: dict[str, str], field: str) -> None:
                              "letters, digits and '_', not starting with a digit")
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_by_name=True, validate_by_alias=True)
+_Model = StrictModel
 
 
 class SmokeRequest(_Model):
@@ -147,7 +159,8 @@ class FunctionSpec(_Model):
 
     name: str = Field(
         description="Cloud Run service name (and image name): lowercase letters, digits and '-', "
-                    "starts with a letter, does not end with '-', fewer than 50 characters.")
+                    "starts with a letter, does not end with '-', at most 45 characters (room for "
+                    "the candidate traffic tag).")
     source: Path = Field(
         description="Directory with the function's source (only the function body: main.py or "
                     "index.js plus requirements.txt / package.json). Relative paths are relative "
@@ -177,7 +190,10 @@ class FunctionSpec(_Model):
         default=None,
         description="vCPU limit ('0.5', '1', '2', '500m'); unset = the CPU gen1 gave this memory "
                     "tier (128Mi .083, 256Mi .167, 512Mi .333, 1Gi .583, 2Gi 1, 4Gi 2, 8Gi 2).")
-    timeout_s: int = Field(default=60, ge=1, le=3600, description="Request timeout in seconds (1 to 3600).")
+    timeout_s: int = Field(
+        default=60, ge=1, le=3600,
+        description="Request timeout in seconds; gen1's default 60, gen1 allowed up to 540, Cloud Run "
+                    "up to 3600.")
     concurrency: int = Field(
         default=1, ge=1, le=1000,
         description="Concurrent requests per instance; gen1 served one at a time (1). More than "
@@ -187,8 +203,9 @@ class FunctionSpec(_Model):
         default=None, ge=1, le=1000, description="Maximum number of instances; unset = Cloud Run's default.")
     service_account: str | None = Field(
         default=None,
-        description="Service account email the service runs as (gen1 used "
-                    "PROJECT@appspot.gserviceaccount.com); unset = Cloud Run's default.")
+        description="Service account email the service runs as; unset = gen1's runtime account "
+                    "PROJECT@appspot.gserviceaccount.com of the target project (never Cloud Run's "
+                    "compute default).")
     ingress: Ingress = Field(
         default="all",
         description="Who may reach the service: 'all', 'internal-only' or 'internal-and-gclb'.")
@@ -196,8 +213,31 @@ class FunctionSpec(_Model):
         default_factory=dict,
         description="Labels on the service (keys: lowercase letter first, then lowercase letters, "
                     "digits, '_' or '-'; at most 63 characters each).")
+    secret_env: dict[str, SecretRef] = Field(
+        default_factory=dict,
+        description="Environment variables read from Secret Manager (gen1 "
+                    "secretEnvironmentVariables): NAME: SECRET, NAME: SECRET:VERSION or NAME: "
+                    "{secret, version, project}. cf2run never reads or prints the values.")
+    secret_volumes: list[SecretVolume] = Field(
+        default_factory=list,
+        description="Secrets mounted as files (gen1 secretVolumes): {mount_path, secret, project, "
+                    "versions: [{path, version}]}; no versions = the latest in a file named after "
+                    "the secret.")
+    vpc_connector: str | None = Field(
+        default=None,
+        description="Serverless VPC Access connector (gen1 vpcConnector): its name in the target "
+                    "region, or projects/P/locations/R/connectors/NAME.")
+    vpc_egress: VpcEgress = Field(
+        default="private-ranges-only",
+        description="Traffic sent through the connector (gen1 vpcConnectorEgressSettings): "
+                    "'private-ranges-only' or 'all-traffic'.")
     allow_unauthenticated: bool = Field(
         default=False, description="Make the service public (allUsers may invoke it). Private by default.")
+    trigger: Trigger | None = Field(
+        default=None,
+        description="Event functions: the event they react to (gen1 eventTrigger). The smoke test "
+                    "then sends such an event (CloudEvents binary mode) and the report gives the "
+                    "Eventarc trigger to create.")
     smoke: SmokeRequest = Field(
         default_factory=lambda: SmokeRequest(), description="The request that checks the deployed service.")
 
@@ -208,6 +248,11 @@ class FunctionSpec(_Model):
             raise ValueError(
                 f"{name!r} is not a valid Cloud Run service name; use lowercase letters, digits and "
                 "'-', start with a letter, do not end with '-', fewer than 50 characters")
+        if len(name) > MAX_NAME_WITH_TAG:
+            raise ValueError(
+                f"{name!r} has {len(name)} characters; cf2run tests a new revision under a traffic "
+                f"tag before it gets traffic, and Cloud Run allows at most 46 characters for tag + "
+                f"service name: use at most {MAX_NAME_WITH_TAG} characters")
         return name
 
     @field_validator("source")
@@ -298,6 +343,64 @@ class FunctionSpec(_Model):
                                  "digits, '_' and '-', at most 63 characters")
         return labels
 
+    @field_validator("secret_env")
+    @classmethod
+    def _secret_env(cls, secret_env: dict[str, SecretRef]) -> dict[str, SecretRef]:
+        _check_env_names(dict.fromkeys(secret_env, ""), "secret_env")
+        reserved = sorted(RESERVED_ENV & secret_env.keys())
+        if reserved:
+            raise ValueError(f"secret_env sets {', '.join(reserved)}, which Cloud Run reserves and sets "
+                             "itself; use another name")
+        return secret_env
+
+    @field_validator("secret_volumes")
+    @classmethod
+    def _secret_volumes(cls, volumes: list[SecretVolume]) -> list[SecretVolume]:
+        overlap = overlapping_mounts(volumes)
+        if overlap:
+            first, second = overlap
+            what = "twice" if first == second else f"and {second} inside it"
+            raise ValueError(f"secret_volumes mount {first} {what}; a mount path is shadowed entirely "
+                             "by its secret: give each secret its own directory")
+        return volumes
+
+    @field_validator("vpc_connector")
+    @classmethod
+    def _vpc_connector(cls, connector: str | None) -> str | None:
+        if connector is not None and not (CONNECTOR_RE.match(connector)
+                                          or CONNECTOR_PATH_RE.match(connector)):
+            raise ValueError(f"vpc_connector {connector!r} is not a connector name (lowercase letters, "
+                             "digits and '-', 2 to 25 characters, starting with a letter) nor "
+                             "projects/P/locations/REGION/connectors/NAME")
+        return connector
+
+    @model_validator(mode="after")
+    def _settings_together(self) -> FunctionSpec:
+        both = sorted(self.env.keys() & self.secret_env.keys())
+        if both:
+            raise ValueError(f"{', '.join(both)} is set both in env and in secret_env; keep one")
+        if self.vpc_egress == "all-traffic" and self.vpc_connector is None:
+            raise ValueError("vpc_egress 'all-traffic' needs vpc_connector; name the connector or "
+                             "remove vpc_egress")
+        self._check_trigger()
+        return self
+
+    def _check_trigger(self) -> None:
+        trigger = self.trigger
+        if trigger is None:
+            return
+        if self.signature_type == "http":
+            raise ValueError("an http function has no trigger; set signature_type: event or "
+                             "cloudevent, or remove trigger")
+        if self.signature_type == "event" and trigger.kind == "custom":
+            raise ValueError(f"signature_type 'event' with trigger.event_type {trigger.event_type!r}: "
+                             "the Functions Framework turns only known event types (Pub/Sub, Storage, "
+                             "Firestore, Firebase) into legacy (data, context) events; use "
+                             "signature_type: cloudevent for this one")
+        if self.smoke.body is not None or self.smoke.json_body is not None:
+            raise ValueError("smoke sets a body, but a function with a trigger is smoke-tested with "
+                             "an event of that trigger; put the event's data in trigger.data")
+
     @model_validator(mode="after")
     def _cloud_run_rules(self) -> FunctionSpec:
         if self.max_instances is not None and self.max_instances < self.min_instances:
@@ -341,9 +444,10 @@ class FunctionSpec(_Model):
 
     @property
     def runtime_version(self) -> str:
-        """Language version (GOOGLE_RUNTIME_VERSION): 'python312' -> '3.12', 'nodejs20' -> '20'."""
+        """Language version for the buildpacks (GOOGLE_RUNTIME_VERSION), in the semver wildcard
+        form Google's buildpack docs use: 'python312' -> '3.12.x', 'nodejs20' -> '20.x.x'."""
         digits = self.runtime.removeprefix(self.language)
-        return f"{digits[0]}.{digits[1:]}" if self.language == "python" else digits
+        return f"{digits[0]}.{digits[1:]}.x" if self.language == "python" else f"{digits}.x.x"
 
 
 class Target(_Model):
@@ -475,6 +579,25 @@ class Manifest(_Model):
 
     @field_validator("functions")
     @classmethod
+    def _builder_has_the_runtimes(cls, functions: list[FunctionSpec], info: ValidationInfo
+                                  ) -> list[FunctionSpec]:
+        target = info.data.get("target")
+        if not isinstance(target, Target):
+            return functions
+        tag = target.builder.rsplit(":", 1)[-1]
+        if tag not in NEWER_STACK_TAGS:
+            return functions
+        for index, spec in enumerate(functions):
+            if spec.runtime in UBUNTU18_RUNTIMES:
+                raise ValueError(
+                    f"functions[{index}] ({spec.name}).runtime: {spec.runtime} is built only on "
+                    f"Google's Ubuntu 18 stack, which target.builder {target.builder} ({tag}) does "
+                    f"not have; set target.builder: {UBUNTU18_BUILDER} for it, or move the function "
+                    "to a newer runtime (python310+, nodejs18+)")
+        return functions
+
+    @field_validator("functions")
+    @classmethod
     def _unique_names(cls, functions: list[FunctionSpec]) -> list[FunctionSpec]:
         first: dict[str, int] = {}
         for index, spec in enumerate(functions):
@@ -494,6 +617,24 @@ class Manifest(_Model):
     @property
     def names(self) -> list[str]:
         return [spec.name for spec in self.functions]
+
+    def select(self, only: Sequence[str] | None = None, exclude: Sequence[str] | None = None) -> Manifest:
+        """The functions named in `only` (all when empty) minus those in `exclude`.
+
+        A name that is not in the manifest is a SpecError (a typo would otherwise skip or
+        migrate the wrong functions); selecting nothing is one too.
+        """
+        for option, names in (("only", only), ("exclude", exclude)):
+            unknown = [name for name in names or () if name not in self.names]
+            if unknown:
+                raise SpecError(f"{option} names {', '.join(map(repr, unknown))}, not in the manifest",
+                                hint=f"functions in the manifest: {', '.join(self.names)}")
+        kept = [spec for spec in self.functions
+                if (not only or spec.name in only) and spec.name not in (exclude or ())]
+        if not kept:
+            raise SpecError("only/exclude leave no function to migrate",
+                            hint=f"functions in the manifest: {', '.join(self.names)}")
+        return self.model_copy(update={"functions": kept})
 
 
 # -- loading a manifest -----------------------------------------------------------------------
@@ -612,15 +753,22 @@ def _message(problem: Any) -> str:
 def _model_at(model: type[BaseModel], loc: Sequence[int | str]) -> type[BaseModel] | None:
     """The model class found by following `loc` (field names; list indexes skipped) from `model`."""
     current = model
+    skip_key = False
     for part in loc:
-        if isinstance(part, int):
+        if isinstance(part, int) or skip_key:
+            skip_key = False
             continue
         field = current.model_fields.get(part)
         if field is None:
             return None
         annotation = field.annotation
+        models = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(models) == 1:
+            annotation = models[0]  # an optional model
         if typing.get_origin(annotation) is list:
             annotation = typing.get_args(annotation)[0]
+        elif typing.get_origin(annotation) is dict:
+            annotation, skip_key = typing.get_args(annotation)[1], True
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return None
         current = annotation

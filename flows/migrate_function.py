@@ -1,6 +1,11 @@
 """migrate_function: one Cloud Function onto Cloud Run, step by step.
 
-    package_source -> submit_pack_build -> verify_image -> deploy_service -> smoke_test
+    package_source -> submit_pack_build -> verify_image -> deploy_service -> smoke_test -> promote
+
+A service that already serves gets the new revision as a candidate (no traffic, its own tag
+URL); the smoke test calls that URL, and only when it passes does `promote` move the traffic
+(and, for a public service, add the allUsers binding). When it fails, `discard` removes the
+tag and the previous revision keeps serving, untouched.
 
 Each step is a Prefect task run named after the step and the function (`build[orders-api]`),
 retried only on transient errors and cached across flow runs on its content. The flow
@@ -18,12 +23,14 @@ from prefect import Task, flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.states import Completed, Failed, State
 
+from cf2run import events
 from cf2run.errors import ImageVerificationError, SmokeTestFailed
-from cf2run.results import MigrationResult
+from cf2run.results import Deployment, MigrationResult, SmokeResult
 from cf2run.spec import FunctionSpec, Target
 from tasks.build import submit_pack_build
 from tasks.deploy import deploy_service
 from tasks.package import package_source
+from tasks.promote import discard_candidate, promote_revision
 from tasks.smoke import smoke_test
 from tasks.verify import verify_image
 
@@ -51,13 +58,18 @@ class _Steps:
             self.timings[name] = round(time.monotonic() - started, 3)
 
 
-@flow(name="migrate-function", flow_run_name="migrate[{spec.name}]", log_prints=False)
+@flow(name="migrate-function", flow_run_name="migrate[{spec.name}]", log_prints=False,
+      persist_result=True)
 def migrate_function(spec: FunctionSpec, target: Target | None = None) -> State[MigrationResult]:
-    """Migrate one function: package, pack build, verify, deploy, smoke test."""
+    """Migrate one function: package, pack build, verify, deploy, smoke test, promote."""
     target = target or Target()
     logger = get_run_logger()
     steps = _Steps()
-    result = MigrationResult(function=spec.name, status="failed")
+    result = MigrationResult(function=spec.name, status="failed",
+                             eventarc=events.eventarc_command(spec, target))
+    note = events.missing_trigger_note(spec)
+    if note:
+        logger.warning(note)
     try:
         archive = steps.run("package", package_source, spec, target)
         built = steps.run("build", submit_pack_build, spec, target, archive)
@@ -74,9 +86,13 @@ def migrate_function(spec: FunctionSpec, target: Target | None = None) -> State[
         result.digest, result.build_cached = built.digest, built.cached or steps.cached["build"]
         _publish_link(spec, "build-log", built.log_url, "Cloud Build log")
         deployment = steps.run("deploy", deploy_service, spec, target, image, archive.sha256)
+        if steps.cached["deploy"] and deployment.candidate_url:
+            # A cached candidate is stale by design: it was promoted or discarded since.
+            deployment = steps.run("deploy", deploy_service, spec, target, image, archive.sha256,
+                                   refresh=True)
         result.url, result.revision = deployment.url, deployment.revision
         try:
-            smoke = steps.run("smoke", smoke_test, spec, target, deployment)
+            smoke = _smoke_or_discard(steps, spec, target, deployment, result)
         except SmokeTestFailed as error:
             if not steps.cached["deploy"]:
                 raise
@@ -87,15 +103,19 @@ def migrate_function(spec: FunctionSpec, target: Target | None = None) -> State[
             deployment = steps.run("deploy", deploy_service, spec, target, image, archive.sha256,
                                    refresh=True)
             result.url, result.revision = deployment.url, deployment.revision
-            smoke = steps.run("smoke", smoke_test, spec, target, deployment)
+            smoke = _smoke_or_discard(steps, spec, target, deployment, result)
+        promoted = steps.run("promote", promote_revision, spec, target, deployment)
+        result.serving = promoted.serving
         _publish_link(spec, "url", deployment.url, "Cloud Run service URL")
         result.status = "succeeded"
         result.message = f"smoke {smoke.status} in {smoke.latency_s:.2f}s"
+        if promoted.changed:
+            result.message += f"; traffic moved from {', '.join(promoted.previous)}"
     except Exception as error:
         result.failed_step, result.message = steps.current, str(error)
         logger.error("%s failed at %s: %s", spec.name, steps.current, error)
     result.timings = steps.timings
-    create_markdown_artifact(markdown=summary(result), key=_key(spec, "summary"),
+    create_markdown_artifact(markdown=summary(result, note), key=_key(spec, "summary"),
                              description=f"Migration of {spec.name}")
     if result.status == "failed":
         return Failed(message=f"{spec.name}: {result.failed_step} failed: {result.message}",
@@ -103,8 +123,33 @@ def migrate_function(spec: FunctionSpec, target: Target | None = None) -> State[
     return Completed(message=f"{spec.name} serves at {result.url}", data=result)
 
 
-def summary(result: MigrationResult) -> str:
-    """A short markdown report of one migration."""
+def _smoke_or_discard(steps: _Steps, spec: FunctionSpec, target: Target, deployment: Deployment,
+                      result: MigrationResult) -> SmokeResult:
+    """The smoke test; when a candidate fails it, its tag is removed and the error says what
+    keeps serving."""
+    try:
+        return steps.run("smoke", smoke_test, spec, target, deployment)
+    except SmokeTestFailed as error:
+        if deployment.created and spec.allow_unauthenticated:
+            raise SmokeTestFailed(f"{error.message}; the new service stays private (not made public)",
+                                  hint=error.hint) from error
+        if not deployment.candidate_url:
+            raise
+        try:
+            kept = steps.run("discard", discard_candidate, spec, target, deployment)
+            result.serving = kept.serving
+            outcome = (f"{', '.join(kept.serving)} keep(s) all the traffic at {kept.url}; tag "
+                       f"{deployment.tag!r} removed")
+        except Exception as discard_error:
+            outcome = (f"the traffic never moved to it, but removing its tag {deployment.tag!r} "
+                       f"failed: {discard_error}")
+        steps.current = "smoke"
+        raise SmokeTestFailed(f"{error.message}. Candidate {deployment.revision} was not promoted: "
+                              f"{outcome}", hint=error.hint) from error
+
+
+def summary(result: MigrationResult, note: str | None = None) -> str:
+    """A short markdown report of one migration (`note`: what the manifest could add)."""
     lines = [f"## {result.function}: {result.status}", ""]
     if result.failed_step:
         lines += [f"**Failed step:** `{result.failed_step}`", "", f"> {result.message}", ""]
@@ -112,8 +157,14 @@ def summary(result: MigrationResult) -> str:
               f"| URL | {result.url or '-'} |",
               f"| Image digest | `{result.digest or '-'}` |",
               f"| Revision | {result.revision or '-'} |",
+              f"| Serving | {', '.join(result.serving) or '-'} |",
               f"| Build | {_build_note(result.build_cached)} |"]
     lines += [f"| {step} | {seconds:.2f}s |" for step, seconds in result.timings.items()]
+    if result.eventarc:
+        lines += ["", "**Eventarc trigger to create** (once you switch the events over from the "
+                      "Cloud Function):", "", "```sh", result.eventarc, "```"]
+    if note:
+        lines += ["", f"> {note}"]
     return "\n".join(lines) + "\n"
 
 

@@ -15,11 +15,16 @@ from pydantic_core import PydanticUndefined
 
 from cf2run.localcloud.settings import Fault, LocalCloudSettings
 from cf2run.spec import FunctionSpec, SmokeRequest, Target
+from cf2run.spec_parts import SecretFile, SecretRef, SecretVolume, Trigger
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-SECTIONS = {
+SECTIONS: dict[str, list[tuple[str, type[BaseModel]]]] = {
     "manifest-fields": [("target", Target), ("functions[] (and defaults)", FunctionSpec),
-                        ("functions[].smoke", SmokeRequest)],
+                        ("functions[].smoke", SmokeRequest),
+                        ("functions[].secret_env.NAME (or SECRET, or SECRET:VERSION)", SecretRef),
+                        ("functions[].secret_volumes[]", SecretVolume),
+                        ("functions[].secret_volumes[].versions[]", SecretFile),
+                        ("functions[].trigger", Trigger)],
     "knobs": [("LocalCloudSettings", LocalCloudSettings), ("faults[]", Fault)],
 }
 

@@ -21,6 +21,7 @@ from prefect.context import TaskRunContext
 from cf2run.cloud import Cloud
 from cf2run.errors import BuildFailed
 from cf2run.oci import ImageRef
+from cf2run.quotas import build_slot
 from cf2run.results import BuiltImage, SourceArchive
 from cf2run.spec import FunctionSpec, Target
 from tasks.policy import RETRIES
@@ -136,12 +137,14 @@ def submit_pack_build(spec: FunctionSpec, target: Target, archive: SourceArchive
         return BuiltImage(image=image, digest=existing.digest, cached=True)
 
     request = pack_build_request(spec, target, archive, image)
-    operation = cloud.builds.create_build(
-        parent=f"projects/{target.project}/locations/{target.region}",
-        project_id=target.project, build=request)
-    build_id = operation.metadata.build.id
-    logger.info("build %s started for %s: %s", build_id, spec.name, operation.metadata.build.log_url)
-    build = wait_for_build(cloud, target, build_id, spec.name)
+    with build_slot():  # the project's concurrent-builds quota, shared by every flow run
+        operation = cloud.builds.create_build(
+            parent=f"projects/{target.project}/locations/{target.region}",
+            project_id=target.project, build=request)
+        build_id = operation.metadata.build.id
+        logger.info("build %s started for %s: %s", build_id, spec.name,
+                    operation.metadata.build.log_url)
+        build = wait_for_build(cloud, target, build_id, spec.name)
     if build.status != cloudbuild_v1.Build.Status.SUCCESS:
         raise BuildFailed(
             f"build {build_id} of {spec.name} ended {build.status.name}: "

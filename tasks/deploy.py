@@ -4,12 +4,17 @@
   the gen1 settings as fields (REFERENCE §4, §5), labels marking it as cf2run's, and a
   revision named from a hash of everything else, so the same digest and settings always give
   the same revision name and any change gives a new one.
-- `deploy` (plain, takes the clients) reads the service; a missing one is created, one that
-  already serves our revision is left untouched (no write at all), anything else is updated
-  with the etag it was read with. It waits for the operation and the Ready condition and
-  reports Google's reason when the revision fails. Then the ``allUsers`` invoker binding, only
-  for ``allow_unauthenticated`` services.
+- `deploy` (plain, takes the clients) reads the service; a missing one is created with the
+  revision serving all its traffic (nobody used it yet; it is not made public before its smoke
+  test passes); one that already serves our revision is left untouched (no write at all); on
+  one that serves another revision the new revision is a *candidate*: it gets 0% of the
+  traffic under a tag with its own URL, and the traffic in effect stays where it is until the
+  promote step (tasks/promote.py) moves it. Updates carry the etag they were read with. It
+  waits for the operation and the Ready condition and reports Google's reason when the
+  revision fails (the previous revisions keep serving: Cloud Run routes to Ready revisions).
 - `deploy_service` is the Prefect task, cached across flow runs on digest + settings + target.
+- The ``allUsers`` invoker binding (`ensure_invoker`), only for ``allow_unauthenticated``
+  services, is set by the promote step, after the smoke test.
 """
 
 from __future__ import annotations
@@ -31,11 +36,14 @@ from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy
 from prefect.context import TaskRunContext
 from prefect.utilities.hashing import hash_objects
 
+from cf2run import mapping
 from cf2run.cloud import Cloud
 from cf2run.errors import DeployFailed, TransientError
 from cf2run.oci import ImageRef
+from cf2run.quotas import cloud_run_write
 from cf2run.results import Deployment, VerifiedImage
 from cf2run.spec import FunctionSpec, Target
+from cf2run.traffic import REVISION, candidate_tag, serving, short_name, tag_url, with_candidate
 from tasks.policy import RETRIES, is_transient
 
 Log: TypeAlias = "logging.Logger | logging.LoggerAdapter[Any]"
@@ -55,15 +63,9 @@ DEPLOY_TIMEOUT_S = 900.0
 POLLING = polling.DEFAULT_POLLING.with_delay(initial=0.5, maximum=10.0, multiplier=1.5) \
     .with_timeout(DEPLOY_TIMEOUT_S)
 
-INGRESS = {
-    "all": run_v2.IngressTraffic.INGRESS_TRAFFIC_ALL,
-    "internal-only": run_v2.IngressTraffic.INGRESS_TRAFFIC_INTERNAL_ONLY,
-    "internal-and-gclb": run_v2.IngressTraffic.INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER,
-}
 SUCCEEDED = run_v2.Condition.State.CONDITION_SUCCEEDED
 FAILED = run_v2.Condition.State.CONDITION_FAILED
 LATEST = run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST
-REVISION = run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +92,8 @@ def service_labels(spec: FunctionSpec, source_sha256: str | None = None) -> dict
 
 def service_for(spec: FunctionSpec, target: Target, image: VerifiedImage,
                 source_sha256: str | None = None) -> run_v2.Service:
-    """The Service to create or update (without `name`: Create takes it as `service_id`).
+    """The Service to create or update (without `name`: Create takes it as `service_id`); the gen1
+    settings are mapped by cf2run.mapping.
 
     Cloud Run needs `cpu_idle` set explicitly once resources are given; True keeps a
     function's billing model (CPU only during requests), and below 1 vCPU it is required.
@@ -98,9 +101,10 @@ def service_for(spec: FunctionSpec, target: Target, image: VerifiedImage,
     labels = service_labels(spec, source_sha256)
     container = run_v2.Container(
         image=f"{ImageRef.parse(image.image).name}@{image.digest}",
-        env=[run_v2.EnvVar(name=key, value=value) for key, value in spec.env.items()],
+        env=mapping.container_env(spec, target),
         resources=run_v2.ResourceRequirements(
             limits={"cpu": spec.effective_cpu, "memory": spec.memory}, cpu_idle=True),
+        volume_mounts=mapping.volume_mounts(spec),
     )
     scaling = run_v2.RevisionScaling(min_instance_count=spec.min_instances)
     if spec.max_instances is not None:
@@ -111,9 +115,11 @@ def service_for(spec: FunctionSpec, target: Target, image: VerifiedImage,
         max_instance_request_concurrency=spec.concurrency,
         timeout=timedelta(seconds=spec.timeout_s),
         scaling=scaling,
-        service_account=spec.service_account or "",
+        service_account=mapping.service_account(spec, target),
+        volumes=mapping.volumes(spec, target),
+        vpc_access=mapping.vpc_access(spec, target),
     )
-    service = run_v2.Service(labels=labels, client=CLIENT, ingress=INGRESS[spec.ingress],
+    service = run_v2.Service(labels=labels, client=CLIENT, ingress=mapping.INGRESS[spec.ingress],
                              template=template)
     revision = revision_name(spec.name, service)
     service.template.revision = revision
@@ -137,11 +143,6 @@ def revision_name(name: str, service: run_v2.Service) -> str:
     return f"{name}-{digest[:length]}"
 
 
-def short_name(resource: str) -> str:
-    """The last segment of a resource name (revisions are named either way)."""
-    return resource.rsplit("/", 1)[-1]
-
-
 def serves(existing: run_v2.Service, wanted: run_v2.Service) -> bool:
     """Whether `existing` runs `wanted`'s revision, Ready, with all traffic, same ingress and labels."""
     revision = wanted.template.revision
@@ -160,14 +161,14 @@ def serves(existing: run_v2.Service, wanted: run_v2.Service) -> bool:
 
 
 @contextmanager
-def _step(what: str, hint: str | None = None) -> Iterator[None]:
+def api_step(what: str, hint: str | None = None, step: str = "deploy_service") -> Iterator[None]:
     """Permanent API errors become DeployFailed naming the step; transient ones pass (Prefect retries)."""
     try:
         yield
     except api_exceptions.GoogleAPICallError as error:
         if is_transient(error):
             raise
-        raise DeployFailed(f"deploy_service: {what} failed: {error.message or error}",
+        raise DeployFailed(f"{step}: {what} failed: {error.message or error}",
                            hint=hint or _hint_for(error)) from error
 
 
@@ -179,26 +180,51 @@ def _hint_for(error: api_exceptions.GoogleAPICallError) -> str:
     return "check the Cloud Run service in the console, then run the migration again"
 
 
+def get_service(services: run_v2.ServicesClient, name: str, step: str = "deploy_service"
+                ) -> run_v2.Service | None:
+    """The service, or None when there is none."""
+    with api_step(f"GetService {name}", step=step):
+        try:
+            return services.get_service(name=name)
+        except api_exceptions.NotFound:
+            return None
+
+
 def deploy(services: run_v2.ServicesClient, revisions: run_v2.RevisionsClient, spec: FunctionSpec,
            target: Target, image: VerifiedImage, source_sha256: str | None = None,
            logger: Log = log) -> Deployment:
-    """Bring the service to `service_for(...)` (create, update or nothing), then the invoker binding."""
+    """Bring the service to run `service_for(...)`: create it, add a candidate, or nothing."""
     wanted = service_for(spec, target, image, source_sha256)
     name = service_path(target, spec.name)
     revision = wanted.template.revision
-    with _step(f"GetService {name}"):
-        try:
-            existing: run_v2.Service | None = services.get_service(name=name)
-        except api_exceptions.NotFound:
-            existing = None
+    existing = get_service(services, name)
     if existing is not None and serves(existing, wanted):
         logger.info("%s already serves %s (%s): nothing to deploy", spec.name, revision, image.digest)
-        final, changed = existing, False
-    else:
-        final, changed = _write(services, revisions, target, spec.name, wanted, existing, logger), True
-    ensure_invoker(services, final.name or name, spec.allow_unauthenticated, logger)
-    return Deployment(service=final.name or name, revision=revision, url=final.uri,
-                      digest=image.digest, changed=changed)
+        return Deployment(service=name, revision=revision, digest=image.digest, url=existing.uri,
+                          changed=False, previous=[revision])
+    previous = serving(existing) if existing is not None else []
+    tag = candidate_tag(spec.name) if previous else None
+    if existing is not None:
+        wanted.annotations = dict(existing.annotations)  # cf2run's promotion history, and others'
+    if tag is not None:
+        assert existing is not None
+        wanted.traffic = with_candidate(existing, revision, tag)
+        logger.info("deploying %s as a candidate under tag %r; %s keep(s) the traffic", revision, tag,
+                    ", ".join(previous))
+    try:
+        final = _write(services, revisions, target, spec.name, wanted, existing, logger)
+    except DeployFailed as error:
+        if not previous:
+            raise
+        raise DeployFailed(f"{error.message}; the traffic never moved: {', '.join(previous)} keep(s) "
+                           "serving it", hint=error.hint) from error
+    url = tag_url(final, tag) if tag is not None else None
+    if tag is not None and url is None:
+        raise DeployFailed(f"deploy_service: {name} is Ready but its traffic tag {tag!r} has no URL",
+                           hint="check the service's traffic in the Cloud Run console")
+    return Deployment(service=name, revision=revision, digest=image.digest, url=final.uri,
+                      changed=True, created=existing is None, tag=tag, candidate_url=url,
+                      previous=previous)
 
 
 def _write(services: run_v2.ServicesClient, revisions: run_v2.RevisionsClient, target: Target,
@@ -208,8 +234,10 @@ def _write(services: run_v2.ServicesClient, revisions: run_v2.RevisionsClient, t
     revision = wanted.template.revision
     name = service_path(target, service_id)
     if existing is None:
-        logger.info("creating service %s with revision %s", name, revision)
-        with _step(f"CreateService {name}"):
+        logger.info("creating service %s with revision %s (private until its smoke test passes)",
+                    name, revision)
+        cloud_run_write()
+        with api_step(f"CreateService {name}"):
             try:
                 operation = services.create_service(parent=parent_of(target), service=wanted,
                                                     service_id=service_id)
@@ -222,15 +250,16 @@ def _write(services: run_v2.ServicesClient, revisions: run_v2.RevisionsClient, t
         update = run_v2.Service(wanted)
         update.name = name
         update.etag = existing.etag
-        with _step(f"UpdateService {name}"):
+        cloud_run_write()
+        with api_step(f"UpdateService {name}"):
             operation = services.update_service(service=update)
-    final = _wait(operation, revisions, name, revision)
+    final = wait_for(operation, revisions, name, revision)
     if final.terminal_condition.state != SUCCEEDED:
         reason = _with_details(final.terminal_condition.message or "no reason given",
                                _revision_problems(revisions, name, revision))
         raise DeployFailed(f"deploy_service: {name} is not Ready after deploying revision {revision}: "
                            f"{reason}", hint=_READY_HINT)
-    logger.info("service %s serves revision %s at %s", name, revision, final.uri)
+    logger.info("service %s runs revision %s at %s", name, revision, final.uri)
     return final
 
 
@@ -238,23 +267,23 @@ _READY_HINT = ("read the revision's logs (Cloud Run console, or `cf2run localclo
                "a function that does not start is usually a wrong entry point or a missing dependency")
 
 
-def _wait(operation: lro.Operation, revisions: run_v2.RevisionsClient, name: str,
-          revision: str) -> run_v2.Service:
+def wait_for(operation: lro.Operation, revisions: run_v2.RevisionsClient, name: str,
+             revision: str, step: str = "deploy_service") -> run_v2.Service:
     """The operation's Service; a failed operation is DeployFailed with Google's message (not retried)."""
     what = f"{name} revision {revision}"
     try:
         result = operation.result(polling=POLLING)
     except TimeoutError as error:  # concurrent.futures.TimeoutError since 3.11
-        raise DeployFailed(f"deploy_service: {what} was not Ready within {DEPLOY_TIMEOUT_S:g}s",
+        raise DeployFailed(f"{step}: {what} was not Ready within {DEPLOY_TIMEOUT_S:g}s",
                            hint=_READY_HINT) from error
     except api_exceptions.GoogleAPICallError as error:
         if not (operation.operation.done and operation.operation.HasField("error")):
             raise  # polling itself failed: transport trouble, retried by Prefect if transient
         message = _with_details(operation.operation.error.message or str(error),
                                 _revision_problems(revisions, name, revision))
-        raise DeployFailed(f"deploy_service: {what} failed: {message}", hint=_READY_HINT) from error
+        raise DeployFailed(f"{step}: {what} failed: {message}", hint=_READY_HINT) from error
     if not isinstance(result, run_v2.Service):  # pragma: no cover - the API promises a Service
-        raise DeployFailed(f"deploy_service: {what}: the operation returned {type(result).__name__}")
+        raise DeployFailed(f"{step}: {what}: the operation returned {type(result).__name__}")
     return result
 
 
@@ -293,11 +322,12 @@ def with_public_binding(policy: policy_pb2.Policy) -> policy_pb2.Policy:
     return updated
 
 
-def ensure_invoker(services: run_v2.ServicesClient, service: str, public: bool, logger: Log) -> None:
+def ensure_invoker(services: run_v2.ServicesClient, service: str, public: bool, logger: Log) -> bool | None:
     """Public services get ``allUsers`` -> ``roles/run.invoker`` (once); private ones are never opened.
 
-    As gcloud does, a failure here is a warning, not a failed deploy. A binding that is already
-    there on a service the spec calls private is reported, not removed.
+    Returns whether allUsers may invoke the service afterwards (None when the policy could not
+    be read). As gcloud does, a failure here is a warning, not a failed deploy. A binding that
+    is already there on a service the spec calls private is reported, not removed.
     """
     command = (f"gcloud run services add-iam-policy-binding {short_name(service)} "
                f"--member={ALL_USERS} --role={INVOKER_ROLE}")
@@ -309,17 +339,21 @@ def ensure_invoker(services: run_v2.ServicesClient, service: str, public: bool, 
                                "allow_unauthenticated: false; cf2run does not remove bindings: run "
                                "`gcloud run services remove-iam-policy-binding %s --member=%s --role=%s` "
                                "to make it private", service, short_name(service), ALL_USERS, INVOKER_ROLE)
-            return
+                return True
+            return False
         if has_public_binding(policy):
-            return
+            return True
+        cloud_run_write()
         services.set_iam_policy(request={"resource": service, "policy": with_public_binding(policy)})
         logger.info("%s is public: %s may invoke it", service, ALL_USERS)
+        return True
     except api_exceptions.GoogleAPICallError as error:
         if public:
             logger.warning("could not make %s public (%s); it is deployed but answers 403 without a "
                            "token. Run `%s`", service, error.message or error, command)
-        else:
-            logger.warning("could not read the IAM policy of %s (%s)", service, error.message or error)
+            return False
+        logger.warning("could not read the IAM policy of %s (%s)", service, error.message or error)
+        return None
 
 
 # -- the Prefect task ------------------------------------------------------------------------------
@@ -342,6 +376,7 @@ def _deploy_key_fn(context: TaskRunContext, inputs: dict[str, Any]) -> str:
       persist_result=True, cache_expiration=timedelta(hours=1), **RETRIES)
 def deploy_service(spec: FunctionSpec, target: Target, image: VerifiedImage,
                    source_sha256: str | None = None) -> Deployment:
-    """Create or update the Cloud Run service to run `image` by digest (`source_sha256`: for the label)."""
+    """Create the service, or add a candidate revision running `image` by digest (`source_sha256`:
+    for the label); see `deploy`."""
     cloud = Cloud.for_target(target)
     return deploy(cloud.services, cloud.revisions, spec, target, image, source_sha256, get_run_logger())

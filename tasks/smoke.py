@@ -16,8 +16,9 @@ import httpx
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from cf2run import events
 from cf2run.cloud import Cloud
-from cf2run.errors import SmokeTestFailed
+from cf2run.errors import Cf2RunError, SmokeTestFailed
 from cf2run.results import Deployment, SmokeResult
 from cf2run.spec import FunctionSpec, SmokeRequest, Target
 
@@ -60,13 +61,14 @@ def excerpt(text: str) -> str:
 
 
 def run_smoke(url: str, smoke: SmokeRequest, token: str | None = None, *, public: bool = False,
-              log: Callable[[str], None] = lambda line: None,
+              any_2xx: bool = False, log: Callable[[str], None] = lambda line: None,
               sleep: Callable[[float], None] = time.sleep,
               clock: Callable[[], float] = time.monotonic) -> SmokeResult:
     """Send `smoke` to `url` until it is not a cold-start answer or the deadline passes, then check it.
 
     Retried until the deadline: connection errors, 429 and 5xx, and for a `public` service also
-    401/403 (the new allUsers binding may not have propagated yet).
+    401/403 (the new allUsers binding may not have propagated yet). `any_2xx`: every 2xx status
+    passes (an event function may answer 200 or 204).
     """
     target = request_url(url, smoke.path)
     retry = RETRY_STATUSES | (IAM_PROPAGATION_STATUSES if public else frozenset())
@@ -78,10 +80,12 @@ def run_smoke(url: str, smoke: SmokeRequest, token: str | None = None, *, public
             f"{smoke.deadline_s:g}s ({attempts.error})",
             hint="the service did not accept connections; check its logs and that the URL is reachable")
     got = excerpt(response.text)
-    if response.status_code != smoke.expect_status:
+    passed = 200 <= response.status_code < 300 if any_2xx else response.status_code == smoke.expect_status
+    if not passed:
         waited = " (still failing at the deadline)" if response.status_code in retry else ""
+        expected = "a 2xx status" if any_2xx else f"status {smoke.expect_status}"
         raise SmokeTestFailed(
-            f"smoke_test {smoke.method} {target}: expected status {smoke.expect_status}, got "
+            f"smoke_test {smoke.method} {target}: expected {expected}, got "
             f"{response.status_code}{waited} after {attempts.count} attempts; body: {got!r}",
             hint=_status_hint(response.status_code, token is not None, public))
     if smoke.expect_body is not None and smoke.expect_body not in response.text:
@@ -146,14 +150,43 @@ def _retry_after(response: httpx.Response | None) -> float:
     return float(value) if value.isdigit() else 0.0
 
 
+def smoke_token(cloud: Cloud, spec: FunctionSpec, deployment: Deployment,
+                log: Callable[[str], None] = lambda line: None) -> str | None:
+    """An ID token for the smoke request, whose audience is the service URL (Cloud Run accepts
+    it on the service's tag URLs too). Every service gets one: a public service is made public
+    only after its smoke test passes. Only a public service may go without, when no token can
+    be had (e.g. user credentials on GCP)."""
+    try:
+        return cloud.id_token(deployment.url)
+    except Cf2RunError as error:
+        if not spec.allow_unauthenticated:
+            raise
+        log(f"no ID token ({error.message}); calling the service without one")
+        return None
+
+
+def request_for(spec: FunctionSpec, target: Target) -> tuple[SmokeRequest, bool]:
+    """(the request, whether any 2xx passes): a function with a trigger gets an event of it (any
+    2xx, unless the manifest sets smoke.expect_status); others the manifest's request."""
+    if spec.trigger is None:
+        return spec.smoke, False
+    return events.smoke_request(spec, target), "expect_status" not in spec.smoke.model_fields_set
+
+
 @task(name="smoke", task_run_name="smoke[{spec.name}]", cache_policy=NO_CACHE)
 def smoke_test(spec: FunctionSpec, target: Target, deployment: Deployment) -> SmokeResult:
-    """The spec's smoke request against the service URL (with an ID token for private services)."""
+    """The spec's smoke request (or its trigger's event) against the candidate's tag URL, else the
+    service URL, with an ID token."""
     logger = get_run_logger()
-    token = None if spec.allow_unauthenticated else Cloud.for_target(target).id_token(deployment.url)
-    logger.info("smoke %s %s%s", spec.smoke.method, deployment.url, spec.smoke.path)
-    result = run_smoke(deployment.url, spec.smoke, token, public=spec.allow_unauthenticated,
-                       log=logger.info)
+    token = smoke_token(Cloud.for_target(target), spec, deployment, logger.warning)
+    url = deployment.smoke_url
+    what = f"candidate {deployment.revision} (tag {deployment.tag})" if deployment.candidate_url else \
+        deployment.revision
+    request, any_2xx = request_for(spec, target)
+    event = f" with a {request.headers.get('ce-type')} event" if spec.trigger else ""
+    logger.info("smoke %s %s%s on %s%s", request.method, url, request.path, what, event)
+    result = run_smoke(url, request, token, public=spec.allow_unauthenticated and token is None,
+                       any_2xx=any_2xx, log=logger.info)
     logger.info("smoke passed: HTTP %s in %.3fs after %s attempt(s)", result.status, result.latency_s,
                 result.attempts)
     return result

@@ -58,7 +58,7 @@ def test_build_equals_the_gcloud_pack_build_field_by_field() -> None:
         "--env", "GOOGLE_FUNCTION_TARGET=helloHttp",
         "--env", "GOOGLE_FUNCTION_SIGNATURE_TYPE=http",
         "--env", "GOOGLE_RUNTIME=nodejs",
-        "--env", "GOOGLE_RUNTIME_VERSION=20",
+        "--env", "GOOGLE_RUNTIME_VERSION=20.x.x",
         "--env", "GOOGLE_LABEL_TEAM=samples",   # then build_env, sorted by name
         "--env", "NODE_ENV=production",
         "--builder", "gcr.io/buildpacks/builder:google-22")
@@ -96,7 +96,7 @@ def test_python_cloudevent_env_and_builder_from_target() -> None:
         "--env", "GOOGLE_FUNCTION_TARGET=on_event",
         "--env", "GOOGLE_FUNCTION_SIGNATURE_TYPE=cloudevent",
         "--env", "GOOGLE_RUNTIME=python",
-        "--env", "GOOGLE_RUNTIME_VERSION=3.12",
+        "--env", "GOOGLE_RUNTIME_VERSION=3.12.x",
         "--builder", "gcr.io/buildpacks/builder:google-24"]
     assert list(build.steps[0].args) == ["config", "default-builder", "gcr.io/buildpacks/builder:google-24"]
     assert build.timeout == timedelta(seconds=900)

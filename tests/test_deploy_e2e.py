@@ -1,4 +1,5 @@
-"""verify -> deploy -> smoke on a real built image, against the whole local cloud (official clients).
+"""verify -> deploy -> smoke -> promote on a real built image, against the whole local cloud
+(official clients).
 
 The image is built by the local builder straight into the local registry; the steps run the
 same plain functions their Prefect tasks call (the task bodies only add a logger and the
@@ -11,17 +12,19 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from google.cloud import run_v2
 
 from cf2run.cloud import Cloud
-from cf2run.errors import DeployFailed
+from cf2run.errors import DeployFailed, SmokeTestFailed
 from cf2run.localcloud.builder import build_function
 from cf2run.localcloud.server import LocalCloud
 from cf2run.localcloud.settings import LocalCloudSettings
 from cf2run.results import BuiltImage, Deployment, SmokeResult, VerifiedImage
 from cf2run.spec import FunctionSpec, Target
 from tasks.deploy import deploy
+from tasks.promote import promote
 from tasks.smoke import run_smoke
 from tasks.verify import verify_built_image
 
@@ -57,9 +60,13 @@ def make_spec(source: Path, **fields: Any) -> FunctionSpec:
 
 
 def smoke(cloud: Cloud, spec: FunctionSpec, deployment: Deployment) -> SmokeResult:
-    """What smoke_test does: an ID token unless the service is public."""
-    token = None if spec.allow_unauthenticated else cloud.id_token(deployment.url)
-    return run_smoke(deployment.url, spec.smoke, token, public=spec.allow_unauthenticated)
+    """What smoke_test does: the candidate's URL (else the service's), with an ID token."""
+    return run_smoke(deployment.smoke_url, spec.smoke, cloud.id_token(deployment.url))
+
+
+def served_text(cloud: Cloud, url: str) -> str:
+    """What the service URL answers a caller with a token now."""
+    return httpx.get(url, headers={"Authorization": f"Bearer {cloud.id_token(url)}"}).text
 
 
 def revisions_of(cloud: Cloud, deployment: Deployment) -> list[str]:
@@ -76,7 +83,8 @@ def test_deploy_is_idempotent_and_follows_settings(cloud: Cloud, image: tuple[Pa
     source, verified = image
     spec, target = make_spec(source), Target()
     first = deploy(cloud.services, cloud.revisions, spec, target, verified, "a1" * 32)
-    assert first.changed and first.digest == verified.digest
+    assert first.changed and first.created and first.digest == verified.digest
+    assert first.candidate_url is None, "a new service's first revision takes its traffic at once"
     assert first.service == f"projects/local-project/locations/us-central1/services/{spec.name}"
     answer = smoke(cloud, spec, first)
     assert answer.status == 200 and answer.excerpt == f"hi from {first.revision}"
@@ -92,33 +100,64 @@ def test_deploy_is_idempotent_and_follows_settings(cloud: Cloud, image: tuple[Pa
     assert cloud.services.get_service(name=first.service).etag == service.etag
     assert revisions_of(cloud, first) == [first.revision]
 
-    # A new setting: a new revision serves it, through the same URL.
+    # A new setting: a new revision runs it as a candidate, at its own tag URL, without traffic.
     changed_spec = spec.model_copy(update={"env": {"GREETING": "howdy"},
                                            "smoke": spec.smoke.model_copy(update={"expect_body": "howdy"})})
     second = deploy(cloud.services, cloud.revisions, changed_spec, target, verified, "a1" * 32)
     assert second.changed and second.revision != first.revision and second.url == first.url
+    assert (second.tag, second.previous) == ("candidate", [first.revision])
+    assert second.candidate_url and second.candidate_url != first.url
     assert smoke(cloud, changed_spec, second).excerpt == f"howdy from {second.revision}"
+    assert served_text(cloud, first.url) == f"hi from {first.revision}\n", "the candidate took traffic"
 
-    # Back to the first settings: the first revision is reused and serves again.
+    # Promoted: the service URL answers with the new revision; the tag is gone.
+    moved = promote(cloud.services, cloud.revisions, changed_spec, second)
+    assert (moved.changed, moved.serving, moved.previous) == (True, [second.revision], [first.revision])
+    assert served_text(cloud, first.url) == f"howdy from {second.revision}\n"
+    assert not [t for t in cloud.services.get_service(name=first.service).traffic_statuses if t.tag]
+
+    # Back to the first settings: the first revision is reused as the candidate, then serves again.
     back = deploy(cloud.services, cloud.revisions, spec, target, verified, "a1" * 32)
-    assert back.changed and back.revision == first.revision
+    assert back.changed and back.revision == first.revision and back.previous == [second.revision]
     assert smoke(cloud, spec, back).excerpt == f"hi from {first.revision}"
+    promote(cloud.services, cloud.revisions, spec, back)
+    assert served_text(cloud, first.url) == f"hi from {first.revision}\n"
     assert revisions_of(cloud, first) == sorted([first.revision, second.revision])
 
 
-def test_public_service_gets_the_invoker_binding_without_a_new_revision(
+def test_public_service_is_opened_by_promote_after_its_smoke_test_and_without_a_new_revision(
         cloud: Cloud, image: tuple[Path, VerifiedImage]) -> None:
     source, verified = image
-    private = make_spec(source)
-    first = deploy(cloud.services, cloud.revisions, private, Target(), verified)
-    public = private.model_copy(update={"allow_unauthenticated": True})
-    opened = deploy(cloud.services, cloud.revisions, public, Target(), verified)
-    assert (opened.changed, opened.revision) == (False, first.revision)  # IAM is not a service setting
-    assert is_public(cloud, opened)
-    assert smoke(cloud, public, opened).status == 200  # no token sent
-    # Deploying it as private again warns, but does not remove the binding.
-    deploy(cloud.services, cloud.revisions, private, Target(), verified)
-    assert is_public(cloud, opened)
+    public = make_spec(source, allow_unauthenticated=True)
+    first = deploy(cloud.services, cloud.revisions, public, Target(), verified)
+    assert not is_public(cloud, first), "public before its smoke test"
+    assert httpx.get(first.url).status_code == 403
+    assert smoke(cloud, public, first).status == 200  # with a token
+    moved = promote(cloud.services, cloud.revisions, public, first)
+    assert (moved.changed, moved.public) == (False, True)  # all traffic was on it already
+    assert is_public(cloud, first)
+    assert run_smoke(first.url, public.smoke, None, public=True).status == 200  # no token sent
+
+    # Made private in the spec: same revision (IAM is not a service setting); promote warns
+    # but does not remove the binding.
+    private = public.model_copy(update={"allow_unauthenticated": False})
+    again = deploy(cloud.services, cloud.revisions, private, Target(), verified)
+    assert (again.changed, again.revision) == (False, first.revision)
+    assert promote(cloud.services, cloud.revisions, private, again).public is True
+    assert is_public(cloud, first)
+
+
+def test_private_service_answers_403_without_a_token_and_passes_its_smoke_test_with_one(
+        cloud: Cloud, image: tuple[Path, VerifiedImage]) -> None:
+    source, verified = image
+    spec = make_spec(source)
+    deployment = deploy(cloud.services, cloud.revisions, spec, Target(), verified)
+    assert promote(cloud.services, cloud.revisions, spec, deployment).public is False
+    assert not is_public(cloud, deployment)
+    assert httpx.get(deployment.url).status_code == 403
+    with pytest.raises(SmokeTestFailed, match="expected status 200, got 403"):
+        run_smoke(deployment.url, spec.smoke.model_copy(update={"deadline_s": 1}), None)
+    assert smoke(cloud, spec, deployment).excerpt == f"hi from {deployment.revision}"
 
 
 def test_revision_that_never_gets_ready_fails_with_googles_reason(
@@ -135,3 +174,45 @@ def test_revision_that_never_gets_ready_fails_with_googles_reason(
                                               f"{spec.name}")
     assert service.terminal_condition.state == run_v2.Condition.State.CONDITION_FAILED
     assert service.terminal_condition.message in str(raised.value)
+
+
+def test_secret_env_is_read_from_secret_manager_and_a_missing_secret_fails_the_revision(
+        localcloud: LocalCloud, cloud: Cloud, image: tuple[Path, VerifiedImage]) -> None:
+    """The local Secret Manager stand-in (cf2run/localcloud/secretmanager.py) holds the value;
+    the Service carries only the reference."""
+    source, verified = image
+    secret = f"greeting-{uuid.uuid4().hex[:6]}"
+    localcloud.cloudrun.secrets.add_version("local-project", secret, b"old")
+    localcloud.cloudrun.secrets.add_version("local-project", secret, b"hola")
+    spec = make_spec(source, env={}, secret_env={"GREETING": secret},
+                     smoke={"expect_body": "hola from", "deadline_s": 60})
+    deployment = deploy(cloud.services, cloud.revisions, spec, Target(), verified)
+    assert smoke(cloud, spec, deployment).excerpt == f"hola from {deployment.revision}"
+    sent = cloud.services.get_service(name=deployment.service).template.containers[0].env
+    assert [(e.name, e.value, e.value_source.secret_key_ref.secret) for e in sent] == \
+        [("GREETING", "", secret)]
+
+    pinned = make_spec(source, name=spec.name, env={}, secret_env={"GREETING": f"{secret}:1"},
+                       smoke={"expect_body": "old from"})
+    candidate = deploy(cloud.services, cloud.revisions, pinned, Target(), verified)
+    assert smoke(cloud, pinned, candidate).excerpt == f"old from {candidate.revision}"
+
+    missing = make_spec(source, env={}, secret_env={"GREETING": "no-such-secret"})
+    with pytest.raises(DeployFailed) as raised:
+        deploy(cloud.services, cloud.revisions, missing, Target(), verified)
+    assert "Secret projects/local-project/secrets/no-such-secret/versions/latest was not found" \
+        in str(raised.value)
+
+
+def test_a_candidate_that_never_gets_ready_leaves_the_serving_revision_untouched(
+        cloud: Cloud, knobs: LocalCloudSettings, image: tuple[Path, VerifiedImage]) -> None:
+    source, verified = image
+    spec = make_spec(source)
+    first = deploy(cloud.services, cloud.revisions, spec, Target(), verified)
+    knobs.never_ready_matching = f"^{spec.name}$"
+    knobs.ready_deadline_s = 2
+    with pytest.raises(DeployFailed) as raised:
+        deploy(cloud.services, cloud.revisions, make_spec(source, name=spec.name, env={"GREETING": "yo"}),
+               Target(), verified)
+    assert f"the traffic never moved: {first.revision} keep(s) serving it" in str(raised.value)
+    assert served_text(cloud, first.url) == f"hi from {first.revision}\n"

@@ -78,7 +78,7 @@ def test_gen1_defaults_become_cloud_run_fields(source: Path) -> None:
     assert template.timeout == timedelta(seconds=60)
     assert template.scaling.min_instance_count == 0
     assert "max_instance_count" not in template.scaling
-    assert template.service_account == ""
+    assert template.service_account == "local-project@appspot.gserviceaccount.com"  # gen1's, not compute's
 
 
 def test_explicit_settings_are_copied(source: Path) -> None:
@@ -121,7 +121,7 @@ def test_no_annotations_and_traffic_pinned_to_the_new_revision(source: Path) -> 
     assert not service.name  # CreateService takes the name as service_id
 
 
-@pytest.mark.parametrize("name", ["a", "orders-api", "f" + "-x" * 24])
+@pytest.mark.parametrize("name", ["a", "orders-api", "f" + "-x" * 22])
 def test_revision_name_is_a_valid_prefixed_id(source: Path, name: str) -> None:
     revision = build(make_spec(source, name=name)).template.revision
     assert revision.startswith(f"{name}-") and revision != f"{name}-"

@@ -46,9 +46,11 @@ def migrate(spec: FunctionSpec, target: Target) -> tuple[MigrationResult, dict[s
     state = migrate_function(spec, target, return_state=True)
     result = state.result(raise_on_failure=False)
     assert isinstance(result, MigrationResult), result
+    flow_run_id = state.state_details.flow_run_id
+    assert flow_run_id is not None
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
-            id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+            id=FlowRunFilterId(any_=[flow_run_id])))
     return result, {run.name: run.run_count for run in runs}
 
 

@@ -41,10 +41,10 @@ from cf2run.localcloud.image import (
     DependencyCache,
     ImageLayer,
     LayerFile,
-    extract_layer,
     image_config,
     write_layer,
 )
+from cf2run.localcloud.linktree import link_tree
 from cf2run.oci import ImageRef, Layer, RegistryClient
 
 __all__ = ["BuildCancelled", "BuildError", "build_function", "detect_language"]
@@ -147,17 +147,24 @@ def _pack(source_dir: Path, env: FunctionEnv, runner: Runner, log: Log) -> Langu
 
 def _dependency_layer(pack: LanguagePack, plan: DependencyPlan, key: str, root: Path, cache_dir: Path,
                       log: Log) -> LayerFile:
-    """The dependency layer from the cache, or installed now and cached."""
+    """The dependency layer from the cache, or installed now and cached.
+
+    A pack that checks the target with the dependencies on disk gets them under `root` either
+    way: installed there, or hard-linked from the cache entry's unpacked tree (kept by the
+    build that made the entry), which is much faster than unpacking the layer again.
+    """
     cache = DependencyCache(cache_dir)
     cached = cache.get(key)
     if cached is not None:
         log(f"Restoring dependency layer '{plan.buildpack_id}' from cache (key {key[:12]})")
         if pack.check_needs_dependencies:
-            extract_layer(cached.path, root)
+            link_tree(cache.unpacked(key, cached), root)
         return cached
     log(f"No cached dependency layer for key {key[:12]}: installing dependencies")
     pack.install(root)
-    return cache.build(key, lambda out: write_layer([(root / plan.layer_dir, plan.layer_dir)], out))
+    installed = root / plan.layer_dir
+    return cache.build(key, lambda out: write_layer([(installed, plan.layer_dir)], out),
+                       tree=(installed, plan.layer_dir) if pack.check_needs_dependencies else None)
 
 
 def _push(registry: RegistryClient, ref: ImageRef, config: bytes, layers: list[LayerFile]) -> str:

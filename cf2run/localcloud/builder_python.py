@@ -3,18 +3,22 @@
 Entry file ``main.py`` or ``GOOGLE_FUNCTION_SOURCE``; every ``*.py`` must compile; the target
 must be a top-level function of the entry module (checked with `ast`, without running user
 code); ``functions-framework`` is added when requirements.txt does not declare it;
-dependencies go to ``layers/google.python.pip/pip`` with ``pip install --target``.
+dependencies go to ``layers/google.python.pip/pip`` with ``pip install --target``, then are
+compiled to bytecode once, reproducibly (`compile_dependencies`), so the layer (which the
+dependency cache keeps) carries it and no revision compiles them when it starts.
 """
 
 from __future__ import annotations
 
 import ast
+import os
 import re
 import sys
 from pathlib import Path
 
 from cf2run.localcloud.builder_common import (
     BuildError,
+    CommandFailed,
     DependencyPlan,
     FunctionEnv,
     Log,
@@ -104,6 +108,28 @@ class PythonPack:
             argv.append(FF_REQUIREMENT)
         self.runner.run(argv, cwd=root / "workspace", what="pip install",
                         env={"PIP_NO_WARN_SCRIPT_LOCATION": "1", "PYTHONDONTWRITEBYTECODE": "1"})
+        self.compile_dependencies(root, target)
+
+    def compile_dependencies(self, root: Path, target: Path) -> None:
+        """Compile the installed modules to ``__pycache__/*.cpython-XY.pyc``, reproducibly.
+
+        With the interpreter the local runtime runs the image with (this Python's base, ``-S``),
+        so the pyc files are where it looks; ``unchecked-hash`` pycs hold a hash of the source
+        instead of its mtime (layers store mtime 0) and are used without being checked; the
+        recorded file names are image paths (``/layers/...``), not this build's temp dir; and a
+        fixed hash seed: the same dependencies give the same bytes, so the same layer digest.
+        A module that does not compile (one written for another Python) stays source only, as
+        with pip's own compile step.
+        """
+        argv = [_host_python(), "-S", "-m", "compileall", "-q", "-j0", "--invalidation-mode",
+                "unchecked-hash", "-s", str(root), "-p", "/", str(target)]
+        try:
+            self.runner.run(argv, cwd=root, what="compiling the dependencies",
+                            env={"PYTHONHASHSEED": "0"})
+        except CommandFailed as error:
+            self.log(f"WARNING: some dependency modules do not compile for Python "
+                     f"{sys.version_info[0]}.{sys.version_info[1]}; they are left as source "
+                     f"(compiled when imported, if ever):\n{error.output}")
 
     # -- the function ---------------------------------------------------------------------------------
 
@@ -145,6 +171,13 @@ class PythonPack:
 
     def buildpacks(self) -> list[str]:
         return ["google.python.runtime", FUNCTIONS_BUILDPACK, PIP_BUILDPACK]
+
+
+def _host_python() -> str:
+    """The interpreter the local runtime runs ``python3`` images with (`runtime._host_python`):
+    this Python's base, not a venv's wrapper. Its version is this one's, so the pyc tag too."""
+    base = getattr(sys, "_base_executable", None) or sys.executable
+    return os.path.realpath(base)
 
 
 def _version_of_runtime(runtime: str | None) -> str | None:

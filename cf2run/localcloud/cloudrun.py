@@ -38,6 +38,7 @@ from cf2run.localcloud.metadata import TokenAuthority
 from cf2run.localcloud.operations import Operations
 from cf2run.localcloud.router import Router
 from cf2run.localcloud.runtime import Runtime
+from cf2run.localcloud.secretmanager import SecretStore
 from cf2run.localcloud.settings import FaultInjector, LocalCloudSettings
 
 Code = grpc.StatusCode
@@ -48,15 +49,20 @@ class CloudRunService:
 
     `runtime` runs revisions, `router` serves the URLs (and checks ID tokens with `tokens`,
     the authority it was made with: accepted here to keep the module contract, unused).
+    `secrets` (default: ``STATE_DIR/../secretmanager``) holds the secret versions that secret
+    environment variables and secret volumes name (see secretmanager.py).
     """
 
     def __init__(self, state_dir: Path, settings: LocalCloudSettings, faults: FaultInjector,
-                 runtime: Runtime, router: Router, tokens: TokenAuthority) -> None:
+                 runtime: Runtime, router: Router, tokens: TokenAuthority,
+                 secrets: SecretStore | None = None) -> None:
         self._store = Store(Path(state_dir))
         self._ops = Operations()
         self._faults = faults
         self._runtime = runtime
-        self._deployer = Deployer(self._store, self._ops, settings, faults, runtime, router)
+        self.secrets = secrets or SecretStore(Path(state_dir).parent / "secretmanager")
+        self._deployer = Deployer(self._store, self._ops, settings, faults, runtime, router,
+                                  self.secrets)
 
     def handlers(self) -> list[grpc.GenericRpcHandler]:
         services = service_handler("google.cloud.run.v2.Services", {

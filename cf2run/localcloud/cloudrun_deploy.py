@@ -3,9 +3,9 @@
 A `Deployer` runs each service's jobs (deploy, delete) one at a time, in order, on that
 service's own worker thread: it starts revisions through the `Runtime` (never holding the
 state lock while a process starts), opens the service and tag URLs on the `Router` (on the
-ports they had before, so URLs outlive revisions and restarts), routes traffic, stops what no
-longer carries traffic, and finishes the long-running operation. `restore()` brings services
-back after a restart.
+ports they had before, so URLs outlive revisions and restarts), routes traffic, finishes the
+long-running operation, and then stops what no longer carries traffic. `restore()` brings
+services back after a restart.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from cf2run.localcloud.cloudrun_state import Store, tag_key
 from cf2run.localcloud.operations import Operations
 from cf2run.localcloud.router import Router
 from cf2run.localcloud.runtime import RevisionFailed, RevisionSpec, Runtime
+from cf2run.localcloud.secretmanager import SecretMissing, SecretStore
 from cf2run.localcloud.settings import FaultInjector, LocalCloudSettings
 
 log = logging.getLogger(__name__)
@@ -37,8 +38,9 @@ class Deployer:
     """Runs the jobs that accepted writes leave behind. Thread-safe."""
 
     def __init__(self, store: Store, ops: Operations, settings: LocalCloudSettings,
-                 faults: FaultInjector, runtime: Runtime, router: Router) -> None:
+                 faults: FaultInjector, runtime: Runtime, router: Router, secrets: SecretStore) -> None:
         self._store = store
+        self._secrets = secrets
         self._ops = ops
         self._settings = settings
         self._faults = faults
@@ -102,9 +104,11 @@ class Deployer:
         if done is None:
             self._deleted_meanwhile(op_name, name)
             return
-        self.apply_routes(name)
-        self._stop_unused(name)
+        self.apply_routes(name)  # traffic leaves the old revisions before any of them stops
         self._ops.succeed(op_name, done, metadata=done)
+        # As on Cloud Run, revisions without traffic go away after the deploy is done; the
+        # service's next job waits on this worker until they have.
+        self._stop_unused(name)
 
     def _deleted_meanwhile(self, op_name: str, name: str) -> None:
         self._ops.fail(op_name, grpc.StatusCode.ABORTED,
@@ -236,11 +240,11 @@ class Deployer:
             return None
         service_id = status.short_name(name)
         container = template.containers[0]
-        spec = RevisionSpec(service=service_id, revision=revision, image=container.image,
-                            configuration=service_id,
-                            env={e.name: e.value for e in container.env if "value_source" not in e})
         never_ready = self._faults.never_ready(service_id) and not status.is_ready(record)
         try:
+            env = self._env(name, revision, template)
+            spec = RevisionSpec(service=service_id, revision=revision, image=container.image,
+                                configuration=service_id, env=env)
             self._runtime.start(spec, never_ready=never_ready)
         except RevisionFailed as exc:
             reason = exc.reason
@@ -249,6 +253,36 @@ class Deployer:
         if not status.is_ready(record):
             self._update_revision(full, status.revision_ready)
         return None
+
+    def _env(self, name: str, revision: str, template: run_v2.RevisionTemplate) -> dict[str, str]:
+        """The container's env with secret references resolved from the local Secret Manager
+        stand-in; the secrets of secret volumes must exist too (they are not mounted: see
+        secretmanager.py). A missing one fails the revision, as on Cloud Run."""
+        project = name.split("/")[1]
+        env: dict[str, str] = {}
+        for index, var in enumerate(template.containers[0].env):
+            if "value_source" not in var:
+                env[var.name] = var.value
+                continue
+            ref = var.value_source.secret_key_ref
+            where = f"spec.template.spec.containers[0].env[{index}].value_from.secret_key_ref.name"
+            data = self._secret(project, ref.secret, ref.version or "latest", revision, where)
+            env[var.name] = data.decode("utf-8", errors="surrogateescape")
+        for volume in template.volumes:
+            if "secret" in volume:
+                for version in [item.version or "latest" for item in volume.secret.items] or ["latest"]:
+                    self._secret(project, volume.secret.secret, version, revision,
+                                 f"spec.template.spec.volumes[{volume.name}].secret")
+        return env
+
+    def _secret(self, project: str, secret: str, version: str, revision: str, where: str) -> bytes:
+        if secret.startswith("projects/"):
+            _, project, _, secret = secret.split("/", 3)
+        try:
+            return self._secrets.access(project, secret, version)
+        except SecretMissing as exc:
+            raise RevisionFailed(revision, f"Revision '{revision}' is not ready and cannot serve "
+                                           f"traffic. {where}: {exc}.") from exc
 
     def _update_revision(self, full: str, change: Callable[[run_v2.Revision], run_v2.Revision]) -> None:
         with self._store.lock:

@@ -61,6 +61,9 @@ _REVISION_NAME = re.compile(r"^(projects/[^/]+/locations/[^/]+/services/[^/]+)/r
 _LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
 _ENV_NAME = re.compile(r"^[^=]+$")
+_SECRET = re.compile(r"^(?:projects/[^/]+/secrets/)?[A-Za-z0-9_-]{1,255}$")
+_SECRET_VERSION = re.compile(r"^(?:latest|[1-9][0-9]*|[A-Za-z][A-Za-z0-9_-]{0,62})$")
+_CONNECTOR = re.compile(r"^projects/[^/]+/locations/[^/]+/connectors/[^/]+$")
 
 _MEMORY_UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
                  "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
@@ -224,7 +227,9 @@ def check_resources(limits: dict[str, str], concurrency: int, field: str) -> Non
 # -- the revision template -----------------------------------------------------------------
 
 
-def check_container(container: run_v2.Container, concurrency: int, field: str) -> None:
+def check_container(container: run_v2.Container, concurrency: int, field: str,
+                    volumes: frozenset[str] = frozenset()) -> None:
+    """One container; `volumes`: the names of the template's volumes its mounts may use."""
     if not container.image:
         raise violation(f"{field}.image", "an image is required (a URL such as "
                                           "REGION-docker.pkg.dev/PROJECT/REPO/IMAGE:TAG).")
@@ -237,6 +242,21 @@ def check_container(container: run_v2.Container, concurrency: int, field: str) -
         if not env.name or not _ENV_NAME.match(env.name):
             raise violation(where, f"{env.name!r} is not a valid environment variable name "
                                    "(non-empty, no '=').")
+        if "value_source" in env:
+            if env.value:
+                raise violation(f"{field}.env[{i}]", "value and value_source cannot both be set.")
+            check_secret_ref(env.value_source.secret_key_ref.secret,
+                             env.value_source.secret_key_ref.version,
+                             f"{field}.env[{i}].value_source.secret_key_ref")
+    mounts: set[str] = set()
+    for i, mount in enumerate(container.volume_mounts):
+        if mount.name not in volumes:
+            raise violation(f"{field}.volume_mounts[{i}].name",
+                            f"volume {mount.name!r} is not one of the template's volumes.")
+        if not mount.mount_path.startswith("/") or mount.mount_path in mounts:
+            raise violation(f"{field}.volume_mounts[{i}].mount_path",
+                            f"{mount.mount_path!r} must be an absolute path, used once.")
+        mounts.add(mount.mount_path)
     for i, port in enumerate(container.ports):
         if not 0 <= port.container_port <= 65535:
             raise violation(f"{field}.ports[{i}].container_port",
@@ -265,13 +285,53 @@ def check_template(template: run_v2.RevisionTemplate, service_id: str, field: st
     if scaling.max_instance_count and scaling.min_instance_count > scaling.max_instance_count:
         raise violation(f"{field}.scaling.max_instance_count",
                         "must be greater or equal than min_instance_count.")
+    volumes = check_volumes(list(template.volumes), f"{field}.volumes")
+    if "vpc_access" in template:
+        check_vpc_access(template.vpc_access, f"{field}.vpc_access")
     if not template.containers:
         raise violation(f"{field}.containers", "exactly one container is required.")
     if len(template.containers) > 1:
         raise violation(f"{field}.containers", "the local cloud runs one container per revision "
                                                "(no sidecars); give exactly one container.")
     check_container(template.containers[0], concurrency or DEFAULT_CONCURRENCY,
-                    f"{field}.containers[0]")
+                    f"{field}.containers[0]", volumes)
+
+
+def check_secret_ref(secret: str, version: str, field: str) -> None:
+    """A Secret Manager reference: ``SECRET`` or ``projects/P/secrets/SECRET``, and a version."""
+    if not _SECRET.match(secret):
+        raise violation(f"{field}.secret", f"{secret!r} is not a secret name (SECRET, or "
+                                           "projects/PROJECT/secrets/SECRET).")
+    if version and not _SECRET_VERSION.match(version):
+        raise violation(f"{field}.version", f"{version!r} is not 'latest', a version number or "
+                                            "an alias.")
+
+
+def check_volumes(volumes: list[run_v2.Volume], field: str) -> frozenset[str]:
+    """Volume names are unique DNS labels; secret volumes name a secret. Returns the names."""
+    names: set[str] = set()
+    for i, volume in enumerate(volumes):
+        if not _SERVICE_ID.match(volume.name) or volume.name in names:
+            raise violation(f"{field}[{i}].name", f"{volume.name!r} must be a unique name of "
+                                                  "lowercase letters, digits and hyphens.")
+        names.add(volume.name)
+        if "secret" in volume:
+            check_secret_ref(volume.secret.secret, "", f"{field}[{i}].secret")
+            for j, item in enumerate(volume.secret.items):
+                check_secret_ref(volume.secret.secret, item.version, f"{field}[{i}].secret.items[{j}]")
+                if not item.path or item.path.startswith("/") or ".." in item.path.split("/"):
+                    raise violation(f"{field}[{i}].secret.items[{j}].path",
+                                    f"{item.path!r} must be a relative path without '..'.")
+    return frozenset(names)
+
+
+def check_vpc_access(vpc: run_v2.VpcAccess, field: str) -> None:
+    if vpc.connector and not _CONNECTOR.match(vpc.connector):
+        raise violation(f"{field}.connector", f"{vpc.connector!r} is not of the form "
+                                              "projects/{project}/locations/{location}/connectors/"
+                                              "{connector}.")
+    if vpc.egress and not (vpc.connector or vpc.network_interfaces):
+        raise violation(f"{field}.egress", "egress needs a connector or network interfaces.")
 
 
 def with_defaults(template: run_v2.RevisionTemplate) -> run_v2.RevisionTemplate:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from cf2run.localcloud.builder_common import RuntimeVersion, WebProcess
+from cf2run.localcloud.linktree import link_tree
 
 #: What pack's lifecycle writes as every reproducible timestamp.
 REPRODUCIBLE_TIME = "1980-01-01T00:00:01Z"
@@ -144,11 +145,14 @@ def extract_layer(layer: Path, root: Path) -> None:
 # -- the dependency cache ---------------------------------------------------------------------------
 
 class DependencyCache:
-    """Finished dependency layers, by key: ``CACHE/deps/<key>/{layer.tar.gz,layer.json}``.
+    """Finished dependency layers, by key: ``CACHE/deps/<key>/{layer.tar.gz,layer.json}``, and,
+    for builds that need the dependencies on disk (Node's target check), the layer's tree
+    unpacked in ``CACHE/deps/<key>/unpacked/``, which such a build hard-links into its root
+    (`linktree.link_tree`) instead of unpacking the layer again.
 
-    An entry is built in a temp dir beside the final one and renamed into place, so a
-    concurrent build with the same key either finds a complete entry or none; when two builds
-    race, the first rename wins and the other's copy is dropped.
+    An entry (and its unpacked tree) is built in a temp dir beside the final one and renamed
+    into place, so a concurrent build with the same key either finds a complete entry or none;
+    when two builds race, the first rename wins and the other's copy is dropped.
     """
 
     def __init__(self, cache_dir: Path) -> None:
@@ -172,16 +176,22 @@ class DependencyCache:
             return None
         return LayerFile(path=path, digest=data["digest"], diff_id=data["diff_id"], size=data["size"])
 
-    def build(self, key: str, make: Callable[[Path], LayerFile]) -> LayerFile:
+    def build(self, key: str, make: Callable[[Path], LayerFile],
+              tree: tuple[Path, str] | None = None) -> LayerFile:
         """Make the entry for `key` with `make(path)` and publish it.
 
-        `make` writes the layer to `path` (in a staging dir) and returns it. If a concurrent
-        build published the same key first, its entry is kept and returned.
+        `make` writes the layer to `path` (in a staging dir) and returns it. `tree`,
+        ``(directory, its path in the layer)``, is the installed tree the layer was written
+        from: kept (hard-linked) as the entry's unpacked tree. If a concurrent build published
+        the same key first, its entry is kept and returned.
         """
         self.root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{key[:12]}-", dir=self.root))
         try:
             layer = make(staging / "layer.tar.gz")
+            if tree is not None:
+                directory, name = tree
+                link_tree(directory, staging / "unpacked" / name)
             record = {k: v for k, v in asdict(layer).items() if k != "path"}
             (staging / "layer.json").write_text(json.dumps(record))
             with contextlib.suppress(OSError):  # a concurrent build published it first: keep theirs
@@ -192,6 +202,22 @@ class DependencyCache:
         if published is None:
             raise OSError(f"dependency cache entry {self.root / key} is missing after publishing")
         return published
+
+    def unpacked(self, key: str, layer: LayerFile) -> Path:
+        """The unpacked tree of `key`'s layer (image-root paths inside): the one its build kept,
+        else unpacked now, once (an entry made without one)."""
+        final = self.root / key / "unpacked"
+        if final.is_dir():
+            return final
+        staging = Path(tempfile.mkdtemp(prefix=".unpacked-", dir=self.root / key))
+        try:
+            staging.chmod(0o755)
+            extract_layer(layer.path, staging)
+            with contextlib.suppress(OSError):  # a concurrent build unpacked it first: keep theirs
+                os.rename(staging, final)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return final
 
 
 # -- the image config -------------------------------------------------------------------------------

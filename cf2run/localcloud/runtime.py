@@ -1,8 +1,11 @@
 """Revisions as local processes, under the Cloud Run container contract.
 
-`Runtime.start` pulls a revision's image from the registry, unpacks it once per manifest digest
-(``RUNTIME_DIR/images/sha256-<hex>/{config.json,rootfs/}``), and runs the image's ``web``
-process (buildpacks label ``io.buildpacks.build.metadata``) with the host's Python or Node:
+`Runtime.start` pulls a revision's image from the registry and runs the image's ``web`` process
+(buildpacks label ``io.buildpacks.build.metadata``) with the host's Python or Node. Each layer
+is unpacked once per layer digest (``RUNTIME_DIR/layers/sha256-<hex>/``), so a rebuilt image
+whose dependency layer did not change unpacks only its app layer; each image's root is
+assembled once per manifest digest (``RUNTIME_DIR/images/sha256-<hex>/{config.json,rootfs/}``)
+from its unpacked layers, in order, as hard links (`linktree.link_tree`). Then:
 
 - ``python3 ...`` runs as ``<base interpreter of this Python> -S ...`` (no site-packages of the
   host: the image's dependency layer on ``PYTHONPATH`` is all the function sees, as on GCP);
@@ -45,6 +48,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from cf2run.errors import Cf2RunError
+from cf2run.localcloud.linktree import link_tree
 from cf2run.oci import ImageRef, RegistryClient
 
 log = logging.getLogger(__name__)
@@ -110,7 +114,8 @@ class Runtime:
     """Starts, tracks and stops revision processes. Thread-safe.
 
     `state_dir` is the runtime's own directory (the local cloud gives it ``STATE/runtime``):
-    unpacked images go to ``state_dir/images``, service logs to ``state_dir/logs``.
+    unpacked layers go to ``state_dir/layers``, image roots (hard links to them) to
+    ``state_dir/images``, service logs to ``state_dir/logs``.
     """
 
     def __init__(self, state_dir: Path, registry: RegistryClient,
@@ -123,9 +128,10 @@ class Runtime:
         self._image_locks: dict[str, threading.Lock] = collections.defaultdict(threading.Lock)
         self._lock = threading.Lock()
         self._closed = False
-        (self.root / "images").mkdir(parents=True, exist_ok=True)
-        for leftover in (self.root / "images").glob(".unpack-*"):  # from a run that was killed
-            shutil.rmtree(leftover, ignore_errors=True)
+        for kind in ("images", "layers"):
+            (self.root / kind).mkdir(parents=True, exist_ok=True)
+            for leftover in (self.root / kind).glob(".unpack-*"):  # from a run that was killed
+                shutil.rmtree(leftover, ignore_errors=True)
         (self.root / "logs").mkdir(parents=True, exist_ok=True)
         self._node_preload = self.root / "node-loopback.js"
         self._node_preload.write_text(_NODE_LOOPBACK_JS)
@@ -225,20 +231,47 @@ class Runtime:
         return final / "rootfs", config
 
     def _pull_and_unpack(self, ref: ImageRef, final: Path, fail: Callable[[str], RevisionFailed]) -> None:
-        image = self.registry.pull_image(ref)
+        """Assemble the image's root at `final` from its layers (each unpacked once, by digest),
+        linked in order: a later layer's file replaces an earlier one's."""
+        _, manifest = self.registry.image_manifest(ref)
+        config = json.loads(self.registry.get_blob(ref, manifest["config"]["digest"]))
+        layers = [self._layer(ref, number, layer["digest"], fail)
+                  for number, layer in enumerate(manifest.get("layers") or [], 1)]
         staging = Path(tempfile.mkdtemp(prefix=".unpack-", dir=final.parent))
         try:
             rootfs = staging / "rootfs"
             rootfs.mkdir()
-            for number, layer in enumerate(image.layers, 1):
+            for number, layer_dir in enumerate(layers, 1):
                 try:
-                    _extract(layer, rootfs)
-                except (tarfile.TarError, OSError, ValueError) as exc:
+                    link_tree(layer_dir, rootfs)
+                except OSError as exc:
                     raise fail(f"Image '{ref}': layer {number} cannot be unpacked: {exc}") from exc
-            (staging / "config.json").write_text(json.dumps(image.config))
+            (staging / "config.json").write_text(json.dumps(config))
             os.rename(staging, final)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+    def _layer(self, ref: ImageRef, number: int, digest: str, fail: Callable[[str], RevisionFailed]) -> Path:
+        """The directory layer `digest` is unpacked in (``layers/sha256-<hex>``): pulled and
+        unpacked the first time any image needs it (in a temp dir, then renamed into place)."""
+        final = self.root / "layers" / digest.replace(":", "-")
+        with self._lock:
+            layer_lock = self._image_locks[digest]
+        with layer_lock:
+            if final.is_dir():
+                return final
+            data = self.registry.get_blob(ref, digest)
+            staging = Path(tempfile.mkdtemp(prefix=".unpack-", dir=final.parent))
+            try:
+                staging.chmod(0o755)  # its mode becomes the image root's when linked
+                try:
+                    _extract(data, staging)
+                except (tarfile.TarError, OSError, ValueError) as exc:
+                    raise fail(f"Image '{ref}': layer {number} cannot be unpacked: {exc}") from exc
+                os.rename(staging, final)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        return final
 
     # -- processes -----------------------------------------------------------------------------
 

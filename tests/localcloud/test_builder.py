@@ -146,6 +146,8 @@ def test_python_function_image_follows_the_buildpacks_contract(build: Build, tmp
     deps, app = (layer_names(layer) for layer in image.layers)
     assert "layers/google.python.pip/pip/six.py" in deps
     assert "layers/google.python.pip/pip/functions_framework/__init__.py" in deps
+    tag = sys.implementation.cache_tag  # compiled once, for the interpreter the runtime uses
+    assert f"layers/google.python.pip/pip/functions_framework/__pycache__/__init__.{tag}.pyc" in deps
     assert "workspace/main.py" in app and "workspace/requirements.txt" in app
     assert len(image.config["rootfs"]["diff_ids"]) == 2
     assert "===> DETECTING" in build.log and "===> EXPORTING" in build.log
@@ -295,6 +297,9 @@ def test_node_function_image_follows_the_buildpacks_contract(build: Build, node_
     assert "workspace/index.js" in app and not any("node_modules" in name for name in app)
     assert "Running npm ci" in build.log
     assert "installing @google-cloud/functions-framework@^5" in build.log
+    # The cache keeps the dependencies unpacked too, for warm builds' target checks.
+    [unpacked] = build.cache_dir.glob("deps/*/unpacked/workspace/node_modules/ms")
+    assert (unpacked / "package.json").is_file()
 
     assert serve_image(image, tmp_path / "root") == "hello from node (1m)"
 
@@ -347,6 +352,35 @@ def test_layers_are_reproducible(tmp_path: Path) -> None:
         members = tar.getmembers()
     assert [m.name for m in members] == ["workspace", "workspace/main.py", "workspace/requirements.txt"]
     assert {(m.mtime, m.uid, m.gid, m.uname) for m in members} == {(0, 0, 0, "")}
+
+
+def test_compiled_dependencies_are_reproducible(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bytecode in the dependency layer: the same modules give the same layer wherever (and
+    with whatever hash seed) they were built; a module that does not compile stays source only."""
+    from cf2run.localcloud.builder_common import FunctionEnv, Runner
+    from cf2run.localcloud.builder_python import PIP_LAYER, PythonPack
+
+    lines: list[str] = []
+    pack = PythonPack(tmp_path, FunctionEnv(target="hello"), Runner(lines.append), lines.append)
+    layers = []
+    for build_dir, seed in (("one", "1"), ("two-elsewhere", "2")):
+        root = tmp_path / build_dir / "root"
+        target = root / PIP_LAYER
+        (target / "pkg").mkdir(parents=True)
+        (target / "pkg" / "__init__.py").write_text(
+            "WORDS = frozenset({'alpha', 'beta', 'gamma', 'delta'})\n"
+            "def known(word):\n    return word in {'alpha', 'beta', 'gamma'}\n")
+        (target / "py2only.py").write_text("print 'hello'\n")
+        monkeypatch.setenv("PYTHONHASHSEED", seed)  # the build's own seed must not matter
+        pack.compile_dependencies(root, target)
+        layers.append(write_layer([(target, PIP_LAYER)], tmp_path / f"{build_dir}.tar.gz"))
+        pyc = target / "pkg" / "__pycache__" / f"__init__.{sys.implementation.cache_tag}.pyc"
+        assert int.from_bytes(pyc.read_bytes()[4:8], "little") == 0b01  # unchecked hash-based
+        assert f"/{PIP_LAYER}/pkg/__init__.py".encode() in pyc.read_bytes()  # an image path
+        assert str(tmp_path).encode() not in pyc.read_bytes()
+        assert not list(target.glob("__pycache__/py2only.*"))
+    assert layers[0].digest == layers[1].digest
+    assert "WARNING: some dependency modules do not compile" in "\n".join(lines)
 
 
 def test_concurrent_cache_fills_publish_one_complete_entry(tmp_path: Path) -> None:

@@ -179,6 +179,17 @@ def stopped(env: Env, service_id: str, revision: str) -> bool:
     return f"[{revision}] Container terminated on signal 15." in env.logs(service_id)
 
 
+def stops(env: Env, service_id: str, revision: str, timeout_s: float = 10.0) -> bool:
+    """Whether the revision's process ends within `timeout_s`: an update's operation is done
+    once traffic moved, and the revisions left without traffic are stopped right after."""
+    deadline = time.monotonic() + timeout_s
+    while not stopped(env, service_id, revision):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 # -- validation (REFERENCE §4) ------------------------------------------------------------------
 
 
@@ -336,7 +347,7 @@ def test_create_serves_then_update_serves_the_new_revision_at_the_same_url(
     assert second.startswith(f"{name}-00002-")
     assert updated.uri == service.uri and updated.generation == 2
     assert get(service.uri, env.id_token(service.uri)).text == f"hello v2 from {second}"
-    assert stopped(env, name, first)  # no traffic, no tag: its process is stopped
+    assert stops(env, name, first)  # no traffic, no tag: its process is stopped
 
     revisions = list(env.revisions.list_revisions(parent=service.name))
     assert [revision_id(r.name) for r in revisions] == [second, first]  # newest first
@@ -467,7 +478,7 @@ def test_a_tag_gets_its_own_url(env: Env, hello_v1: str, hello_v2: str) -> None:
     update(env, untagged)
     with pytest.raises(httpx.ConnectError):
         get(tagged.uri)  # the tag's URL is closed with the tag
-    assert stopped(env, name, blue)
+    assert stops(env, name, blue)
 
     with pytest.raises(exceptions.FailedPrecondition, match="serving traffic"):
         env.revisions.delete_revision(name=updated.latest_created_revision).result(timeout=10)
@@ -500,7 +511,7 @@ def test_naming_an_existing_revision_deploys_it_again(
     two.template.revision = f"{name}-two"
     two.template.containers[0].image = hello_v2
     assert get(update(env, two).uri).text == f"hello v2 from {name}-two"
-    assert stopped(env, name, f"{name}-one")
+    assert stops(env, name, f"{name}-one")
 
     back = env.services.get_service(name=one.name)
     back.template = one.template

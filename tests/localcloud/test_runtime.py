@@ -175,6 +175,54 @@ def test_revision_serves_its_function_under_the_cloud_run_contract(
     assert runtime.address("hello-00002-def") is not None
 
 
+def test_layers_are_unpacked_once_and_linked_in_order(runtime: Runtime, registry: RegistryClient,
+                                                      ff_deps: Path) -> None:
+    """A rebuilt image whose dependency layer did not change unpacks only its new layer; its
+    root is hard links to the unpacked layers, a later layer's file replacing an earlier one's."""
+    first = python_image(registry, ff_deps, "layered", HELLO.replace("loading hello", "loading one"))
+    runtime.start(RevisionSpec(service="layered", revision="layered-1", image=first))
+    assert len(list((runtime.root / "layers").iterdir())) == 2
+    # The same dependency layer, and an app layer over one that a third layer replaces.
+    second = _push(registry, "layered", [{PIP_LAYER: ff_deps}, {"workspace/main.py": CRASHING.encode()},
+                                         {"workspace/main.py": HELLO.encode()}],
+                   ["python3", "-m", "functions_framework", "--target", "hello"],
+                   {"PYTHONPATH": f"/{PIP_LAYER}"})
+    address = runtime.start(RevisionSpec(service="layered", revision="layered-2", image=second))
+    assert httpx.get(f"http://{address}/", timeout=30).json()["env"]["K_REVISION"] == "layered-2"
+    assert len(list((runtime.root / "layers").iterdir())) == 4  # deps + 3 app layers, deps once
+    roots = [d / "rootfs" for d in (runtime.root / "images").iterdir()]
+    assert len(roots) == 2
+    framework = Path(PIP_LAYER, "functions_framework", "__init__.py")
+    assert len({(root / framework).stat().st_ino for root in roots}) == 1  # shared, not copied
+    assert "[layered-2] loading hello" in runtime.logs("layered")
+    assert not list((runtime.root / "layers").glob(".unpack-*"))
+
+
+@pytest.mark.parametrize("use_cp", [True, False])
+def test_link_tree_overlays_trees_as_hard_links(tmp_path: Path, use_cp: bool,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from cf2run.localcloud import linktree
+
+    if not use_cp:  # the fallback: no GNU cp
+        monkeypatch.setattr(linktree.shutil, "which", lambda name: None)
+    lower, upper, root = tmp_path / "lower", tmp_path / "upper", tmp_path / "root"
+    (lower / "a" / "deep").mkdir(parents=True)
+    (lower / "a" / "deep" / "kept.txt").write_text("lower")
+    (lower / "a" / "replaced.txt").write_text("lower")
+    (lower / "link").symlink_to("a/deep/kept.txt")
+    (upper / "a").mkdir(parents=True)
+    (upper / "a" / "replaced.txt").write_text("upper")
+    (upper / "link").symlink_to("a/replaced.txt")
+    linktree.link_tree(lower, root)
+    linktree.link_tree(upper, root)
+    assert (root / "a" / "deep" / "kept.txt").read_text() == "lower"
+    assert (root / "a" / "replaced.txt").read_text() == "upper"
+    assert (root / "link").read_text() == "upper" and os.readlink(root / "link") == "a/replaced.txt"
+    kept = Path("a", "deep", "kept.txt")
+    assert (root / kept).stat().st_ino == (lower / kept).stat().st_ino
+    assert (lower / "a" / "replaced.txt").read_text() == "lower"  # replaced in root, not in the layer
+
+
 def test_image_by_tag_and_a_crash_after_ready(runtime: Runtime, registry: RegistryClient,
                                               ff_deps: Path) -> None:
     by_digest = ImageRef.parse(python_image(registry, ff_deps, "tagged", HELLO))

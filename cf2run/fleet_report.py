@@ -1,0 +1,133 @@
+"""What a fleet run reports: one row per function (Prefect table artifact) and a markdown summary.
+
+The same rows whichever way the fleet fanned out (in-process or over the migrate-function
+deployment), since both give one `MigrationResult` per function; a dry run gives one
+`FunctionPlan` per function instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cf2run.fleet_plan import FunctionPlan
+from cf2run.results import MigrationResult
+
+#: Steps in pipeline order; a step not listed here (a newer one) is shown after these.
+STEP_ORDER = ("plan", "package", "build", "verify", "deploy", "smoke", "promote", "discard")
+
+
+class FleetReport(BaseModel):
+    """A fleet run: its results (or, for a dry run, its plans) in manifest order."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dry_run: bool = Field(default=False, description="True when nothing was changed.")
+    fanout: str = Field(default="local", description="'local' or 'deployments'.")
+    seconds: float = Field(default=0.0, description="Wall time of the fleet run.")
+    results: list[MigrationResult] = Field(default_factory=list, description="One per function.")
+    plans: list[FunctionPlan] = Field(default_factory=list, description="One per function (dry run).")
+
+    @property
+    def total(self) -> int:
+        return len(self.plans) if self.dry_run else len(self.results)
+
+    @property
+    def failed(self) -> list[str]:
+        """Functions that failed (or, in a dry run, could not be planned), with the failed step."""
+        if self.dry_run:
+            return [plan.function for plan in self.plans if not plan.ok]
+        return [f"{r.function} ({r.failed_step})" for r in self.results if r.status == "failed"]
+
+    @property
+    def summary(self) -> str:
+        """One line for the flow run's state message."""
+        what = "planned" if self.dry_run else "migrated"
+        if not self.failed:
+            return f"all {self.total} functions {what} in {self.seconds:.1f}s"
+        return f"{len(self.failed)} of {self.total} functions failed: {', '.join(self.failed)}"
+
+    def rows(self) -> list[dict[str, Any]]:
+        return plan_rows(self.plans) if self.dry_run else result_rows(self.results)
+
+    def markdown(self) -> str:
+        return plan_markdown(self) if self.dry_run else result_markdown(self)
+
+
+def build_note(cached: bool | None) -> str:
+    return {None: "-", True: "cached", False: "built"}[cached]
+
+
+def steps_of(results: list[MigrationResult]) -> list[str]:
+    """Every step any result has timings for, in pipeline order."""
+    seen = {step for result in results for step in result.timings}
+    known = [step for step in STEP_ORDER if step in seen]
+    return known + sorted(seen - set(STEP_ORDER))
+
+
+def result_rows(results: list[MigrationResult]) -> list[dict[str, Any]]:
+    """Table artifact rows: status, failed step, URL, digest, revision, cached or built, seconds per step."""
+    steps = steps_of(results)
+    rows = []
+    for r in results:
+        row: dict[str, Any] = {
+            "function": r.function, "status": r.status, "failed step": r.failed_step or "",
+            "URL": r.url or "", "digest": r.digest or "", "revision": r.revision or "",
+            "build": build_note(r.build_cached)}
+        row |= {f"{step} s": r.timings.get(step) for step in steps}
+        row["total s"] = round(sum(r.timings.values()), 3)
+        row["message"] = r.message or ""
+        rows.append(row)
+    return rows
+
+
+def plan_rows(plans: list[FunctionPlan]) -> list[dict[str, Any]]:
+    """Dry-run table rows: what the build and the deploy would do."""
+    return [{"function": p.function, "build": p.build or "", "deploy": p.deploy or "",
+             "image": p.image or "", "revision now": p.current_revision or "",
+             "revision after": p.revision or ("(new image)" if p.build == "needed" else ""),
+             "URL": p.url or "", "message": p.message or ""} for p in plans]
+
+
+def result_markdown(report: FleetReport) -> str:
+    results = report.results
+    ok = [r for r in results if r.status == "succeeded"]
+    built = sum(1 for r in results if r.build_cached is False)
+    cached = sum(1 for r in results if r.build_cached)
+    step_totals = {step: sum(r.timings.get(step, 0.0) for r in results) for step in steps_of(results)}
+    lines = [f"# Fleet migration: {len(ok)} of {len(results)} succeeded", "",
+             f"- **Functions:** {len(results)} ({len(ok)} succeeded, {len(results) - len(ok)} failed)",
+             f"- **Images:** {built} built, {cached} cached",
+             f"- **Wall time:** {report.seconds:.1f}s (fan-out: {report.fanout})",
+             "- **Step time (sum over functions):** "
+             + ", ".join(f"{step} {seconds:.1f}s" for step, seconds in step_totals.items()), ""]
+    failed = [r for r in results if r.status == "failed"]
+    if failed:
+        lines += ["## Failed", "", "| function | step | why |", "|---|---|---|"]
+        lines += [f"| {r.function} | {r.failed_step or '-'} | {_cell(r.message)} |" for r in failed]
+        lines.append("")
+    lines += ["## Functions", "", "| function | status | build | seconds | URL |", "|---|---|---|---|---|"]
+    lines += [f"| {r.function} | {r.status} | {build_note(r.build_cached)} | "
+              f"{sum(r.timings.values()):.1f} | {r.url or '-'} |" for r in results]
+    return "\n".join(lines) + "\n"
+
+
+def plan_markdown(report: FleetReport) -> str:
+    plans = report.plans
+    count = {what: sum(1 for p in plans if what in (p.build, p.deploy))
+             for what in ("needed", "cached", "create", "update", "unchanged")}
+    lines = [f"# Fleet dry run: {len(plans)} functions, nothing changed", "",
+             f"- **Builds:** {count['needed']} needed, {count['cached']} cached",
+             f"- **Deploys:** {count['create']} create, {count['update']} update, "
+             f"{count['unchanged']} unchanged",
+             f"- **Could not plan:** {len(report.failed)}", "",
+             "| function | build | deploy | revision now | revision after |", "|---|---|---|---|---|"]
+    lines += [f"| {p.function} | {p.build or '-'} | {p.deploy or _cell(p.message)} | "
+              f"{p.current_revision or '-'} | {p.revision or '-'} |" for p in plans]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(text: str | None) -> str:
+    """Text safe inside a markdown table cell."""
+    return (text or "-").replace("|", "\\|").replace("\n", " ")

@@ -1,0 +1,73 @@
+"""A local stand-in for Secret Manager's data: secret versions as files, for the local Cloud Run.
+
+Not an API server: cf2run itself never reads secrets (it only passes references to Cloud Run),
+so the only reader is the local Cloud Run, which resolves a revision's secret environment
+variables from here when it starts the revision, and fails the revision, as Cloud Run does,
+when a secret version it names does not exist. Secret volumes are checked the same way, but
+their files are not mounted at the mount path: the local runtime runs revisions as plain host
+processes, without a container filesystem to mount into (code that reads the mount path works
+on GCP only).
+
+Layout: ``STATE/secretmanager/PROJECT/SECRET/VERSION`` (version numbers from 1), file mode 0600.
+
+    store = SecretStore(localcloud.state_dir / "secretmanager")
+    store.add_version("local-project", "api-key", b"s3cret")   # -> 1
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from pathlib import Path
+
+_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
+_PROJECT_RE = re.compile(r"^[A-Za-z0-9.:-]{1,100}$")
+
+
+class SecretMissing(LookupError):
+    """The secret, or the version of it, does not exist."""
+
+
+class SecretStore:
+    """Secret versions on disk. Thread-safe."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self._lock = threading.Lock()
+
+    def add_version(self, project: str, secret: str, data: bytes) -> int:
+        """Store a new version of `secret` (created if needed); returns its number."""
+        directory = self._dir(project, secret)
+        with self._lock:
+            directory.mkdir(parents=True, exist_ok=True)
+            number = max(self._versions(directory), default=0) + 1
+            path = directory / str(number)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+        return number
+
+    def access(self, project: str, secret: str, version: str = "latest") -> bytes:
+        """The data of a version ('latest', a number); SecretMissing when there is none."""
+        directory = self._dir(project, secret)
+        with self._lock:
+            numbers = self._versions(directory)
+            chosen = max(numbers, default=None) if version == "latest" else \
+                (int(version) if version.isdigit() and int(version) in numbers else None)
+            if chosen is None:
+                raise SecretMissing(f"Secret projects/{project}/secrets/{secret}/versions/{version} "
+                                    "was not found")
+            return (directory / str(chosen)).read_bytes()
+
+    def _dir(self, project: str, secret: str) -> Path:
+        if not _PROJECT_RE.match(project) or not _ID_RE.match(secret):
+            raise SecretMissing(f"Secret projects/{project}/secrets/{secret} was not found "
+                                "(not a valid project and secret id)")
+        return self.root / project.replace(":", "_") / secret
+
+    @staticmethod
+    def _versions(directory: Path) -> list[int]:
+        if not directory.is_dir():
+            return []
+        return [int(path.name) for path in directory.iterdir() if path.name.isdigit()]

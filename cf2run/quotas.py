@@ -1,0 +1,97 @@
+"""Prefect global concurrency limits that stand for the Google quotas a fleet shares.
+
+Every flow run and every worker that talks to the same Prefect API takes its slots from
+these two limits, so two fleets (or one fleet fanned out over many workers) together never
+run more builds, or write to Cloud Run faster, than the project's quota allows:
+
+| limit | kind | default | Google quota it stands for |
+|---|---|---|---|
+| `cf2run-cloud-build` | concurrency | 10 | concurrent builds per project (REFERENCE §1) |
+| `cf2run-cloud-run-writes` | rate limit | 60 a minute | Cloud Run Admin API writes per minute, region |
+
+Set them to your project's quotas (IAM & Admin > Quotas) with `cf2run setup --builds N
+--run-writes-per-minute N`, or `prefect gcl update NAME --limit N`. A limit that does not
+exist is not waited for (Prefect logs a warning): `cf2run setup` and every fleet run create
+missing ones with the defaults, and never change existing ones.
+
+    with build_slot():          # around submitting a build and waiting for it
+        ...
+    cloud_run_write()           # before each Cloud Run create/update/IAM write
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
+
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.concurrency.sync import concurrency, rate_limit
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from pydantic import BaseModel, ConfigDict, Field
+
+BUILD_LIMIT = "cf2run-cloud-build"
+RUN_WRITES_LIMIT = "cf2run-cloud-run-writes"
+#: A build holds its slot at most this long without renewal (Prefect renews it while it runs).
+BUILD_LEASE_S = 300.0
+
+
+class QuotaLimits(BaseModel):
+    """The quotas a fleet shares, as `cf2run setup` creates them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    builds: int = Field(default=10, ge=1, le=1000,
+                        description="Concurrent Cloud Build builds (Cloud Build's per-project quota).")
+    run_writes_per_minute: int = Field(
+        default=60, ge=1, le=100_000,
+        description="Cloud Run Admin API writes (create, update, IAM) per minute; a burst of "
+                    "up to this many, then this many per minute.")
+
+    def creates(self) -> list[GlobalConcurrencyLimitCreate]:
+        """The global concurrency limits standing for these quotas."""
+        return [
+            GlobalConcurrencyLimitCreate(name=BUILD_LIMIT, limit=self.builds),
+            GlobalConcurrencyLimitCreate(name=RUN_WRITES_LIMIT, limit=self.run_writes_per_minute,
+                                         slot_decay_per_second=self.run_writes_per_minute / 60),
+        ]
+
+
+def ensure_limits(quotas: QuotaLimits | None = None, *, replace: Collection[str] = (),
+                  client: SyncPrefectClient | None = None) -> list[str]:
+    """Create the limits that are missing, set those named in `replace` to `quotas`; their names.
+
+    Existing limits not named in `replace` are left as they are (someone sized them on purpose).
+    """
+    if client is None:
+        with get_client(sync_client=True) as own:
+            return ensure_limits(quotas, replace=replace, client=own)
+    changed = []
+    for limit in (quotas or QuotaLimits()).creates():
+        if limit.name in replace:
+            client.upsert_global_concurrency_limit_by_name(limit.name, limit.limit,
+                                                           limit.slot_decay_per_second)
+            changed.append(limit.name)
+            continue
+        try:
+            client.read_global_concurrency_limit_by_name(limit.name)
+        except ObjectNotFound:
+            try:
+                client.create_global_concurrency_limit(limit)
+            except ObjectAlreadyExists:  # another fleet created it meanwhile
+                continue
+            changed.append(limit.name)
+    return changed
+
+
+@contextmanager
+def build_slot() -> Iterator[None]:
+    """Hold one slot of the concurrent-builds limit (waits while all are taken)."""
+    with concurrency(BUILD_LIMIT, occupy=1, lease_duration=BUILD_LEASE_S):
+        yield
+
+
+def cloud_run_write(writes: int = 1) -> None:
+    """Wait until the Cloud Run writes rate limit allows `writes` more writes."""
+    if writes > 0:
+        rate_limit(RUN_WRITES_LIMIT, occupy=writes)

@@ -1,0 +1,134 @@
+"""migrate_fleet: every function of a manifest onto Cloud Run, many at a time.
+
+    manifest -> [plan -> migrate-function (package, build, verify, deploy, smoke)] x N -> report
+
+At most `max_parallel` functions at a time, and never more builds or Cloud Run writes than
+the global concurrency limits standing for the quotas allow (cf2run/quotas.py), however
+many fleets and workers share them. Each function's steps are task runs named by step and
+function (`build[orders-api]`). One function's failure never stops the others: it is a row
+of the report that says which step failed and why. A progress artifact moves as functions
+finish; at the end a table artifact (one row per function) and a markdown report with totals.
+The run ends Completed when every function passed, Failed (with the count) otherwise.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any, cast
+from uuid import UUID
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.futures import PrefectFuture, as_completed
+from prefect.runtime import flow_run
+from prefect.states import Completed, Failed, State
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import Field
+
+from cf2run.fleet import Fanout, load, migrate_one
+from cf2run.fleet_plan import FunctionPlan, plan_function
+from cf2run.fleet_report import FleetReport
+from cf2run.quotas import ensure_limits
+from cf2run.results import MigrationResult
+from cf2run.spec import FunctionSpec, Manifest, Target
+
+#: Artifact keys (lowercase letters, digits, dashes): the latest fleet report is one click away.
+TABLE_KEY, REPORT_KEY, DRY_RUN_KEY = "migrate-fleet", "migrate-fleet-report", "migrate-fleet-dry-run"
+
+
+def _run_name() -> str:
+    manifest = flow_run.parameters.get("manifest")
+    name = Path(manifest).name if isinstance(manifest, str | Path) else "manifest"
+    return f"fleet[{name}]" + ("-dry-run" if flow_run.parameters.get("dry_run") else "")
+
+
+@flow(name="migrate-fleet", flow_run_name=_run_name, log_prints=False)
+def migrate_fleet(
+    manifest: Path | Manifest,
+    target: Target | None = None,
+    max_parallel: Annotated[int, Field(ge=1, le=500)] = 20,
+    dry_run: bool = False,
+    fanout: Fanout = "local",
+    only: list[str] | None = None,
+    exclude: list[str] | None = None,
+) -> State[FleetReport]:
+    """Migrate a fleet of Cloud Functions to Cloud Run.
+
+    Args:
+        manifest: Path of a YAML manifest (relative to the checkout, e.g. deployments/fleet.yaml),
+            or the manifest itself.
+        target: Where to migrate to; unset = the manifest's target.
+        max_parallel: Functions migrated at the same time (builds are further limited by the
+            cf2run-cloud-build concurrency limit, Cloud Run writes by cf2run-cloud-run-writes).
+        dry_run: Only report what would happen (build needed or cached, deploy needed or
+            unchanged); change no cloud resource. Planned in this flow run, whatever the fanout.
+        fanout: 'local' migrates in this flow run's process; 'deployments' runs the
+            migrate-function deployment per function, so every worker on the pool shares the fleet.
+        only: Migrate only these functions (names).
+        exclude: Skip these functions (names).
+    """
+    started = time.monotonic()
+    fleet = load(manifest, target, only, exclude)
+    logger = get_run_logger()
+    if not dry_run:
+        created = ensure_limits()
+        if created:
+            logger.info("created the quota limits %s with their defaults (cf2run setup)", created)
+    outcomes = _fan_out(fleet, max_parallel, dry_run, fanout)
+    report = FleetReport(dry_run=dry_run, fanout=fanout, seconds=round(time.monotonic() - started, 3))
+    if dry_run:
+        report.plans = [_as_plan(spec, outcome)
+                        for spec, outcome in zip(fleet.functions, outcomes, strict=True)]
+    else:
+        report.results = [_as_result(spec, outcome)
+                          for spec, outcome in zip(fleet.functions, outcomes, strict=True)]
+    _publish(report)
+    logger.info(report.summary)
+    if report.failed:
+        return Failed(message=report.summary, data=report)
+    return Completed(message=report.summary, data=report)
+
+
+def _fan_out(fleet: Manifest, max_parallel: int, dry_run: bool, fanout: Fanout) -> list[Any]:
+    """Each function's outcome (or exception), in manifest order; a progress artifact meanwhile."""
+    specs, total = fleet.functions, len(fleet.functions)
+    progress = cast(UUID, create_progress_artifact(0.0, description=f"0 of {total} functions done"))
+    with ThreadPoolTaskRunner[Any](max_workers=min(max_parallel, total)) as runner:
+        futures: list[PrefectFuture[Any]] = []
+        for spec in specs:
+            if dry_run:
+                futures.append(runner.submit(plan_function, {"spec": spec, "target": fleet.target}))
+            else:
+                futures.append(runner.submit(
+                    migrate_one, {"spec": spec, "target": fleet.target, "fanout": fanout}))
+        shown = 0
+        for done, _ in enumerate(as_completed(futures), start=1):
+            if int(100 * done / total) > shown or done == total:  # at most 100 updates
+                shown = int(100 * done / total)
+                update_progress_artifact(progress, 100.0 * done / total,
+                                         description=f"{done} of {total} functions done")
+    return [future.result(raise_on_failure=False) for future in futures]
+
+
+def _as_result(spec: FunctionSpec, outcome: Any) -> MigrationResult:
+    if isinstance(outcome, MigrationResult):
+        return outcome
+    return MigrationResult(function=spec.name, status="failed", failed_step="flow", message=str(outcome))
+
+
+def _as_plan(spec: FunctionSpec, outcome: Any) -> FunctionPlan:
+    return outcome if isinstance(outcome, FunctionPlan) else FunctionPlan.failed(spec.name, outcome)
+
+
+def _publish(report: FleetReport) -> None:
+    what = "dry run" if report.dry_run else "migration"
+    create_table_artifact(table=report.rows(), key=DRY_RUN_KEY if report.dry_run else TABLE_KEY,
+                          description=f"Fleet {what}: one row per function")
+    create_markdown_artifact(markdown=report.markdown(), key=REPORT_KEY,
+                             description=f"Fleet {what}: {report.summary}")

@@ -1,0 +1,117 @@
+"""promote / discard: after the smoke test, move the service's traffic (or do not).
+
+- `promote`: the tested revision gets 100% of the traffic and the candidate tag goes (a first
+  deploy already has all the traffic: nothing moves). Then, and only then, a service the spec
+  makes public gets its ``allUsers`` invoker binding: nobody outside could reach a revision
+  before it passed its smoke test. The promoted revision is added to the history that
+  `cf2run rollback` reads (cf2run/traffic.py).
+- `discard`: the candidate failed its smoke test; its tag goes, and the revisions that served
+  keep all the traffic (they never lost any).
+
+Both are read-modify-write with the etag read (`move_traffic`): a concurrent change makes
+Cloud Run answer ABORTED, and the change is computed again on the fresh service. A write that
+changes nothing is not sent, so a rerun of an unchanged function writes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from google.api_core import exceptions as api_exceptions
+from google.cloud import run_v2
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from cf2run.cloud import Cloud
+from cf2run.errors import DeployFailed, TransientError
+from cf2run.quotas import cloud_run_write
+from cf2run.results import Deployment, TrafficChange
+from cf2run.spec import FunctionSpec, Target
+from cf2run.traffic import all_to, candidate_tag, same_traffic, serving, with_promoted, without_tag
+from tasks.deploy import SUCCEEDED, Log, api_step, ensure_invoker, get_service, log, wait_for
+from tasks.policy import RETRIES
+
+#: What a traffic change wants: (traffic, annotations), or None when nothing has to change.
+Change = Callable[[run_v2.Service], tuple[list[run_v2.TrafficTarget], dict[str, str]] | None]
+ETAG_ATTEMPTS = 3
+
+
+def move_traffic(services: run_v2.ServicesClient, revisions: run_v2.RevisionsClient, name: str,
+                 change: Change, step: str, logger: Log = log) -> TrafficChange:
+    """Read the service, apply `change`, UpdateService with the etag read; again on ABORTED."""
+    for attempt in range(1, ETAG_ATTEMPTS + 1):
+        current = get_service(services, name, step)
+        if current is None:
+            raise DeployFailed(f"{step}: service {name} does not exist",
+                               hint="check the service name, project and region (or migrate it first)")
+        before = serving(current)
+        wanted = change(current)
+        if wanted is None:
+            return TrafficChange(service=name, url=current.uri, serving=before, previous=before,
+                                 changed=False)
+        update = run_v2.Service(current)
+        update.traffic, update.annotations = wanted
+        target = wanted[0][0].revision if wanted[0] else ""
+        cloud_run_write()
+        try:
+            with api_step(f"UpdateService {name} (traffic)", step=step):
+                operation = services.update_service(service=update)
+        except api_exceptions.Aborted as error:  # the etag is stale: someone changed it meanwhile
+            logger.warning("%s changed while %s was moving its traffic (attempt %d): %s", name, step,
+                           attempt, error.message)
+            continue
+        final = wait_for(operation, revisions, name, target, step)
+        if final.terminal_condition.state != SUCCEEDED:
+            raise DeployFailed(f"{step}: {name} is not Ready after moving its traffic: "
+                               f"{final.terminal_condition.message or 'no reason given'}",
+                               hint="check the service's revisions in the Cloud Run console")
+        after = serving(final)
+        logger.info("%s: traffic of %s now on %s (was %s)", step, name, ", ".join(after),
+                    ", ".join(before) or "nothing")
+        return TrafficChange(service=name, url=final.uri, serving=after, previous=before, changed=True)
+    raise TransientError(f"{step}: {name} kept changing while its traffic was moved "
+                         f"({ETAG_ATTEMPTS} attempts)", hint="run it again")
+
+
+def promote(services: run_v2.ServicesClient, revisions: run_v2.RevisionsClient, spec: FunctionSpec,
+            deployment: Deployment, logger: Log = log) -> TrafficChange:
+    """All traffic to the deployed revision, the candidate tag removed; then the public binding."""
+    revision, tag = deployment.revision, candidate_tag(spec.name)
+
+    def change(current: run_v2.Service) -> tuple[list[run_v2.TrafficTarget], dict[str, str]] | None:
+        traffic = all_to(current, revision, drop_tags=[tag])
+        if same_traffic(current, traffic):
+            return None
+        return traffic, with_promoted(current, serving(current), revision)
+
+    moved = move_traffic(services, revisions, deployment.service, change, "promote", logger)
+    moved.public = ensure_invoker(services, deployment.service, spec.allow_unauthenticated, logger)
+    return moved
+
+
+def discard(services: run_v2.ServicesClient, revisions: run_v2.RevisionsClient,
+            deployment: Deployment, logger: Log = log) -> TrafficChange:
+    """Remove the candidate's tag; the traffic stays on the revisions that served it."""
+    tag = deployment.tag
+
+    def change(current: run_v2.Service) -> tuple[list[run_v2.TrafficTarget], dict[str, str]] | None:
+        if tag is None:
+            return None
+        traffic = without_tag(current, tag)
+        return None if same_traffic(current, traffic) else (traffic, dict(current.annotations))
+
+    return move_traffic(services, revisions, deployment.service, change, "discard", logger)
+
+
+@task(name="promote", task_run_name="promote[{spec.name}]", cache_policy=NO_CACHE, **RETRIES)
+def promote_revision(spec: FunctionSpec, target: Target, deployment: Deployment) -> TrafficChange:
+    """Move all traffic to the smoke-tested revision; make the service public if the spec says so."""
+    cloud = Cloud.for_target(target)
+    return promote(cloud.services, cloud.revisions, spec, deployment, get_run_logger())
+
+
+@task(name="discard", task_run_name="discard[{spec.name}]", cache_policy=NO_CACHE, **RETRIES)
+def discard_candidate(spec: FunctionSpec, target: Target, deployment: Deployment) -> TrafficChange:
+    """Drop a candidate that failed its smoke test: its tag goes, the traffic never moved."""
+    cloud = Cloud.for_target(target)
+    return discard(cloud.services, cloud.revisions, deployment, get_run_logger())

@@ -1,0 +1,92 @@
+"""`cf2run plan` against the local cloud: before a migration, right after it, and after the
+manifest changed. Read-only: planning never creates a build, a service or a revision.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from cf2run.cli import app
+from cf2run.cloud import Cloud
+from cf2run.localcloud.server import LocalCloud
+from cf2run.results import MigrationResult
+from cf2run.spec import load_manifest
+from flows.migrate_function import migrate_function
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+SECRET_VALUE = "never-print-me-4711"
+
+
+def write(tmp_path: Path, localcloud: LocalCloud, **fields: Any) -> Path:
+    """A manifest with one function (name fixed per test), on the session's local cloud."""
+    (tmp_path / "fn").mkdir(exist_ok=True)
+    if not (tmp_path / "fn" / "main.py").exists():
+        (tmp_path / "fn" / "main.py").write_text("def hello(request):\n    return 'hi'\n")
+    function = {"name": fields.pop("name"), "source": "fn", "runtime": "python311",
+                "entry_point": "hello", "env": {"MODE": "dev"}, "smoke": {"expect_body": "hi"}, **fields}
+    path = tmp_path / "manifest.yaml"
+    path.write_text(yaml.safe_dump({"target": {"kind": "local", "localcloud_dir": str(localcloud.state_dir)},
+                                    "functions": [function]}))
+    return path
+
+
+def plan(path: Path) -> str:
+    answer = CliRunner().invoke(app, ["plan", str(path)])
+    assert answer.exit_code == 0, answer.output
+    return answer.output
+
+
+def test_plan_shows_create_then_nothing_then_a_readable_diff(
+        localcloud: LocalCloud, cloud: Cloud, tmp_path: Path) -> None:
+    name = f"plan-{uuid.uuid4().hex[:6]}"
+    service = f"projects/local-project/locations/us-central1/services/{name}"
+    localcloud.cloudrun.secrets.add_version("local-project", "api-key", SECRET_VALUE.encode())
+
+    path = write(tmp_path, localcloud, name=name)
+    before = plan(path)
+    assert f"{name}: create service {service}" in before
+    assert "build: needed:" in before
+    assert "+ image: (built by this migration)" in before
+    assert "+ env.MODE: 'dev'" in before
+    assert "+ limits.cpu: 0.167" in before and "+ limits.memory: 256Mi" in before
+    assert "+ scaling.concurrency: 1" in before
+    assert "+ service_account: local-project@appspot.gserviceaccount.com" in before
+    assert "+ iam: private (ID token needed)" in before
+    listed = cloud.services.list_services(parent="projects/local-project/locations/us-central1")
+    assert service not in {s.name for s in listed}, "planning created the service"
+
+    manifest = load_manifest(path)
+    result = migrate_function(manifest.functions[0], manifest.target, return_state=True).result()
+    assert isinstance(result, MigrationResult) and result.status == "succeeded", result
+
+    same = plan(path)
+    assert f"{name}: unchanged" in same and "build: cached (image exists)" in same
+    assert "no changes" in same and f"url: {result.url} (serving {result.revision})" in same
+
+    changed = write(tmp_path, localcloud, name=name, env={"MODE": "prod"}, memory="512Mi",
+                    max_instances=5, allow_unauthenticated=True, secret_env={"API_KEY": "api-key"})
+    diff = plan(changed)
+    assert f"{name}: update: new revision as a candidate" in diff
+    assert "build: cached (image exists)" in diff, "only service settings changed: no new build"
+    for line in ("~ env.MODE: 'dev' -> 'prod'", "+ env.API_KEY: secret api-key:latest",
+                 "~ limits.memory: 256Mi -> 512Mi", "~ limits.cpu: 0.167 -> 0.333",
+                 "+ scaling.max_instances: 5",
+                 "~ iam: private (ID token needed) -> public (allUsers may invoke)"):
+        assert line in diff, diff
+    assert "image" not in diff.split("build:")[1].split("\n", 1)[1], "the image did not change"
+    assert SECRET_VALUE not in diff
+
+    (tmp_path / "fn" / "main.py").write_text("def hello(request):\n    return 'hi again'\n")
+    rebuilt = plan(path)
+    assert "build: needed:" in rebuilt
+    assert f"~ image: us-central1-docker.pkg.dev/local-project/cf2run/{name}@{result.digest} -> " \
+           "(built by this migration)" in rebuilt
+    revisions = [r.name for r in cloud.revisions.list_revisions(parent=service)]
+    assert len(revisions) == 1, "planning created a revision"
