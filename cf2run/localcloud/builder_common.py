@@ -143,6 +143,16 @@ class DependencyPlan:
     buildpack_id: str
 
 
+class PackBase:
+    """What every language pack is built from: the source, the build env, a runner, the log."""
+
+    def __init__(self, source_dir: Path, env: FunctionEnv, runner: Runner, log: Log) -> None:
+        self.source_dir = source_dir
+        self.env = env
+        self.runner = runner
+        self.log = log
+
+
 class LanguagePack(Protocol):
     """One language's part of a function build (Python, Node.js)."""
 

@@ -22,6 +22,7 @@ from cf2run.localcloud.builder_common import (
     DependencyPlan,
     FunctionEnv,
     Log,
+    PackBase,
     Runner,
     RuntimeVersion,
     WebProcess,
@@ -58,16 +59,13 @@ try { loader = require(path.join(ffDir, 'build', 'src', 'loader.js')); } catch (
 """
 
 
-class NodePack:
+class NodePack(PackBase):
     language = "nodejs"
     functions_buildpack_id = FUNCTIONS_BUILDPACK
     check_needs_dependencies = True
 
     def __init__(self, source_dir: Path, env: FunctionEnv, runner: Runner, log: Log) -> None:
-        self.source_dir = source_dir
-        self.env = env
-        self.runner = runner
-        self.log = log
+        super().__init__(source_dir, env, runner, log)
         self.package = _read_package_json(source_dir)
         self.lockfile = source_dir / "package-lock.json"
 

@@ -22,6 +22,7 @@ from cf2run.localcloud.builder_common import (
     DependencyPlan,
     FunctionEnv,
     Log,
+    PackBase,
     Runner,
     RuntimeVersion,
     WebProcess,
@@ -35,16 +36,13 @@ PIP_BUILDPACK = "google.python.pip"
 _FF_LINE = re.compile(r"^\s*functions[-_.]+framework(?![\w.-])", re.IGNORECASE)
 
 
-class PythonPack:
+class PythonPack(PackBase):
     language = "python"
     functions_buildpack_id = FUNCTIONS_BUILDPACK
     check_needs_dependencies = False
 
     def __init__(self, source_dir: Path, env: FunctionEnv, runner: Runner, log: Log) -> None:
-        self.source_dir = source_dir
-        self.env = env
-        self.runner = runner
-        self.log = log
+        super().__init__(source_dir, env, runner, log)
         self.entry = env.source or "main.py"
         requirements = source_dir / "requirements.txt"
         self.requirements = requirements.read_text(errors="replace") if requirements.is_file() else None
