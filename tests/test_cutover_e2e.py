@@ -16,17 +16,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from flowruns import migrate
 from typer.testing import CliRunner
 
 from cf2run.cli import app
 from cf2run.cloud import Cloud
 from cf2run.localcloud.server import LocalCloud
-from cf2run.results import MigrationResult
 from cf2run.spec import FunctionSpec, Target
 from cf2run.traffic import HISTORY_ANNOTATION
-from flows.migrate_function import migrate_function
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -45,18 +42,6 @@ def source(tmp_path: Path, version: str, code: str) -> Path:
     directory.mkdir()
     (directory / "main.py").write_text(code.format(version=version))
     return directory
-
-
-def migrate(spec: FunctionSpec, target: Target) -> tuple[MigrationResult, set[str]]:
-    """Run the flow; its result and the names of its task runs, read back from Prefect."""
-    state = migrate_function(spec, target, return_state=True)
-    result = state.result(raise_on_failure=False)
-    assert isinstance(result, MigrationResult), result
-    run_id = state.state_details.flow_run_id
-    assert run_id is not None
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
-    return result, {run.name for run in runs}
 
 
 class Caller(threading.Thread):

@@ -12,11 +12,10 @@ import shlex
 from pathlib import Path
 
 import pytest
+from flowruns import migrate
 
 from cf2run.localcloud.server import LocalCloud
-from cf2run.results import MigrationResult
 from cf2run.spec import FunctionSpec, Target, load_manifest
-from flows.migrate_function import migrate_function
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -32,15 +31,9 @@ def target(localcloud: LocalCloud) -> Target:
     return Target(kind="local", localcloud_dir=localcloud.state_dir)
 
 
-def migrate(spec: FunctionSpec, target: Target) -> MigrationResult:
-    result = migrate_function(spec, target, return_state=True).result(raise_on_failure=False)
-    assert isinstance(result, MigrationResult), result
-    return result
-
-
 def test_pubsub_triggered_python_function_gets_a_message(
         samples: dict[str, FunctionSpec], target: Target, localcloud: LocalCloud) -> None:
-    result = migrate(samples["pubsub-orders"], target)
+    result, _ = migrate(samples["pubsub-orders"], target)
     assert result.status == "succeeded", result.message
     assert "message cf2run-smoke-" in localcloud.logs("pubsub-orders")
     assert "on projects/local-project/topics/orders: order 42, total 10" in localcloud.logs("pubsub-orders")
@@ -54,7 +47,7 @@ def test_pubsub_triggered_python_function_gets_a_message(
 
 def test_storage_triggered_node_function_gets_an_object_finalized_event(
         samples: dict[str, FunctionSpec], target: Target, localcloud: LocalCloud) -> None:
-    result = migrate(samples["uploads-node"], target)
+    result, _ = migrate(samples["uploads-node"], target)
     assert result.status == "succeeded", result.message
     logs = localcloud.logs("uploads-node")
     assert ("google.cloud.storage.object.v1.finalized: gs://uploads/reports/2024-01.csv (2048 bytes, "
@@ -71,6 +64,6 @@ def test_the_wrong_event_fails_the_smoke_test(
         "name": "pubsub-orders-wrong",
         "trigger": samples["uploads-node"].trigger,
         "smoke": samples["pubsub-orders"].smoke.model_copy(update={"deadline_s": 2})})
-    result = migrate(spec, target)
+    result, _ = migrate(spec, target)
     assert (result.status, result.failed_step) == ("failed", "smoke")
     assert "expected a 2xx status, got 500" in (result.message or "")

@@ -14,17 +14,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from flowruns import migrate
 from google.api_core import exceptions as api_exceptions
 from google.cloud.devtools import cloudbuild_v1
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from cf2run.cloud import Cloud
 from cf2run.localcloud.server import LocalCloud
 from cf2run.localcloud.settings import Fault, LocalCloudSettings
-from cf2run.results import MigrationResult
 from cf2run.spec import FunctionSpec, Target, load_manifest
-from flows.migrate_function import migrate_function
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -39,19 +36,6 @@ def target(localcloud: LocalCloud) -> Target:
 def samples() -> dict[str, FunctionSpec]:
     manifest = load_manifest(EXAMPLES / "manifest.yaml")
     return {spec.name: spec for spec in manifest.functions}
-
-
-def migrate(spec: FunctionSpec, target: Target) -> tuple[MigrationResult, dict[str, int]]:
-    """Run the flow; return its result and each task run's run count, read back from Prefect."""
-    state = migrate_function(spec, target, return_state=True)
-    result = state.result(raise_on_failure=False)
-    assert isinstance(result, MigrationResult), result
-    flow_run_id = state.state_details.flow_run_id
-    assert flow_run_id is not None
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
-            id=FlowRunFilterId(any_=[flow_run_id])))
-    return result, {run.name: run.run_count for run in runs}
 
 
 def fresh_copy(spec: FunctionSpec, tmp_path: Path) -> FunctionSpec:
