@@ -146,3 +146,74 @@ def write_section(name: str, body: str, path: Path = README) -> None:
     else:
         text = text.rstrip("\n") + ("\n\n" if text else "") + block + "\n"
     path.write_text(text)
+
+
+# -- added for bench/fleet.py: polling schedules, CPU and memory of processes ---------------------
+
+
+def backoff_sees(duration: float, first: float, maximum: float, factor: float = 2.0) -> float:
+    """When a poller that asks at once, then after `first`, `first * factor` ... seconds (each
+    wait capped at `maximum`) first sees something that takes `duration` seconds to finish."""
+    at, delay = 0.0, first
+    while at < duration:
+        at += delay
+        delay = min(delay * factor, maximum)
+    return at
+
+
+def cpu_ticks() -> tuple[int, int]:
+    """(busy, total) clock ticks of all CPUs since boot, from /proc/stat ((0, 0) elsewhere)."""
+    try:
+        fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields[:8]) - idle, sum(fields[:8])
+
+
+def busy_fraction(before: tuple[int, int], after: tuple[int, int]) -> float | None:
+    """Share of the machine's CPU time that was busy between two `cpu_ticks()` readings."""
+    total = after[1] - before[1]
+    return (after[0] - before[0]) / total if total > 0 else None
+
+
+def memory_kib(field: str = "VmRSS", pid: int | str = "self") -> int | None:
+    """A process' memory figure from /proc/PID/status in KiB: VmRSS (now) or VmHWM (peak RSS)."""
+    try:
+        found = re.search(rf"^{field}:\s*(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.M)
+    except OSError:
+        return None
+    return int(found[1]) if found else None
+
+
+def mib(kib: float) -> str:
+    return f"{kib / 1024:.0f} MiB"
+
+
+@dataclass(frozen=True)
+class ProcessCpu:
+    """One process from /proc/PID/stat: its parent and group, and CPU seconds it used itself
+    (user + system) and that its reaped children used."""
+
+    pid: int
+    ppid: int
+    pgid: int
+    own_s: float
+    reaped_s: float
+
+
+def processes() -> dict[int, ProcessCpu]:
+    """Every process of the machine that can be read now, by pid (empty where there is no /proc)."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    found = {}
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else []:
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        pid = int(entry.name)
+        own, reaped = int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14])
+        found[pid] = ProcessCpu(pid, int(fields[1]), int(fields[2]), own / tick, reaped / tick)
+    return found
