@@ -120,8 +120,14 @@ POLL_FIRST_S, POLL_MAX_S = 1.0, 15.0
 
 
 def build_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    """Cache key across flow runs: the image the inputs name (source sha256 + build settings)."""
-    return image_for(parameters["spec"], parameters["target"], parameters["archive"].sha256)
+    """Cache key across flow runs: the image the inputs name (source sha256 + build settings).
+
+    On the local target the image lives in one local cloud, so its directory is part of the
+    key: a cached result from another (e.g. an earlier `cf2run demo`) is not this one's.
+    """
+    target: Target = parameters["target"]
+    image = image_for(parameters["spec"], target, parameters["archive"].sha256)
+    return image if target.kind == "gcp" else f"{image}@{target.localcloud_dir}"
 
 
 @task(name="build", task_run_name="build[{spec.name}]", persist_result=True,
