@@ -143,7 +143,8 @@ def child(args: argparse.Namespace) -> int:
     return 0
 
 
-WHAT_IFS = ("what_if_build_poll", "what_if_deploy_poll", "what_if_local_gate")
+WHAT_IFS = ("what_if_build_poll", "what_if_deploy_poll", "what_if_local_gate", "what_if_no_subflow",
+            "what_if_no_artifacts")
 
 
 def pair(text: str) -> tuple[float, float]:
@@ -174,6 +175,26 @@ def apply_what_ifs(args: argparse.Namespace) -> None:
                 yield
 
         tasks.build.build_slot = gated_slot
+    if args.what_if_no_subflow:  # fanout local: each function's steps as tasks of its `function` task
+        import cf2run.fleet
+        from cf2run.results import MigrationResult
+        from cf2run.spec import FunctionSpec, Target
+        from flows.migrate_function import migrate_function
+
+        def inline(functions: list[FunctionSpec], target: Target) -> list[MigrationResult]:
+            results = []
+            for spec in functions:
+                result = migrate_function.fn(spec, target).result(raise_on_failure=False)
+                assert isinstance(result, MigrationResult), result
+                results.append(result)
+            return results
+
+        cf2run.fleet.migrate_each = inline  # type: ignore[assignment]
+    if args.what_if_no_artifacts:  # no per-function summary and link artifacts
+        import flows.migrate_function
+
+        flows.migrate_function.create_markdown_artifact = lambda *a, **k: None  # type: ignore[assignment]
+        flows.migrate_function.create_link_artifact = lambda *a, **k: None  # type: ignore[assignment]
 
 
 @dataclass
@@ -268,8 +289,11 @@ class Bench:
                    "--manifest", str(manifest), "--max-parallel", str(max_parallel),
                    "--first", str(first), "--out", str(out)]
         for name in WHAT_IFS:
-            if getattr(self.args, name):
-                command += ["--" + name.replace("_", "-"), str(getattr(self.args, name))]
+            value = getattr(self.args, name)
+            if value is True:
+                command.append("--" + name.replace("_", "-"))
+            elif value:
+                command += ["--" + name.replace("_", "-"), str(value)]
         before = CpuSnapshot.take()
         watch = Stopwatch()
         with log.open("a") as sink:
@@ -446,9 +470,10 @@ class Figures:
     builds_each: int = 0
     rerun_counts: tuple[int, int, int, int] = (0, 0, 0, 0)  # builds before/after, revisions before/after
     poll: tuple[float, float] = (1.0, 15.0)
+    machine: str = ""  # taken before the run started anything (its load average: the others' load)
 
 
-def measure(args: argparse.Namespace, root: Path, api: Api) -> Figures:
+def measure(args: argparse.Namespace, root: Path, api: Api, machine_line: str) -> Figures:
     from cf2run.cloud import Cloud
     from cf2run.localcloud.server import LocalCloud
     from cf2run.localcloud.settings import LocalCloudSettings
@@ -458,7 +483,7 @@ def measure(args: argparse.Namespace, root: Path, api: Api) -> Figures:
     n, q, b = args.n, args.q, args.b
     max_parallel = args.max_parallel or min(n, MAX_PARALLEL)
     figures = Figures(n=n, q=q, b=b, max_parallel=max_parallel, run_writes=args.run_writes_per_minute,
-                      each_n=args.baseline_n or n, poll=(POLL_FIRST_S, POLL_MAX_S))
+                      each_n=args.baseline_n or n, poll=(POLL_FIRST_S, POLL_MAX_S), machine=machine_line)
     if args.what_if_build_poll:
         figures.poll = pair(args.what_if_build_poll)
     env = dict(os.environ)  # PREFECT_API_URL, PREFECT_HOME
@@ -546,7 +571,7 @@ def report(f: Figures, args: argparse.Namespace) -> str:
         ["(b) one after another: migrate_each, seed's way", seconds(each_total),
          (f"{f.each_n} functions measured, {each_per_fn:.2f} s each, x {n} (extrapolated)" if extrapolated
           else f"{each_per_fn:.2f} s per function") + f"; {f.builds_each} builds, none cached", ""],
-        ["speedup (b) / (a)", f"{each_total / a:.1f}x", "",
+        ["speedup (b) / (a)", f"{each_total / a:.1f}x", "(b) extrapolated" if extrapolated else "",
          f"≥ {GOAL_SPEEDUP:g}x: {verdict(each_total / a >= GOAL_SPEEDUP)}"],
         ["(c) rerun of the unchanged fleet", seconds(f.rerun.wall_s),
          f"builds (ListBuilds) {b0} → {b1}; revisions (ListRevisions) {r0} → {r1}",
@@ -570,12 +595,19 @@ def report(f: Figures, args: argparse.Namespace) -> str:
     if args.what_if_local_gate:
         what_ifs.append(f"a process-wide semaphore of {args.what_if_local_gate} in front of "
                         "`build_slot()` (cf2run: none)")
+    if args.what_if_no_subflow:
+        what_ifs.append("each function's steps run as tasks inside its `function` task, no "
+                        "migrate-function subflow (cf2run: a subflow per function)")
+    if args.what_if_no_artifacts:
+        what_ifs.append("no per-function summary and link artifacts (cf2run: 3 per function)")
     if os.environ.get(SLOT_WAIT_ENV):
         what_ifs.append(f"Prefect server `{SLOT_WAIT_ENV}={os.environ[SLOT_WAIT_ENV]}` (default 30)")
     if what_ifs:
         settings += ("; **what-if** (patched in the flow processes, not cf2run's code): "
                      + "; ".join(what_ifs))
-    return (f"Machine: {machine()}.  \nCommand: `{command_line()}`.  \nSettings: {settings}.\n\n{table}\n\n"
+    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+    return (f"Machine: {f.machine} (before the run; at the end: {load}).  \nCommand: `{command_line()}`.  \n"
+            f"Settings: {settings}.\n\n{table}\n\n"
             f"Where the time goes in (a):\n\n{profile(f)}\n")
 
 
@@ -704,6 +736,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="experiment: patch tasks/deploy.py's operation polling in the flow processes")
     parser.add_argument("--what-if-local-gate", type=int, metavar="K",
                         help="experiment: a process-wide semaphore of K in front of the build slot")
+    parser.add_argument("--what-if-no-subflow", action="store_true",
+                        help="experiment: run each function's steps without a migrate-function subflow")
+    parser.add_argument("--what-if-no-artifacts", action="store_true",
+                        help="experiment: no per-function markdown and link artifacts")
     parser.add_argument("--what-if-slot-wait", type=float, metavar="S",
                         help=f"experiment: the Prefect server's {SLOT_WAIT_ENV} (default 30)")
     parser.add_argument("--no-readme", action="store_true", help="print only; leave bench/README.md alone")
@@ -727,11 +763,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"keeping {root} (children's output: children.log)", flush=True)
     else:
         atexit.register(shutil.rmtree, root, ignore_errors=True)
+    machine_line = machine()
     print(f"starting a temporary Prefect server ({args.prefect_db}) and the local cloud in {root}",
           flush=True)
     with prefect_api(root, args.prefect_db) as api:
         os.environ["PREFECT_API_URL"] = api.url  # before anything imports prefect
-        figures = measure(args, root, api)
+        figures = measure(args, root, api, machine_line)
     text = report(figures, args)
     print("\n" + text)
     if not args.no_readme:
