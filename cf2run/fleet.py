@@ -4,7 +4,9 @@ The quotas the fleet shares are taken by the steps themselves (tasks/build.py ho
 the concurrent-builds limit while its build runs; the Cloud Run writes take the rate limit),
 so several fleets and workers share them too.
 
-- `fanout="local"`: the migrate-function flow runs in this process (a subflow).
+- `fanout="local"`: the migrate-function steps run in this process, as task runs inside this
+  task (no flow run per function: a subflow costs the Prefect server several times what the
+  steps' task runs do, see bench/README.md).
 - `fanout="deployments"`: a run of the migrate-function deployment (`run_deployment`), so any
   worker on the pool takes it; its `MigrationResult` is read back from Prefect's result
   storage (shared by the workers: the same `PREFECT_HOME` on one machine, a storage block
@@ -27,9 +29,9 @@ from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 
 from cf2run.errors import SpecError
-from cf2run.report import migrate_each
 from cf2run.results import MigrationResult
 from cf2run.spec import FunctionSpec, Manifest, Target, load_manifest
+from flows.migrate_function import migrate
 
 Fanout = Literal["local", "deployments"]
 #: The single-function deployment in prefect.yaml ("flow name/deployment name").
@@ -58,8 +60,7 @@ def load(manifest: Path | str | Manifest, target: Target | None = None,
 def migrate_one(spec: FunctionSpec, target: Target, fanout: Fanout = "local") -> MigrationResult:
     """Migrate one function of a fleet; every failure becomes the function's failed result."""
     try:
-        return migrate_each([spec], target)[0] if fanout == "local" \
-            else migrate_on_a_worker(spec, target)
+        return migrate(spec, target) if fanout == "local" else migrate_on_a_worker(spec, target)
     except Exception as error:  # the orchestration itself broke (API down, deployment missing)
         return MigrationResult(function=spec.name, status="failed", failed_step="flow",
                                message=f"{type(error).__name__}: {error}")

@@ -115,6 +115,7 @@ class MigrationResult(_Result):
     serving: list[str] = Field(
         default_factory=list, description="Revisions carrying the service's traffic at the end.")
     build_cached: bool | None = Field(default=None, description="True when the build was skipped.")
+    build_log_url: str | None = Field(default=None, description="Cloud Build log, when a build ran.")
     eventarc: str | None = Field(
         default=None, description="Event functions: the gcloud command that creates the Eventarc "
                                   "trigger routing their events to the service.")

@@ -8,9 +8,11 @@ URL); the smoke test calls that URL, and only when it passes does `promote` move
 tag and the previous revision keeps serving, untouched.
 
 Each step is a Prefect task run named after the step and the function (`build[orders-api]`),
-retried only on transient errors and cached across flow runs on its content. The flow
-returns a `MigrationResult`; when a step fails the flow run ends Failed and the result says
-which step and why. The service URL and the build log are published as link artifacts.
+retried only on transient errors and cached across flow runs on its content. `migrate` runs
+the steps wherever it is called (this flow, or a fleet's `function[NAME]` task: no flow run
+per function there) and returns a `MigrationResult`; the flow publishes it (a summary, the
+service URL and the build log as artifacts) and ends Failed, naming the step, when a step
+failed.
 """
 
 from __future__ import annotations
@@ -62,7 +64,21 @@ class _Steps:
       persist_result=True)
 def migrate_function(spec: FunctionSpec, target: Target | None = None) -> State[MigrationResult]:
     """Migrate one function: package, pack build, verify, deploy, smoke test, promote."""
-    target = target or Target()
+    result = migrate(spec, target or Target())
+    create_markdown_artifact(markdown=summary(result, events.missing_trigger_note(spec)),
+                             key=_key(spec, "summary"), description=f"Migration of {spec.name}")
+    _publish_link(spec, "build-log", result.build_log_url, "Cloud Build log")
+    if result.status == "failed":
+        return Failed(message=f"{spec.name}: {result.failed_step} failed: {result.message}",
+                      data=result)
+    _publish_link(spec, "url", result.url, "Cloud Run service URL")
+    return Completed(message=f"{spec.name} serves at {result.url}", data=result)
+
+
+def migrate(spec: FunctionSpec, target: Target) -> MigrationResult:
+    """The steps of one migration, as task runs of whatever flow or task calls this (the
+    migrate-function flow, or a fleet's `function[NAME]` task); a failure is the result's
+    `failed_step` and `message`, never an exception."""
     logger = get_run_logger()
     steps = _Steps()
     result = MigrationResult(function=spec.name, status="failed",
@@ -84,7 +100,7 @@ def migrate_function(spec: FunctionSpec, target: Target | None = None) -> State[
             built = steps.run("build", submit_pack_build, spec, target, archive, refresh=True)
             image = steps.run("verify", verify_image, spec, target, built)
         result.digest, result.build_cached = built.digest, built.cached or steps.cached["build"]
-        _publish_link(spec, "build-log", built.log_url, "Cloud Build log")
+        result.build_log_url = built.log_url
         deployment = steps.run("deploy", deploy_service, spec, target, image, archive.sha256)
         if steps.cached["deploy"] and deployment.candidate_url:
             # A cached candidate is stale by design: it was promoted or discarded since.
@@ -106,7 +122,6 @@ def migrate_function(spec: FunctionSpec, target: Target | None = None) -> State[
             smoke = _smoke_or_discard(steps, spec, target, deployment, result)
         promoted = steps.run("promote", promote_revision, spec, target, deployment)
         result.serving = promoted.serving
-        _publish_link(spec, "url", deployment.url, "Cloud Run service URL")
         result.status = "succeeded"
         result.message = f"smoke {smoke.status} in {smoke.latency_s:.2f}s"
         if promoted.changed:
@@ -115,12 +130,7 @@ def migrate_function(spec: FunctionSpec, target: Target | None = None) -> State[
         result.failed_step, result.message = steps.current, str(error)
         logger.error("%s failed at %s: %s", spec.name, steps.current, error)
     result.timings = steps.timings
-    create_markdown_artifact(markdown=summary(result, note), key=_key(spec, "summary"),
-                             description=f"Migration of {spec.name}")
-    if result.status == "failed":
-        return Failed(message=f"{spec.name}: {result.failed_step} failed: {result.message}",
-                      data=result)
-    return Completed(message=f"{spec.name} serves at {result.url}", data=result)
+    return result
 
 
 def _smoke_or_discard(steps: _Steps, spec: FunctionSpec, target: Target, deployment: Deployment,

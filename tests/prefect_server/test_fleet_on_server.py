@@ -37,8 +37,8 @@ def table_rows(stack: PrefectStack, run: FlowRun) -> list[dict[str, Any]]:
 
 
 def step_task_runs(stack: PrefectStack, run: FlowRun) -> set[str]:
-    """Names of the task runs of the fleet's function runs (its subflows / deployment runs)."""
-    return {task_run.name for task_run in stack.task_runs(stack.children(run))}
+    """Names of the task runs of the fleet run and of its function runs (deployment runs)."""
+    return {task_run.name for task_run in stack.task_runs([run, *stack.children(run)])}
 
 
 def answers(stack: PrefectStack, url: str) -> str:
