@@ -40,6 +40,7 @@ from _common import (
     REPO,
     Samples,
     Stopwatch,
+    backoff_sees,
     command_line,
     free_port,
     machine,
@@ -51,13 +52,13 @@ from _common import (
 )
 from google.cloud.devtools import cloudbuild_v1
 
-from cf2run.cloud import Cloud
+from cf2run.cloud import LOCAL_POLLING, Cloud
 from cf2run.localcloud.runtime import RevisionSpec, _launch
 from cf2run.localcloud.server import LocalCloud
 from cf2run.oci import ImageRef
 from cf2run.results import BuiltImage, SourceArchive
 from cf2run.spec import FunctionSpec, Target
-from tasks.build import POLL_FIRST_S, POLL_MAX_S, TERMINAL, image_for, pack_build_request
+from tasks.build import TERMINAL, image_for, pack_build_request
 from tasks.deploy import deploy
 from tasks.package import archive_object_name, make_tarball, upload_archive
 from tasks.verify import verify_built_image
@@ -128,12 +129,9 @@ def build(cloud: Cloud, spec: FunctionSpec, target: Target) -> tuple[BuiltImage,
 
 
 def seen_by_pipeline_poll(duration: float) -> float:
-    """When tasks/build.py's GetBuild backoff (now, +1, +2, +4 ... s) first sees a build this long."""
-    at, delay = 0.0, POLL_FIRST_S
-    while at < duration:
-        at += delay
-        delay = min(delay * 2, POLL_MAX_S)
-    return at
+    """When tasks/build.py's GetBuild backoff on the local target first sees a build this long."""
+    backoff = LOCAL_POLLING.build
+    return backoff_sees(duration, backoff.first_s, backoff.maximum_s, backoff.factor)
 
 
 @contextlib.contextmanager
@@ -278,7 +276,7 @@ def rows(result: Result) -> list[list[str]]:
         [name, "warm rebuild (deps cached, 1-line change)", seconds(warm), result.warm.spread(),
          str(len(result.warm.values)), f"{ratio(warm, cold)} cold",
          goal(warm, GOALS["warm"]) if python else ""],
-        [name, "↳ as tasks/build.py's 1, 2, 4… s GetBuild backoff sees it (derived)", seconds(seen),
+        [name, "↳ as tasks/build.py's GetBuild backoff on the local target sees it (derived)", seconds(seen),
          "", "", f"{ratio(seen, cold)} cold", ""],
         [name, "direct start of the image's web process (baseline)", seconds(direct), result.direct.spread(),
          str(len(result.direct.values)), "1 (baseline)", ""],

@@ -12,6 +12,7 @@ import base64
 import functools
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,6 +37,40 @@ if TYPE_CHECKING:
     from cf2run.spec import Target
 
 CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """How often to ask whether a long-running thing (a build, an operation) is done: wait
+    `first_s`, then `factor` times longer each time, never more than `maximum_s`."""
+
+    first_s: float
+    maximum_s: float
+    factor: float
+
+    def after(self, delay: float) -> float:
+        """The wait after one of `delay`."""
+        return min(delay * self.factor, self.maximum_s)
+
+
+@dataclass(frozen=True)
+class Polling:
+    """The backoffs of one backend: GetBuild, and Cloud Run's long-running operations."""
+
+    build: Backoff
+    operation: Backoff
+
+
+#: Google: seconds, with backoff; GetBuild every second exhausts the "Get requests per minute"
+#: quota on big fleets (REFERENCE §1).
+GCP_POLLING = Polling(build=Backoff(1.0, 15.0, 2.0), operation=Backoff(0.5, 10.0, 1.5))
+#: The local cloud: a question is a loopback call, and every second a finished build is not
+#: noticed is a second its build slot (the concurrent-builds quota) stays taken.
+LOCAL_POLLING = Polling(build=Backoff(0.1, 0.5, 1.5), operation=Backoff(0.05, 0.5, 1.5))
+
+
+def polling_for(target: Target) -> Polling:
+    return LOCAL_POLLING if target.kind == "local" else GCP_POLLING
 
 
 def default_localcloud_dir() -> Path:

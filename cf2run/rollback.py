@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from google.cloud import run_v2
 
+from cf2run.cloud import polling_for
 from cf2run.errors import DeployFailed
 from cf2run.results import TrafficChange
 from cf2run.spec import Target
@@ -74,6 +75,7 @@ def rollback(services: run_v2.ServicesClient, revisions: run_v2.RevisionsClient,
         traffic = all_to(current, goal, drop_tags=[candidate_tag(service_id)])
         return None if same_traffic(current, traffic) else (traffic, rolled_back(current, goal))
 
-    moved = move_traffic(services, revisions, name, change, STEP, logger)
+    moved = move_traffic(services, revisions, name, change, STEP, logger,
+                         backoff=polling_for(target).operation)
     logger.info("%s: %s serves %s", STEP, name, ", ".join(moved.serving) or chosen[0])
     return moved

@@ -18,7 +18,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy
 from prefect.context import TaskRunContext
 
-from cf2run.cloud import Cloud
+from cf2run.cloud import Cloud, polling_for
 from cf2run.errors import BuildFailed
 from cf2run.oci import ImageRef
 from cf2run.quotas import build_slot
@@ -114,11 +114,6 @@ TERMINAL = {
     cloudbuild_v1.Build.Status.INTERNAL_ERROR, cloudbuild_v1.Build.Status.TIMEOUT,
     cloudbuild_v1.Build.Status.CANCELLED, cloudbuild_v1.Build.Status.EXPIRED,
 }
-#: Poll GetBuild every 1, 2, 4 ... up to 15 seconds: per-second polling exhausts the
-#: "Get requests per minute" quota on big fleets (REFERENCE §1).
-POLL_FIRST_S, POLL_MAX_S = 1.0, 15.0
-
-
 def build_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     """Cache key across flow runs: the image the inputs name (source sha256 + build settings).
 
@@ -165,10 +160,12 @@ def submit_pack_build(spec: FunctionSpec, target: Target, archive: SourceArchive
 
 
 def wait_for_build(cloud: Cloud, target: Target, build_id: str, function: str) -> cloudbuild_v1.Build:
-    """Poll GetBuild with exponential backoff until the build ends (or its timeout passes)."""
+    """Poll GetBuild with the target's backoff (cf2run/cloud.py) until the build ends (or its
+    timeout passes)."""
     name = f"projects/{target.project}/locations/{target.region}/builds/{build_id}"
     deadline = time.monotonic() + target.build_timeout_s + 120
-    delay = POLL_FIRST_S
+    backoff = polling_for(target).build
+    delay = backoff.first_s
     while True:
         build = cloud.builds.get_build(name=name)  # the client retries UNAVAILABLE itself
         if build.status in TERMINAL:
@@ -177,4 +174,4 @@ def wait_for_build(cloud: Cloud, target: Target, build_id: str, function: str) -
             raise BuildFailed(f"build {build_id} of {function} still {build.status.name} after "
                               f"{target.build_timeout_s}s (its timeout); log: {build.log_url}")
         time.sleep(delay)
-        delay = min(delay * 2, POLL_MAX_S)
+        delay = backoff.after(delay)

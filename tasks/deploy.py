@@ -37,7 +37,7 @@ from prefect.context import TaskRunContext
 from prefect.utilities.hashing import hash_objects
 
 from cf2run import mapping
-from cf2run.cloud import Cloud
+from cf2run.cloud import GCP_POLLING, Backoff, Cloud, polling_for
 from cf2run.errors import DeployFailed, TransientError
 from cf2run.oci import ImageRef
 from cf2run.quotas import cloud_run_write
@@ -58,10 +58,8 @@ SOURCE_LABEL_LEN = 12
 CLIENT = "cf2run"
 INVOKER_ROLE = "roles/run.invoker"
 ALL_USERS = "allUsers"
-#: How long to wait for Cloud Run to bring a revision to Ready, and how often to ask.
+#: How long to wait for Cloud Run to bring a revision to Ready (how often to ask: cf2run/cloud.py).
 DEPLOY_TIMEOUT_S = 900.0
-POLLING = polling.DEFAULT_POLLING.with_delay(initial=0.5, maximum=10.0, multiplier=1.5) \
-    .with_timeout(DEPLOY_TIMEOUT_S)
 
 SUCCEEDED = run_v2.Condition.State.CONDITION_SUCCEEDED
 FAILED = run_v2.Condition.State.CONDITION_FAILED
@@ -253,7 +251,7 @@ def _write(services: run_v2.ServicesClient, revisions: run_v2.RevisionsClient, t
         cloud_run_write()
         with api_step(f"UpdateService {name}"):
             operation = services.update_service(service=update)
-    final = wait_for(operation, revisions, name, revision)
+    final = wait_for(operation, revisions, name, revision, backoff=polling_for(target).operation)
     if final.terminal_condition.state != SUCCEEDED:
         reason = _with_details(final.terminal_condition.message or "no reason given",
                                _revision_problems(revisions, name, revision))
@@ -268,11 +266,14 @@ _READY_HINT = ("read the revision's logs (Cloud Run console, or `cf2run localclo
 
 
 def wait_for(operation: lro.Operation, revisions: run_v2.RevisionsClient, name: str,
-             revision: str, step: str = "deploy_service") -> run_v2.Service:
+             revision: str, step: str = "deploy_service", *,
+             backoff: Backoff = GCP_POLLING.operation) -> run_v2.Service:
     """The operation's Service; a failed operation is DeployFailed with Google's message (not retried)."""
     what = f"{name} revision {revision}"
+    schedule = polling.DEFAULT_POLLING.with_delay(
+        initial=backoff.first_s, maximum=backoff.maximum_s, multiplier=backoff.factor)
     try:
-        result = operation.result(polling=POLLING)
+        result = operation.result(polling=schedule.with_timeout(DEPLOY_TIMEOUT_S))
     except TimeoutError as error:  # concurrent.futures.TimeoutError since 3.11
         raise DeployFailed(f"{step}: {what} was not Ready within {DEPLOY_TIMEOUT_S:g}s",
                            hint=_READY_HINT) from error
