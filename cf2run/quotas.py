@@ -21,8 +21,10 @@ missing ones with the defaults, and never change existing ones.
 
 from __future__ import annotations
 
+import functools
+import threading
 from collections.abc import Collection, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
@@ -81,14 +83,39 @@ def ensure_limits(quotas: QuotaLimits | None = None, *, replace: Collection[str]
             except ObjectAlreadyExists:  # another fleet created it meanwhile
                 continue
             changed.append(limit.name)
+    _gate_for.cache_clear()  # this process' local gates follow what it changed
     return changed
 
 
 @contextmanager
 def build_slot() -> Iterator[None]:
-    """Hold one slot of the concurrent-builds limit (waits while all are taken)."""
-    with concurrency(BUILD_LIMIT, occupy=1, lease_duration=BUILD_LEASE_S):
+    """Hold one slot of the concurrent-builds limit (waits while all are taken).
+
+    The threads of one process first queue on a local semaphore of the limit's size, so a
+    slot another thread of this process frees is taken at once: the server makes a refused
+    caller wait a Retry-After of up to 30 s (PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_
+    SLOT_WAIT_SECONDS), during which a free slot would stay idle. Other processes and workers
+    still share the limit through the server.
+    """
+    with _local_gate(BUILD_LIMIT), concurrency(BUILD_LIMIT, occupy=1, lease_duration=BUILD_LEASE_S):
         yield
+
+
+def _local_gate(name: str) -> AbstractContextManager[object]:
+    gate = _gate_for(name)
+    return gate if gate is not None else nullcontext()
+
+
+@functools.cache
+def _gate_for(name: str) -> threading.BoundedSemaphore | None:
+    """A semaphore as big as the concurrency limit `name` (read once per process); None when
+    the limit does not exist or is inactive (then nothing is waited for)."""
+    try:
+        with get_client(sync_client=True) as client:
+            limit = client.read_global_concurrency_limit_by_name(name)
+    except ObjectNotFound:
+        return None
+    return threading.BoundedSemaphore(limit.limit) if limit.active else None
 
 
 def cloud_run_write(writes: int = 1) -> None:
