@@ -3,6 +3,10 @@
 One JSON document (``STATE_DIR/state.json``), rewritten atomically (temp file + os.replace)
 after every change, so a restarted local cloud finds its services, and their URLs on the same
 ports. Messages are stored in their proto3 JSON form (`to_json` / `from_json`).
+
+Saving stays cheap with many services: each message's JSON text is kept beside its binary
+form (`_Rendered`) and made again only when that changed, so a save re-encodes what the change
+touched and joins the rest; the document is compact JSON (one line).
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -41,23 +45,26 @@ class CloudRunState:
     policies: dict[str, policy_pb2.Policy] = field(default_factory=dict)
     #: router key (service name, or `tag_key`) -> the port its URL listens on
     ports: dict[str, int] = field(default_factory=dict)
+    _rendered: _Rendered = field(default_factory=lambda: _Rendered(), repr=False, compare=False)
 
     def revisions_of(self, service_name: str) -> list[run_v2.Revision]:
         return [r for r in self.revisions.values() if r.service == service_name]
 
     def save(self, state_dir: Path) -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
-        document = {
-            "services": [_to_dict(run_v2.Service, s) for s in self.services.values()],
-            "revisions": [_to_dict(run_v2.Revision, r) for r in self.revisions.values()],
-            "templates": {name: _to_dict(run_v2.RevisionTemplate, t)
-                          for name, t in self.templates.items()},
-            "policies": {name: json_format.MessageToDict(p) for name, p in self.policies.items()},
-            "ports": self.ports,
-        }
+        render = self._rendered.start()
+        services = [render(name, run_v2.Service, s) for name, s in self.services.items()]
+        revisions = [render(name, run_v2.Revision, r) for name, r in self.revisions.items()]
+        templates = {name: render("template " + name, run_v2.RevisionTemplate, t)
+                     for name, t in self.templates.items()}
+        policies = {name: render("policy " + name, None, p) for name, p in self.policies.items()}
+        self._rendered.finish()
+        text = ('{"policies":' + _json_object(policies) + ',"ports":' + _compact(self.ports)
+                + ',"revisions":[' + ",".join(revisions) + '],"services":[' + ",".join(services)
+                + '],"templates":' + _json_object(templates) + "}\n")
         path = state_dir / FILENAME
         tmp = path.with_name(f".{FILENAME}.tmp")
-        tmp.write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")
+        tmp.write_text(text)
         os.replace(tmp, path)
 
     @classmethod
@@ -99,8 +106,43 @@ class Store:
             self.state.save(self.dir)
 
 
-def _to_dict(message_type: Any, message: Any) -> Any:
-    return json.loads(message_type.to_json(message))
+class _Rendered:
+    """The JSON text of each stored message, by key, with the binary form it was made from."""
+
+    def __init__(self) -> None:
+        self._texts: dict[str, tuple[bytes, str]] = {}
+        self._used: dict[str, tuple[bytes, str]] = {}
+
+    def start(self) -> Callable[[str, Any, Any], str]:
+        """A renderer for one save: `render(key, proto-plus type or None for a protobuf
+        message, message)` -> its JSON text, made again only if the message changed."""
+        self._used = {}
+
+        def render(key: str, message_type: Any, message: Any) -> str:
+            binary = (message_type.serialize(message) if message_type is not None
+                      else message.SerializeToString())
+            known = self._texts.get(key)
+            if known is None or known[0] != binary:
+                data = (message_type.to_json(message, indent=None) if message_type is not None
+                        else json.dumps(json_format.MessageToDict(message)))
+                known = (binary, _compact(json.loads(data)))
+            self._used[key] = known
+            return known[1]
+
+        return render
+
+    def finish(self) -> None:
+        """Forget the messages the last save did not see (deleted ones)."""
+        self._texts = self._used
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _json_object(texts: dict[str, str]) -> str:
+    """A JSON object from keys and already-encoded values, keys sorted."""
+    return "{" + ",".join(f"{json.dumps(key)}:{text}" for key, text in sorted(texts.items())) + "}"
 
 
 def _from_dict(message_type: Any, data: Any) -> Any:
