@@ -171,12 +171,6 @@ def cpu_ticks() -> tuple[int, int]:
     return sum(fields[:8]) - idle, sum(fields[:8])
 
 
-def busy_fraction(before: tuple[int, int], after: tuple[int, int]) -> float | None:
-    """Share of the machine's CPU time that was busy between two `cpu_ticks()` readings."""
-    total = after[1] - before[1]
-    return (after[0] - before[0]) / total if total > 0 else None
-
-
 def memory_kib(field: str = "VmRSS", pid: int | str = "self") -> int | None:
     """A process' memory figure from /proc/PID/status in KiB: VmRSS (now) or VmHWM (peak RSS)."""
     try:
