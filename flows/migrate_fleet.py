@@ -1,6 +1,6 @@
 """migrate_fleet: every function of a manifest onto Cloud Run, many at a time.
 
-    manifest -> [plan -> migrate-function (package, build, verify, deploy, smoke)] x N -> report
+    manifest -> [function: package, build, verify, deploy, smoke, promote] x N -> report
 
 At most `max_parallel` functions at a time, and never more builds or Cloud Run writes than
 the global concurrency limits standing for the quotas allow (cf2run/quotas.py), however
@@ -40,6 +40,8 @@ from cf2run.spec import FunctionSpec, Manifest, Target
 
 #: Artifact keys (lowercase letters, digits, dashes): the latest fleet report is one click away.
 TABLE_KEY, REPORT_KEY, DRY_RUN_KEY = "migrate-fleet", "migrate-fleet-report", "migrate-fleet-dry-run"
+#: The progress artifact moves at most this often (seconds), and when the last function is done.
+PROGRESS_EVERY_S = 2.0
 
 
 def _run_name() -> str:
@@ -107,10 +109,10 @@ def _fan_out(fleet: Manifest, max_parallel: int, dry_run: bool, fanout: Fanout) 
             else:
                 futures.append(runner.submit(
                     migrate_one, {"spec": spec, "target": fleet.target, "fanout": fanout}))
-        shown = 0
+        shown = time.monotonic()
         for done, _ in enumerate(as_completed(futures), start=1):
-            if int(100 * done / total) > shown or done == total:  # at most 100 updates
-                shown = int(100 * done / total)
+            if done == total or time.monotonic() - shown >= PROGRESS_EVERY_S:
+                shown = time.monotonic()
                 update_progress_artifact(progress, 100.0 * done / total,
                                          description=f"{done} of {total} functions done")
     return [future.result(raise_on_failure=False) for future in futures]

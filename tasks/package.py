@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Literal
 
 import pathspec
-from google.api_core.exceptions import Conflict, Forbidden, PreconditionFailed
-from google.cloud.storage import Bucket, Client
+from google.api_core.exceptions import Conflict, Forbidden, NotFound, PreconditionFailed
+from google.cloud.storage import Blob, Bucket, Client
 from prefect import task
 
 from cf2run.cloud import Cloud
@@ -206,22 +206,34 @@ def archive_object_name(spec: FunctionSpec, sha256: str) -> str:
 
 def upload_archive(client: Client, bucket_name: str, object_name: str,
                    tarball: Tarball) -> SourceArchive:
-    """Write the archive if absent (`if_generation_match=0`), else reuse the existing object."""
-    bucket = _ensure_bucket(client, bucket_name)
-    blob = bucket.blob(object_name)
+    """Reuse the object when it is there already (a rerun: one call), else write it
+    (`if_generation_match=0`, creating the bucket when missing)."""
+    blob = client.bucket(bucket_name).blob(object_name)
     try:
-        blob.upload_from_string(tarball.data, content_type="application/gzip", if_generation_match=0)
-    except PreconditionFailed:
-        blob.reload()
-        md5 = base64.b64encode(hashlib.md5(tarball.data).digest()).decode()  # GCS's checksum format
-        if blob.md5_hash and blob.md5_hash != md5:
-            raise Cf2RunError(f"gs://{bucket_name}/{object_name} exists with other content",
-                              hint="delete that object; cf2run names archives by their sha256") from None
+        _reload_same(blob, bucket_name, tarball)
+    except NotFound:  # the object, or its bucket, is missing
+        blob = _ensure_bucket(client, bucket_name).blob(object_name)
+        try:
+            blob.upload_from_string(tarball.data, content_type="application/gzip", if_generation_match=0)
+        except PreconditionFailed:  # written meanwhile by a concurrent run
+            _reload_same(blob, bucket_name, tarball)
     if blob.generation is None:
         raise Cf2RunError(f"gs://{bucket_name}/{object_name} has no generation after upload")
     return SourceArchive(uri=f"gs://{bucket_name}/{object_name}", bucket=bucket_name,
                          object_name=object_name, generation=int(blob.generation),
                          sha256=tarball.sha256, files=tarball.files, bytes=tarball.size)
+
+
+def _reload_same(blob: Blob, bucket_name: str, tarball: Tarball) -> None:
+    """Read the object's metadata; it must hold this archive (NotFound when it is missing)."""
+    try:
+        blob.reload()
+    except Forbidden as error:
+        raise _no_access(bucket_name, error) from None
+    md5 = base64.b64encode(hashlib.md5(tarball.data).digest()).decode()  # GCS's checksum format
+    if blob.md5_hash and blob.md5_hash != md5:
+        raise Cf2RunError(f"gs://{bucket_name}/{blob.name} exists with other content",
+                          hint="delete that object; cf2run names archives by their sha256")
 
 
 def _ensure_bucket(client: Client, name: str) -> Bucket:
@@ -233,10 +245,14 @@ def _ensure_bucket(client: Client, name: str) -> Bucket:
     except Conflict:  # created meanwhile by a concurrent run
         bucket = client.bucket(name)
     except Forbidden as error:
-        raise Cf2RunError(f"no access to staging bucket gs://{name}: {error.message}",
-                          hint="set target.staging_bucket to a bucket your project owns, or grant "
-                               "storage access to the credentials in use") from None
+        raise _no_access(name, error) from None
     return bucket
+
+
+def _no_access(bucket_name: str, error: Forbidden) -> Cf2RunError:
+    return Cf2RunError(f"no access to staging bucket gs://{bucket_name}: {error.message}",
+                       hint="set target.staging_bucket to a bucket your project owns, or grant "
+                            "storage access to the credentials in use")
 
 
 # Retried on transient errors only (tasks/policy.py). Not cached across runs: the key would be
