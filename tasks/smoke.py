@@ -8,6 +8,7 @@ audience is the service URL. Never cached: it checks what is live now.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -111,37 +112,44 @@ def _status_hint(status: int, with_token: bool, public: bool) -> str:
     return "check the function's answer, or fix smoke.expect_status in the manifest"
 
 
+@functools.cache
+def _http() -> httpx.Client:
+    """One HTTP client for every smoke test of the process: a new one builds a TLS context,
+    which costs more CPU than the smoke request itself."""
+    return httpx.Client(follow_redirects=False)
+
+
 def _send_until_warm(url: str, smoke: SmokeRequest, headers: dict[str, str], retry: frozenset[int],
                      log: Callable[[str], None], sleep: Callable[[float], None],
                      clock: Callable[[], float]) -> _Attempts:
     deadline = clock() + smoke.deadline_s
     attempts = _Attempts()
     delay = FIRST_DELAY_S
-    with httpx.Client(follow_redirects=False) as http:
-        while True:
-            remaining = deadline - clock()
-            attempts.count += 1
-            started = clock()
-            try:
-                attempts.response = http.request(
-                    smoke.method, url, headers=headers, content=smoke.body,
-                    json=smoke.json_body, timeout=max(0.1, min(remaining, MAX_REQUEST_TIMEOUT_S)))
-                attempts.error = None
-                status = attempts.response.status_code
-                outcome = f"HTTP {status}"
-                cold = status in retry and status != smoke.expect_status
-            except httpx.TransportError as error:
-                attempts.response, attempts.error = None, error
-                outcome, cold = f"{type(error).__name__}: {error}", True
-            attempts.latency_s = clock() - started
-            remaining = deadline - clock()
-            if not cold or remaining <= 0:
-                return attempts
-            wait = min(max(delay, _retry_after(attempts.response)), MAX_DELAY_S, remaining)
-            log(f"attempt {attempts.count}: {outcome}; retrying in {wait:.1f}s "
-                f"({remaining:.0f}s left of smoke.deadline_s)")
-            sleep(wait)
-            delay = min(delay * 2, MAX_DELAY_S)
+    http = _http()
+    while True:
+        remaining = deadline - clock()
+        attempts.count += 1
+        started = clock()
+        try:
+            attempts.response = http.request(
+                smoke.method, url, headers=headers, content=smoke.body,
+                json=smoke.json_body, timeout=max(0.1, min(remaining, MAX_REQUEST_TIMEOUT_S)))
+            attempts.error = None
+            status = attempts.response.status_code
+            outcome = f"HTTP {status}"
+            cold = status in retry and status != smoke.expect_status
+        except httpx.TransportError as error:
+            attempts.response, attempts.error = None, error
+            outcome, cold = f"{type(error).__name__}: {error}", True
+        attempts.latency_s = clock() - started
+        remaining = deadline - clock()
+        if not cold or remaining <= 0:
+            return attempts
+        wait = min(max(delay, _retry_after(attempts.response)), MAX_DELAY_S, remaining)
+        log(f"attempt {attempts.count}: {outcome}; retrying in {wait:.1f}s "
+            f"({remaining:.0f}s left of smoke.deadline_s)")
+        sleep(wait)
+        delay = min(delay * 2, MAX_DELAY_S)
 
 
 def _retry_after(response: httpx.Response | None) -> float:
@@ -184,9 +192,8 @@ def smoke_test(spec: FunctionSpec, target: Target, deployment: Deployment) -> Sm
         deployment.revision
     request, any_2xx = request_for(spec, target)
     event = f" with a {request.headers.get('ce-type')} event" if spec.trigger else ""
-    logger.info("smoke %s %s%s on %s%s", request.method, url, request.path, what, event)
     result = run_smoke(url, request, token, public=spec.allow_unauthenticated and token is None,
                        any_2xx=any_2xx, log=logger.info)
-    logger.info("smoke passed: HTTP %s in %.3fs after %s attempt(s)", result.status, result.latency_s,
-                result.attempts)
+    logger.info("smoke %s %s%s on %s%s passed: HTTP %s in %.3fs after %s attempt(s)", request.method,
+                url, request.path, what, event, result.status, result.latency_s, result.attempts)
     return result

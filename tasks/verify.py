@@ -129,7 +129,6 @@ def _json_blob(data: bytes, what: str) -> dict[str, Any]:
 def verify_image(spec: FunctionSpec, target: Target, built: BuiltImage) -> VerifiedImage:
     """Check the built image: tag -> reported digest, linux/amd64, a buildpack ``web`` process."""
     logger = get_run_logger()
-    logger.info("verifying %s (%s)", built.image, built.digest)
     verified = verify_built_image(Cloud.for_target(target).registry, built)
     logger.info("%s is %s, web process: %s", verified.image, verified.platform, verified.web_process)
     return verified
