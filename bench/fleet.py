@@ -64,7 +64,7 @@ from _common import (
     seconds,
     write_section,
 )
-from fleet_report import MAX_PARALLEL, BuildTimes, Figures, Run, report
+from fleet_report import MAX_PARALLEL, OTHER_USERS, BuildTimes, Figures, Run, report
 
 SECTION = "fleet"
 PROJECT = "local-project"
@@ -174,7 +174,7 @@ class CpuSnapshot:
         revisions |= {p.pid for p in self.table.values() if p.pgid in revisions}
         used["revision processes"] = delta(revisions)
         busy = self.machine_busy_s - before.machine_busy_s
-        used["rest of the machine (other users)"] = max(0.0, busy - sum(used.values()))
+        used[OTHER_USERS] = max(0.0, busy - sum(used.values()))
         return used
 
 
