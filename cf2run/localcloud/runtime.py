@@ -5,7 +5,8 @@
 is unpacked once per layer digest (``RUNTIME_DIR/layers/sha256-<hex>/``), so a rebuilt image
 whose dependency layer did not change unpacks only its app layer; each image's root is
 assembled once per manifest digest (``RUNTIME_DIR/images/sha256-<hex>/{config.json,rootfs/}``)
-from its unpacked layers, in order, as hard links (`linktree.link_tree`). Then:
+from its unpacked layers, in order, as hard links, a directory that one lower layer alone has
+(the dependencies) as a symlink to it (`linktree.overlay`). Then:
 
 - ``python3 ...`` runs as ``<base interpreter of this Python> -S ...`` (no site-packages of the
   host: the image's dependency layer on ``PYTHONPATH`` is all the function sees, as on GCP);
@@ -48,7 +49,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from cf2run.errors import Cf2RunError
-from cf2run.localcloud.linktree import link_tree
+from cf2run.localcloud.linktree import overlay
 from cf2run.oci import ImageRef, RegistryClient
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ class Runtime:
     """Starts, tracks and stops revision processes. Thread-safe.
 
     `state_dir` is the runtime's own directory (the local cloud gives it ``STATE/runtime``):
-    unpacked layers go to ``state_dir/layers``, image roots (hard links to them) to
+    unpacked layers go to ``state_dir/layers``, image roots (hard links and symlinks to them) to
     ``state_dir/images``, service logs to ``state_dir/logs``.
     """
 
@@ -232,7 +233,7 @@ class Runtime:
 
     def _pull_and_unpack(self, ref: ImageRef, final: Path, fail: Callable[[str], RevisionFailed]) -> None:
         """Assemble the image's root at `final` from its layers (each unpacked once, by digest),
-        linked in order: a later layer's file replaces an earlier one's."""
+        laid in order (`linktree.overlay`): a later layer's file replaces an earlier one's."""
         _, manifest = self.registry.image_manifest(ref)
         config = json.loads(self.registry.get_blob(ref, manifest["config"]["digest"]))
         layers = [self._layer(ref, number, layer["digest"], fail)
@@ -241,11 +242,11 @@ class Runtime:
         try:
             rootfs = staging / "rootfs"
             rootfs.mkdir()
-            for number, layer_dir in enumerate(layers, 1):
-                try:
-                    link_tree(layer_dir, rootfs)
-                except OSError as exc:
-                    raise fail(f"Image '{ref}': layer {number} cannot be unpacked: {exc}") from exc
+            working_dir = str((config.get("config") or {}).get("WorkingDir") or "")
+            try:
+                overlay(layers, rootfs, private=working_dir)
+            except OSError as exc:
+                raise fail(f"Image '{ref}': its layers cannot be laid over each other: {exc}") from exc
             (staging / "config.json").write_text(json.dumps(config))
             os.rename(staging, final)
         finally:

@@ -223,6 +223,51 @@ def test_link_tree_overlays_trees_as_hard_links(tmp_path: Path, use_cp: bool,
     assert (lower / "a" / "replaced.txt").read_text() == "lower"  # replaced in root, not in the layer
 
 
+def _tree(root: Path) -> dict[str, str]:
+    """Every file under root (symlinked directories followed) -> its text; symlinks to files as '-> X'."""
+    found = {}
+    for directory, _, files in os.walk(root, followlinks=True):
+        for name in files:
+            path = Path(directory, name)
+            key = str(path.relative_to(root))
+            found[key] = f"-> {os.readlink(path)}" if path.is_symlink() else path.read_text()
+    return found
+
+
+def test_overlay_lays_layers_as_linking_them_in_order_but_shares_what_one_lower_layer_has(
+        tmp_path: Path) -> None:
+    from cf2run.localcloud import linktree
+
+    deps, lib, app = tmp_path / "deps", tmp_path / "lib", tmp_path / "app"
+    files = {
+        deps: {"layers/pip/flask/__init__.py": "flask", "workspace/node_modules/m/index.js": "m",
+               "shared.txt": "deps", "workspace/data/seed.txt": "seed"},
+        lib: {"shared.txt": "lib", "layers2/x.py": "x", "workspace/lib.js": "lib"},
+        app: {"workspace/main.py": "main", "layers2/y.py": "y"},
+    }
+    for layer, entries in files.items():
+        for name, text in entries.items():
+            (layer / name).parent.mkdir(parents=True, exist_ok=True)
+            (layer / name).write_text(text)
+    (lib / "link").symlink_to("shared.txt")
+
+    linked, laid = tmp_path / "linked", tmp_path / "laid"
+    for layer in (deps, lib, app):
+        linktree.link_tree(layer, linked)
+    linktree.overlay([deps, lib, app], laid, private="/workspace/data")
+
+    assert _tree(laid) == _tree(linked)  # the same files, the same contents
+    assert (laid / "layers").is_symlink() and not os.path.isabs(os.readlink(laid / "layers"))
+    assert (laid / "workspace" / "node_modules").is_symlink()
+    flask = Path("layers", "pip", "flask", "__init__.py")
+    assert (laid / flask).stat().st_ino == (deps / flask).stat().st_ino
+    # The top layer, directories several layers have, and the working directory stay the root's own.
+    for own in ("workspace", "layers2", "workspace/data"):
+        assert (laid / own).is_dir() and not (laid / own).is_symlink(), own
+    (laid / "workspace" / "written.txt").write_text("by a revision")
+    assert not (app / "workspace" / "written.txt").exists()
+
+
 def test_image_by_tag_and_a_crash_after_ready(runtime: Runtime, registry: RegistryClient,
                                               ff_deps: Path) -> None:
     by_digest = ImageRef.parse(python_image(registry, ff_deps, "tagged", HELLO))
