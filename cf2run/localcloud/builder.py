@@ -84,8 +84,8 @@ def build_function(source_dir: Path, env: Mapping[str, str], image: str, registr
         shutil.copytree(source_dir, root / "workspace", symlinks=True,
                         ignore=_top_level(source_dir, pack.app_excludes()))
         plan = pack.dependencies()
-        dependencies = _dependency_layer(pack, plan, DependencyCache.key(runtime, plan.key_material),
-                                         root, cache_dir, log)
+        key = DependencyCache.key(runtime, plan.key_material)
+        dependencies = _dependency_layer(pack, plan, key, root, cache_dir, log)
         runner.check_cancelled()
         pack.check_target(root)
         log(f"Function '{function_env.target}' ({function_env.signature_type}) found in the source.")
@@ -103,7 +103,10 @@ def build_function(source_dir: Path, env: Mapping[str, str], image: str, registr
         log(f"Adding layer '{plan.buildpack_id}' {dependencies.diff_id}")
         log(f"Adding layer 'app' {app.diff_id}")
         log(f"Setting default process type 'web': {' '.join(process.command + process.args)}")
+        cache = DependencyCache(cache_dir)
+        _mount(registry, ref, dependencies.digest, cache.pushed_to(key), log)
         digest = _push(registry, ref, config, [dependencies, app])
+        cache.record_push(key, f"{ref.host}/{ref.repository}")
     log(f"*** Images ({digest[7:19]}):")
     log(f"      {image}")
     log(f"Successfully built image '{image}'")
@@ -165,6 +168,32 @@ def _dependency_layer(pack: LanguagePack, plan: DependencyPlan, key: str, root: 
     installed = root / plan.layer_dir
     return cache.build(key, lambda out: write_layer([(installed, plan.layer_dir)], out),
                        tree=(installed, plan.layer_dir) if pack.check_needs_dependencies else None)
+
+
+def _mount(registry: RegistryClient, ref: ImageRef, digest: str, source: str | None, log: Log) -> None:
+    """Mount blob `digest` into ref's repository from `source` (``HOST/REPOSITORY``, where an
+    earlier build pushed it) on the same registry, as pack's exporter does for a layer it
+    knows: the registry links the blob, and the push finds it there instead of uploading it
+    again. Best effort: if the registry does not mount it, the push uploads it as usual."""
+    if source is None:
+        return
+    host, _, repository = source.partition("/")
+    if host != ref.host or repository == ref.repository:
+        return
+    try:
+        # RegistryClient has no mount call of its own; its _request brings auth and errors.
+        response = registry._request(
+            "POST", ref, f"blobs/uploads/?mount={digest}&from={repository}",
+            f"mount {digest} from {repository}", content=b"", ok=(201, 202))
+        if response.status_code == 201:
+            log(f"Reusing layer {digest[7:19]} from {repository}")
+            return
+        location = response.headers.get("Location")  # not mounted: an upload was started instead
+        if location:
+            registry._request("DELETE", ref, str(response.url.join(location)), "cancel upload",
+                              ok=(204, 404))
+    except RegistryError:
+        pass
 
 
 def _push(registry: RegistryClient, ref: ImageRef, config: bytes, layers: list[LayerFile]) -> str:

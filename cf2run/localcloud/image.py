@@ -145,7 +145,8 @@ def extract_layer(layer: Path, root: Path) -> None:
 # -- the dependency cache ---------------------------------------------------------------------------
 
 class DependencyCache:
-    """Finished dependency layers, by key: ``CACHE/deps/<key>/{layer.tar.gz,layer.json}``, and,
+    """Finished dependency layers, by key: ``CACHE/deps/<key>/{layer.tar.gz,layer.json}``, with
+    ``pushed-to`` (the repository the layer was last pushed to, for a cross-repository mount), and,
     for builds that need the dependencies on disk (Node's target check), the layer's tree
     unpacked in ``CACHE/deps/<key>/unpacked/``, which such a build hard-links into its root
     (`linktree.link_tree`) instead of unpacking the layer again.
@@ -202,6 +203,24 @@ class DependencyCache:
         if published is None:
             raise OSError(f"dependency cache entry {self.root / key} is missing after publishing")
         return published
+
+    def pushed_to(self, key: str) -> str | None:
+        """``HOST/REPOSITORY`` that `key`'s layer was last pushed to, if recorded."""
+        try:
+            return (self.root / key / "pushed-to").read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def record_push(self, key: str, where: str) -> None:
+        """Remember that `key`'s layer is in ``HOST/REPOSITORY`` `where` (the next build over the
+        same dependencies mounts it from there instead of uploading it again)."""
+        entry = self.root / key
+        if not entry.is_dir():
+            return
+        fd, tmp = tempfile.mkstemp(prefix=".pushed-to-", dir=entry)
+        with os.fdopen(fd, "w") as out:
+            out.write(where)
+        os.replace(tmp, entry / "pushed-to")
 
     def unpacked(self, key: str, layer: LayerFile) -> Path:
         """The unpacked tree of `key`'s layer (image-root paths inside): the one its build kept,

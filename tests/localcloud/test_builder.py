@@ -174,6 +174,14 @@ def test_python_warm_rebuild_reuses_the_dependency_layer_and_is_reproducible(
     assert build(source, env, "warm:c") != first
     assert "Restoring dependency layer" in build.log
 
+    # Another image (another repository) over the same dependencies: the registry mounts the
+    # layer from the repository it was pushed to, instead of receiving it again.
+    other = build(source, env, "warm-other:v1")
+    assert "Reusing layer" in build.log and "from proj/repo/warm" in build.log
+    pulled = build.pull("warm-other:v1")
+    assert other == pulled.digest
+    assert pulled.layers[0] == build.pull("warm:a").layers[0]
+
 
 def test_python_undefined_target_fails_naming_it(build: Build, tmp_path: Path) -> None:
     source = python_function(tmp_path / "src")
