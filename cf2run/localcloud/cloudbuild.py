@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.api_core import exceptions as gexc
 from google.cloud.devtools import cloudbuild_v1
 from google.longrunning import operations_pb2
 
@@ -116,6 +117,8 @@ class CloudBuildService:
         self._queue: list[str] = []
         self._working = 0
         self._stopping = False
+        self._storages: dict[str, StorageAccess] = {}
+        self._log_buckets: set[str] = set()
         self._restore()
 
     # -- gRPC ----------------------------------------------------------------------------------------
@@ -457,21 +460,40 @@ class CloudBuildService:
         with self._lock:
             text = "\n".join(job.log_lines) + "\n"
             bucket, prefix = _logs_location(job.build.logs_bucket, job.build.project_id)
+        name = _log_object(prefix, job.build.id)
         try:
-            self._storage(job).upload_text(bucket, _log_object(prefix, job.build.id), text)
+            try:
+                self._storage(job).upload_text(bucket, name, text)
+            except gexc.NotFound:  # the logs bucket was deleted since this service made it
+                with self._lock:
+                    self._log_buckets.discard(bucket)
+                self._ensure_logs_bucket(job)
+                self._storage(job).upload_text(bucket, name, text)
         except Exception as error:
             log.warning("cannot write the log of build %s to gs://%s: %s", job.build.id, bucket, error)
 
     def _ensure_logs_bucket(self, job: _Job) -> None:
+        """Create the logs bucket unless this service already did (or found it there)."""
         bucket, _ = _logs_location(job.build.logs_bucket, job.build.project_id)
+        with self._lock:
+            if bucket in self._log_buckets:
+                return
         try:
             self._storage(job).ensure_bucket(bucket)
         except Exception as error:
             log.warning("cannot create the logs bucket gs://%s: %s", bucket, error)
+            return
+        with self._lock:
+            self._log_buckets.add(bucket)
 
     def _storage(self, job: _Job) -> StorageAccess:
+        """The project's storage client, shared by its builds (its connections are kept)."""
         if job.storage is None:
-            job.storage = StorageAccess(self.storage_url, job.build.project_id)
+            with self._lock:
+                project = job.build.project_id
+                if project not in self._storages:
+                    self._storages[project] = StorageAccess(self.storage_url, project)
+                job.storage = self._storages[project]
         return job.storage
 
     def _metadata(self, job: _Job) -> Any:
@@ -482,8 +504,8 @@ class CloudBuildService:
     def _persist(self, job: _Job) -> None:
         path = self.builds_dir / f"{job.build.id}.json"
         tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
-        record = {"operation": job.operation, "build": json.loads(Build.to_json(job.build))}
-        tmp.write_text(json.dumps(record))
+        build = Build.to_json(job.build, indent=None)  # the record's JSON, without a re-encode
+        tmp.write_text(f'{{"operation": {json.dumps(job.operation)}, "build": {build}}}')
         os.replace(tmp, path)
 
     def _restore(self) -> None:

@@ -169,6 +169,20 @@ def test_python_pack_build_pushes_the_image_and_reports_it(cb: Stack, python_sou
     assert get(cb, build.id).results.images[0].digest == built.digest
 
 
+def test_a_deleted_logs_bucket_is_made_again(cb: Stack, python_source: Path) -> None:
+    """The service makes the logs bucket once; if it is deleted meanwhile, the next log makes it again."""
+    bucket = cb.storage.bucket(f"{PROJECT}_cloudbuild_logs")
+    first = submit(cb, pack_build(upload_source(cb.storage, python_source), image_name("py-logs"),
+                                  HELLO)).result(timeout=600)
+    assert build_log(cb, first).rstrip().endswith("DONE")
+    bucket.delete(force=True)
+
+    again = submit(cb, pack_build(upload_source(cb.storage, python_source), image_name("py-logs"),
+                                  HELLO)).result(timeout=600)
+    assert again.status == Status.SUCCESS
+    assert build_log(cb, again).rstrip().endswith("DONE")
+
+
 def test_nodejs_pack_build_pushes_the_image(cb: Stack, node_source: Path) -> None:
     image = image_name("node-hello")
     operation = submit(cb, pack_build(upload_source(cb.storage, node_source), image,
