@@ -27,6 +27,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
+from prefect.states import Completed, Failed, State
 
 from cf2run.errors import SpecError
 from cf2run.results import MigrationResult
@@ -57,13 +58,17 @@ def load(manifest: Path | str | Manifest, target: Target | None = None,
 
 
 @task(name="function", task_run_name="function[{spec.name}]", cache_policy=NO_CACHE)
-def migrate_one(spec: FunctionSpec, target: Target, fanout: Fanout = "local") -> MigrationResult:
-    """Migrate one function of a fleet; every failure becomes the function's failed result."""
+def migrate_one(spec: FunctionSpec, target: Target, fanout: Fanout = "local") -> State[MigrationResult]:
+    """Migrate one function of a fleet. Its task run ends Failed when the function failed (so
+    the UI shows which), with the failed result as its data: every failure is a result."""
     try:
-        return migrate(spec, target) if fanout == "local" else migrate_on_a_worker(spec, target)
+        result = migrate(spec, target) if fanout == "local" else migrate_on_a_worker(spec, target)
     except Exception as error:  # the orchestration itself broke (API down, deployment missing)
-        return MigrationResult(function=spec.name, status="failed", failed_step="flow",
-                               message=f"{type(error).__name__}: {error}")
+        result = MigrationResult(function=spec.name, status="failed", failed_step="flow",
+                                 message=f"{type(error).__name__}: {error}")
+    if result.status == "failed":
+        return Failed(message=f"{spec.name}: {result.failed_step} failed: {result.message}", data=result)
+    return Completed(message=f"{spec.name} serves at {result.url}", data=result)
 
 
 def migrate_on_a_worker(spec: FunctionSpec, target: Target) -> MigrationResult:
