@@ -56,6 +56,7 @@ from cf2run.cloud import LOCAL_POLLING, Cloud
 from cf2run.localcloud.runtime import RevisionSpec, _launch
 from cf2run.localcloud.server import LocalCloud
 from cf2run.oci import ImageRef
+from cf2run.quotas import cloud_run_write
 from cf2run.results import BuiltImage, SourceArchive
 from cf2run.spec import FunctionSpec, Target
 from tasks.build import TERMINAL, image_for, pack_build_request
@@ -318,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.reps < 1 or args.cold_reps < 1:
         parser.error("--reps and --cold-reps must be at least 1")
     fresh = not args.host_tool_caches
+    # deploy() takes the Cloud Run writes rate limit from the Prefect API; without a server that
+    # starts Prefect's ephemeral one (~10 s), which is no part of a deploy: start it untimed.
+    cloud_run_write()
     results = []
     for key in args.samples.split(","):
         print(f"{key}:", flush=True)
