@@ -281,6 +281,18 @@ class RegistryClient:
                                 code="DIGEST_INVALID")
         return data
 
+    def mount_blob(self, ref: ImageRef, digest: str, from_repository: str) -> bool:
+        """Link blob `digest` from another repository of the same registry into ref's (the OCI
+        cross-repository mount); False when the registry did not (then upload it as usual)."""
+        response = self._request("POST", ref, f"blobs/uploads/?mount={digest}&from={from_repository}",
+                                 f"mount {digest} from {from_repository}", content=b"", ok=(201, 202))
+        if response.status_code == 201:
+            return True
+        location = response.headers.get("Location")  # not mounted: an upload was started instead
+        if location:
+            self._request("DELETE", ref, str(response.url.join(location)), "cancel upload", ok=(204, 404))
+        return False
+
     def push_blob(self, ref: ImageRef, data: bytes) -> str:
         """Upload a blob in one request (POST, then PUT with the digest); returns its digest."""
         digest = sha256_digest(data)

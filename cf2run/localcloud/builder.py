@@ -181,17 +181,8 @@ def _mount(registry: RegistryClient, ref: ImageRef, digest: str, source: str | N
     if host != ref.host or repository == ref.repository:
         return
     try:
-        # RegistryClient has no mount call of its own; its _request brings auth and errors.
-        response = registry._request(
-            "POST", ref, f"blobs/uploads/?mount={digest}&from={repository}",
-            f"mount {digest} from {repository}", content=b"", ok=(201, 202))
-        if response.status_code == 201:
+        if registry.mount_blob(ref, digest, repository):
             log(f"Reusing layer {digest[7:19]} from {repository}")
-            return
-        location = response.headers.get("Location")  # not mounted: an upload was started instead
-        if location:
-            registry._request("DELETE", ref, str(response.url.join(location)), "cancel upload",
-                              ok=(204, 404))
     except RegistryError:
         pass
 

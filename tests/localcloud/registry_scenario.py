@@ -217,6 +217,18 @@ def upload_protocol(t: Target) -> None:
     assert t.client.get_blob(ref, sha256(b"one shot")) == b"one shot"
 
 
+def cross_repository_mount(t: Target) -> None:
+    """A blob pushed to one repository is mounted into another without an upload; a blob the
+    registry does not have is not (and the upload the registry opened instead is cancelled)."""
+    source, other = t.ref(), t.ref()
+    data = os.urandom(10_000)
+    digest = t.client.push_blob(source, data)
+    assert not t.client.blob_exists(other, digest)
+    assert t.client.mount_blob(other, digest, source.repository)
+    assert t.client.get_blob(other, digest) == data
+    assert not t.client.mount_blob(t.ref(), sha256(b"never pushed"), source.repository)
+
+
 SCENARIOS: list[Callable[[Target], None]] = [
     push_pull_by_tag_and_digest,
     chunked_blob_upload,
@@ -226,4 +238,5 @@ SCENARIOS: list[Callable[[Target], None]] = [
     manifest_digest_mismatch,
     manifest_blob_unknown,
     upload_protocol,
+    cross_repository_mount,
 ]
