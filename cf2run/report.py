@@ -7,14 +7,17 @@ from collections.abc import Iterable
 from rich.console import Console
 from rich.table import Table
 
+from cf2run.quotas import ensure_limits
 from cf2run.results import MigrationResult
 from cf2run.spec import FunctionSpec, Target
 
 
 def migrate_each(functions: Iterable[FunctionSpec], target: Target) -> list[MigrationResult]:
-    """Run the migrate-function flow for each function, one after another."""
+    """Run the migrate-function flow for each function, one after another (creating the quota
+    limits the steps take, with their defaults, when missing: as a fleet run does)."""
     from flows.migrate_function import migrate_function
 
+    ensure_limits()
     results: list[MigrationResult] = []
     for spec in functions:
         state = migrate_function(spec, target, return_state=True)

@@ -31,8 +31,9 @@ from cf2run.fleet_setup import CHECKOUT_ENV, checkout_dir, setup
 from cf2run.localcloud.server import LocalCloud
 from cf2run.localcloud.settings import LocalCloudSettings
 from cf2run.quotas import BUILD_LIMIT, RUN_WRITES_LIMIT, QuotaLimits, ensure_limits
+from cf2run.report import migrate_each
 from cf2run.results import MigrationResult
-from cf2run.spec import load_manifest
+from cf2run.spec import Target, load_manifest
 from flows.migrate_fleet import migrate_fleet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,6 +121,18 @@ def test_setup_creates_pool_and_limits_once_and_leaves_sized_limits_alone() -> N
     assert builds.limit == 30, "setup changed a limit the user sized"
     assert (writes.limit, writes.slot_decay_per_second) == (60, 1.0)
     assert pool.type == "process"
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_single_migrations_create_missing_quota_limits_as_a_fleet_does() -> None:
+    """`cf2run migrate` / `demo` take the same limits; none are silently skipped as missing."""
+    with get_client(sync_client=True) as client:
+        existing = {limit.name for limit in client.read_global_concurrency_limits(limit=100)}
+        for name in existing & {BUILD_LIMIT, RUN_WRITES_LIMIT}:
+            client.delete_global_concurrency_limit_by_name(name)
+        migrate_each([], Target())
+        after = {limit.name for limit in client.read_global_concurrency_limits(limit=100)}
+    assert {BUILD_LIMIT, RUN_WRITES_LIMIT} <= after
 
 
 @pytest.mark.usefixtures("prefect_api")
