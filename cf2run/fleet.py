@@ -27,12 +27,12 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
-from prefect.states import Completed, Failed, State
+from prefect.states import State
 
 from cf2run.errors import SpecError
 from cf2run.results import MigrationResult
 from cf2run.spec import FunctionSpec, Manifest, Target, load_manifest
-from flows.migrate_function import migrate
+from flows.migrate_function import final_state, migrate
 
 Fanout = Literal["local", "deployments"]
 #: The single-function deployment in prefect.yaml ("flow name/deployment name").
@@ -66,9 +66,7 @@ def migrate_one(spec: FunctionSpec, target: Target, fanout: Fanout = "local") ->
     except Exception as error:  # the orchestration itself broke (API down, deployment missing)
         result = MigrationResult(function=spec.name, status="failed", failed_step="flow",
                                  message=f"{type(error).__name__}: {error}")
-    if result.status == "failed":
-        return Failed(message=f"{spec.name}: {result.failed_step} failed: {result.message}", data=result)
-    return Completed(message=f"{spec.name} serves at {result.url}", data=result)
+    return final_state(result)
 
 
 def migrate_on_a_worker(spec: FunctionSpec, target: Target) -> MigrationResult:

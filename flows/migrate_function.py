@@ -68,11 +68,18 @@ def migrate_function(spec: FunctionSpec, target: Target | None = None) -> State[
     create_markdown_artifact(markdown=summary(result, events.missing_trigger_note(spec)),
                              key=_key(spec, "summary"), description=f"Migration of {spec.name}")
     _publish_link(spec, "build-log", result.build_log_url, "Cloud Build log")
+    if result.status == "succeeded":
+        _publish_link(spec, "url", result.url, "Cloud Run service URL")
+    return final_state(result)
+
+
+def final_state(result: MigrationResult) -> State[MigrationResult]:
+    """Failed, naming the step, when the migration failed; Completed otherwise. The result is
+    the state's data either way (a flow's or a fleet's `function[NAME]` task run's)."""
     if result.status == "failed":
-        return Failed(message=f"{spec.name}: {result.failed_step} failed: {result.message}",
+        return Failed(message=f"{result.function}: {result.failed_step} failed: {result.message}",
                       data=result)
-    _publish_link(spec, "url", result.url, "Cloud Run service URL")
-    return Completed(message=f"{spec.name} serves at {result.url}", data=result)
+    return Completed(message=f"{result.function} serves at {result.url}", data=result)
 
 
 def migrate(spec: FunctionSpec, target: Target) -> MigrationResult:

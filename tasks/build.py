@@ -114,6 +114,8 @@ TERMINAL = {
     cloudbuild_v1.Build.Status.INTERNAL_ERROR, cloudbuild_v1.Build.Status.TIMEOUT,
     cloudbuild_v1.Build.Status.CANCELLED, cloudbuild_v1.Build.Status.EXPIRED,
 }
+
+
 def build_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     """Cache key across flow runs: the image the inputs name (source sha256 + build settings).
 
