@@ -20,7 +20,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from cf2run.cloud import Backoff
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -151,13 +154,13 @@ def write_section(name: str, body: str, path: Path = README) -> None:
 # -- added for bench/fleet.py: polling schedules, CPU and memory of processes ---------------------
 
 
-def backoff_sees(duration: float, first: float, maximum: float, factor: float = 2.0) -> float:
-    """When a poller that asks at once, then after `first`, `first * factor` ... seconds (each
-    wait capped at `maximum`) first sees something that takes `duration` seconds to finish."""
-    at, delay = 0.0, first
+def backoff_sees(duration: float, backoff: Backoff) -> float:
+    """When a poller that asks at once, then on `backoff`'s schedule (cf2run.cloud), first sees
+    something that takes `duration` seconds to finish."""
+    at, delay = 0.0, backoff.first_s
     while at < duration:
         at += delay
-        delay = min(delay * factor, maximum)
+        delay = backoff.after(delay)
     return at
 
 

@@ -129,12 +129,6 @@ def build(cloud: Cloud, spec: FunctionSpec, target: Target) -> tuple[BuiltImage,
     return BuiltImage(image=image, digest=digest, build_id=done.id, cached=False), archive, elapsed
 
 
-def seen_by_pipeline_poll(duration: float) -> float:
-    """When tasks/build.py's GetBuild backoff on the local target first sees a build this long."""
-    backoff = LOCAL_POLLING.build
-    return backoff_sees(duration, backoff.first_s, backoff.maximum_s, backoff.factor)
-
-
 @contextlib.contextmanager
 def tool_caches(fresh: bool) -> Iterator[None]:
     """Point pip's and npm's download caches at an empty directory while the block runs."""
@@ -270,7 +264,7 @@ def rows(result: Result) -> list[list[str]]:
     cold, warm, direct = result.cold.median, result.warm.median, result.direct.median
     deploys = Samples("deploy", result.create.values + result.update.values)
     python = result.sample.key == "python"
-    seen = seen_by_pipeline_poll(warm)
+    seen = backoff_sees(warm, LOCAL_POLLING.build)
     table = [
         [name, "cold build (empty dependency cache)", seconds(cold), result.cold.spread(),
          str(len(result.cold.values)), "1 (baseline)", ""],

@@ -83,7 +83,7 @@ class BuildTimes:
 
     def seen(self, poll: Backoff) -> float:
         """Seconds from CreateBuild until tasks/build.py's GetBuild backoff sees it finished (derived)."""
-        return backoff_sees(self.finished - self.created, poll.first_s, poll.maximum_s, poll.factor)
+        return backoff_sees(self.finished - self.created, poll)
 
 
 @dataclass
