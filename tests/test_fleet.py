@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from fleet_samples import write_fleet
 from google.cloud.devtools import cloudbuild_v1
-from prefect.client.orchestration import get_client
+from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.settings import PREFECT_API_URL
 
 from cf2run.cloud import Cloud
@@ -54,6 +54,16 @@ def run_fleet(manifest: Path, **options: Any) -> tuple[str | None, FleetReport]:
 
 def builds_of(cloud: Cloud, function: str) -> list[cloudbuild_v1.Build]:
     return list(cloud.builds.list_builds(project_id="local-project", filter=f'tags="fn-{function}"'))
+
+
+def limit_names(client: SyncPrefectClient) -> set[str]:
+    return {limit.name for limit in client.read_global_concurrency_limits(limit=100)}
+
+
+def delete_quota_limits(client: SyncPrefectClient) -> None:
+    """Start from a server without cf2run's limits, as on a first run."""
+    for name in limit_names(client) & {BUILD_LIMIT, RUN_WRITES_LIMIT}:
+        client.delete_global_concurrency_limit_by_name(name)
 
 
 @pytest.fixture
@@ -108,9 +118,7 @@ def test_builds_never_exceed_the_concurrent_builds_limit(
 @pytest.mark.usefixtures("prefect_api")
 def test_setup_creates_pool_and_limits_once_and_leaves_sized_limits_alone() -> None:
     with get_client(sync_client=True) as client:
-        existing = {limit.name for limit in client.read_global_concurrency_limits(limit=100)}
-        for name in existing & {BUILD_LIMIT, RUN_WRITES_LIMIT}:
-            client.delete_global_concurrency_limit_by_name(name)
+        delete_quota_limits(client)
         first = setup(pool="cf2run-test-pool")
         assert first == ["work pool cf2run-test-pool", f"limit {BUILD_LIMIT}", f"limit {RUN_WRITES_LIMIT}"]
         client.upsert_global_concurrency_limit_by_name(BUILD_LIMIT, 30)
@@ -127,11 +135,9 @@ def test_setup_creates_pool_and_limits_once_and_leaves_sized_limits_alone() -> N
 def test_single_migrations_create_missing_quota_limits_as_a_fleet_does() -> None:
     """`cf2run migrate` / `demo` take the same limits; none are silently skipped as missing."""
     with get_client(sync_client=True) as client:
-        existing = {limit.name for limit in client.read_global_concurrency_limits(limit=100)}
-        for name in existing & {BUILD_LIMIT, RUN_WRITES_LIMIT}:
-            client.delete_global_concurrency_limit_by_name(name)
+        delete_quota_limits(client)
         migrate_each([], Target())
-        after = {limit.name for limit in client.read_global_concurrency_limits(limit=100)}
+        after = limit_names(client)
     assert {BUILD_LIMIT, RUN_WRITES_LIMIT} <= after
 
 
