@@ -17,7 +17,7 @@ import keyword
 import re
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -108,11 +108,20 @@ def cpu_cores(quantity: str) -> float:
     return float(match.group(1)) if match.group(1) else int(match.group(2)) / 1000
 
 
-def _check_env_names(env: dict[str, str], field: str) -> None:
+def _check_env_names(env: Iterable[str], field: str) -> None:
     for name in env:
         if not ENV_NAME_RE.match(name):
             raise ValueError(f"{field} name {name!r} is not a valid environment variable name; use "
                              "letters, digits and '_', not starting with a digit")
+
+
+def _check_runtime_env(names: Collection[str], field: str, advice: str) -> None:
+    """Names the revision's environment gets: valid, and none that Cloud Run sets itself."""
+    _check_env_names(names, field)
+    reserved = sorted(RESERVED_ENV & set(names))
+    if reserved:
+        raise ValueError(f"{field} sets {', '.join(reserved)}, which Cloud Run reserves and sets "
+                         f"itself; {advice}")
 
 
 _Model = StrictModel
@@ -283,11 +292,7 @@ class FunctionSpec(_Model):
     @field_validator("env")
     @classmethod
     def _env(cls, env: dict[str, str]) -> dict[str, str]:
-        _check_env_names(env, "env")
-        reserved = sorted(RESERVED_ENV & env.keys())
-        if reserved:
-            raise ValueError(f"env sets {', '.join(reserved)}, which Cloud Run reserves and sets "
-                             "itself; remove it (read it at run time instead)")
+        _check_runtime_env(env, "env", "remove it (read it at run time instead)")
         return env
 
     @field_validator("build_env")
@@ -346,11 +351,7 @@ class FunctionSpec(_Model):
     @field_validator("secret_env")
     @classmethod
     def _secret_env(cls, secret_env: dict[str, SecretRef]) -> dict[str, SecretRef]:
-        _check_env_names(dict.fromkeys(secret_env, ""), "secret_env")
-        reserved = sorted(RESERVED_ENV & secret_env.keys())
-        if reserved:
-            raise ValueError(f"secret_env sets {', '.join(reserved)}, which Cloud Run reserves and sets "
-                             "itself; use another name")
+        _check_runtime_env(secret_env, "secret_env", "use another name")
         return secret_env
 
     @field_validator("secret_volumes")

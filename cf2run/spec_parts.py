@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import posixpath
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SECRET_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 #: 'latest', a version number, or an alias (Secret Manager alias rules).
@@ -54,6 +54,11 @@ def _check_project(project: str | None) -> str | None:
     return project
 
 
+#: A secret version: a number, an alias or 'latest' (checked by `_check_version`).
+SecretVersion = Annotated[str, AfterValidator(_check_version),
+                          Field(description="Version number, alias or 'latest'.")]
+
+
 class _Secret(StrictModel):
     secret: str = Field(description="Secret id in Secret Manager (not the full resource name).")
     project: str | None = Field(
@@ -74,12 +79,7 @@ class _Secret(StrictModel):
 class SecretRef(_Secret):
     """One version of a secret, as an environment variable's value."""
 
-    version: str = Field(default="latest", description="Version number, alias or 'latest'.")
-
-    @field_validator("version")
-    @classmethod
-    def _version(cls, version: str) -> str:
-        return _check_version(version)
+    version: SecretVersion = "latest"
 
     @model_validator(mode="before")
     @classmethod
@@ -95,12 +95,7 @@ class SecretFile(StrictModel):
     """One file of a secret volume: a secret version at a path under the mount path."""
 
     path: str = Field(description="File path relative to the mount path, e.g. 'password'.")
-    version: str = Field(default="latest", description="Version number, alias or 'latest'.")
-
-    @field_validator("version")
-    @classmethod
-    def _version(cls, version: str) -> str:
-        return _check_version(version)
+    version: SecretVersion = "latest"
 
     @field_validator("path")
     @classmethod
