@@ -46,13 +46,6 @@ class Stopwatch:
         return time.perf_counter() - self.started
 
 
-def timed(action: Callable[[], T]) -> tuple[T, float]:
-    """`action()`'s result and how many seconds it took."""
-    watch = Stopwatch()
-    result = action()
-    return result, watch.elapsed
-
-
 def poll_until(check: Callable[[], T | None], timeout_s: float, interval_s: float = 0.01,
                what: str = "condition") -> T:
     """Call `check` every `interval_s` until it returns something other than None."""
