@@ -168,7 +168,7 @@ def deploy_to_ready(local: LocalCloud, cloud: Cloud, spec: FunctionSpec, target:
     verified = verify_built_image(cloud.registry, built)
     started_at = time.time()
     watch = Stopwatch()
-    deployment = deploy(cloud.services, cloud.revisions, spec, target, verified, archive.sha256)
+    deployment = deploy(cloud, spec, target, verified, archive.sha256)
     deployed = watch.elapsed
     token = cloud.id_token(deployment.url)  # the smoke step's token: not part of the deploy
     watch.restart()

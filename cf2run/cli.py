@@ -215,7 +215,7 @@ def rollback(
     chosen = _target(manifest, target, project, region)
     try:
         cloud = Cloud.for_target(chosen)
-        moved = do_rollback(cloud.services, cloud.revisions, chosen, service, to)
+        moved = do_rollback(cloud, chosen, service, to)
     except Cf2RunError as error:
         typer.secho(f"error: {error}", fg="red", err=True)
         raise typer.Exit(1) from error

@@ -2,7 +2,8 @@
 
 Nothing else in cf2run knows whether it talks to real GCP or to the embedded local cloud:
 tasks ask `Cloud.for_target(target)` for `storage`, `builds`, `services`, `revisions`,
-`registry` and `id_token(audience)`, and get the same client types either way.
+`registry` and `id_token(audience)`, and get the same client types either way, with the
+`polling` that suits the backend.
 Clients are never task parameters (they would break Prefect's cache keys).
 """
 
@@ -69,23 +70,21 @@ GCP_POLLING = Polling(build=Backoff(1.0, 15.0, 2.0), operation=Backoff(0.5, 10.0
 LOCAL_POLLING = Polling(build=Backoff(0.1, 0.5, 1.5), operation=Backoff(0.05, 0.5, 1.5))
 
 
-def polling_for(target: Target) -> Polling:
-    return LOCAL_POLLING if target.kind == "local" else GCP_POLLING
-
-
 def default_localcloud_dir() -> Path:
     """Where `cf2run localcloud serve` keeps its state unless told otherwise."""
     return Path(os.environ.get("CF2RUN_LOCALCLOUD_DIR", Path.home() / ".cf2run" / "localcloud"))
 
 
 class Cloud:
-    """Clients for one project, on GCP or on the local cloud. Thread-safe, built lazily."""
+    """Clients for one project, on GCP or on the local cloud, and how often to poll them
+    (`polling`). Thread-safe, built lazily."""
 
     def __init__(self, *, project: str, storage_client: Callable[[], StorageClient],
                  channel: Callable[[str], grpc.Channel | None], credentials: Callable[[], Credentials],
                  registry: Callable[[], RegistryClient], id_token: Callable[[str], str],
-                 endpoints: Endpoints | None = None) -> None:
+                 polling: Polling, endpoints: Endpoints | None = None) -> None:
         self.project = project
+        self.polling = polling
         self.endpoints = endpoints
         self._make_storage = storage_client
         self._channel = channel
@@ -117,6 +116,7 @@ class Cloud:
             credentials=AnonymousCredentials,
             registry=lambda: RegistryClient(resolve=lambda host: f"http://{endpoints.registry}"),
             id_token=id_token,
+            polling=LOCAL_POLLING,
         )
 
     @classmethod
@@ -167,6 +167,7 @@ class Cloud:
             credentials=credentials,
             registry=lambda: RegistryClient(auth=registry_auth),
             id_token=id_token,
+            polling=GCP_POLLING,
         )
 
     @classmethod

@@ -6,14 +6,14 @@ for Cloud Run, but never promoted) is never chosen. A service cf2run has no hist
 back to the newest Ready revision created before the serving one. `to` names a revision
 explicitly. Only traffic moves: no revision is created, the template is left as it is.
 
-    rollback(cloud.services, cloud.revisions, target, "orders-api")
+    rollback(cloud, target, "orders-api")
 """
 
 from __future__ import annotations
 
 from google.cloud import run_v2
 
-from cf2run.cloud import polling_for
+from cf2run.cloud import Cloud
 from cf2run.errors import DeployFailed
 from cf2run.results import TrafficChange
 from cf2run.spec import Target
@@ -59,11 +59,11 @@ def previous_revision(service: run_v2.Service, ready: list[run_v2.Revision]) -> 
     return older[0]
 
 
-def rollback(services: run_v2.ServicesClient, revisions: run_v2.RevisionsClient, target: Target,
-             service_id: str, to: str | None = None, logger: Log = log) -> TrafficChange:
+def rollback(cloud: Cloud, target: Target, service_id: str, to: str | None = None,
+             logger: Log = log) -> TrafficChange:
     """Move all of `service_id`'s traffic to `to`, else to the revision that served before."""
     name = service_path(target, service_id)
-    ready = ready_revisions(revisions, name)
+    ready = ready_revisions(cloud.revisions, name)
     if to is not None and to not in {short_name(r.name) for r in ready}:
         raise DeployFailed(f"{STEP}: {to!r} is not a Ready revision of {name}",
                            hint=f"Ready revisions: {', '.join(short_name(r.name) for r in ready) or 'none'}")
@@ -75,7 +75,6 @@ def rollback(services: run_v2.ServicesClient, revisions: run_v2.RevisionsClient,
         traffic = all_to(current, goal, drop_tags=[candidate_tag(service_id)])
         return None if same_traffic(current, traffic) else (traffic, rolled_back(current, goal))
 
-    moved = move_traffic(services, revisions, name, change, STEP, logger,
-                         backoff=polling_for(target).operation)
+    moved = move_traffic(cloud, name, change, STEP, logger)
     logger.info("%s: %s serves %s", STEP, name, ", ".join(moved.serving) or chosen[0])
     return moved

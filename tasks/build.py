@@ -18,7 +18,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy
 from prefect.context import TaskRunContext
 
-from cf2run.cloud import Cloud, polling_for
+from cf2run.cloud import Cloud
 from cf2run.errors import BuildFailed
 from cf2run.oci import ImageRef
 from cf2run.quotas import build_slot
@@ -162,11 +162,10 @@ def submit_pack_build(spec: FunctionSpec, target: Target, archive: SourceArchive
 
 
 def wait_for_build(cloud: Cloud, target: Target, build_id: str, function: str) -> cloudbuild_v1.Build:
-    """Poll GetBuild with the target's backoff (cf2run/cloud.py) until the build ends (or its
-    timeout passes)."""
+    """Poll GetBuild at `cloud.polling.build` until the build ends (or its timeout passes)."""
     name = f"projects/{target.project}/locations/{target.region}/builds/{build_id}"
     deadline = time.monotonic() + target.build_timeout_s + 120
-    backoff = polling_for(target).build
+    backoff = cloud.polling.build
     delay = backoff.first_s
     while True:
         build = cloud.builds.get_build(name=name)  # the client retries UNAVAILABLE itself

@@ -37,7 +37,7 @@ from prefect.context import TaskRunContext
 from prefect.utilities.hashing import hash_objects
 
 from cf2run import mapping
-from cf2run.cloud import GCP_POLLING, Backoff, Cloud, polling_for
+from cf2run.cloud import Cloud
 from cf2run.errors import DeployFailed, TransientError
 from cf2run.oci import ImageRef
 from cf2run.quotas import cloud_run_write
@@ -188,14 +188,13 @@ def get_service(services: run_v2.ServicesClient, name: str, step: str = "deploy_
             return None
 
 
-def deploy(services: run_v2.ServicesClient, revisions: run_v2.RevisionsClient, spec: FunctionSpec,
-           target: Target, image: VerifiedImage, source_sha256: str | None = None,
-           logger: Log = log) -> Deployment:
+def deploy(cloud: Cloud, spec: FunctionSpec, target: Target, image: VerifiedImage,
+           source_sha256: str | None = None, logger: Log = log) -> Deployment:
     """Bring the service to run `service_for(...)`: create it, add a candidate, or nothing."""
     wanted = service_for(spec, target, image, source_sha256)
     name = service_path(target, spec.name)
     revision = wanted.template.revision
-    existing = get_service(services, name)
+    existing = get_service(cloud.services, name)
     if existing is not None and serves(existing, wanted):
         logger.info("%s already serves %s (%s): nothing to deploy", spec.name, revision, image.digest)
         return Deployment(service=name, revision=revision, digest=image.digest, url=existing.uri,
@@ -210,7 +209,7 @@ def deploy(services: run_v2.ServicesClient, revisions: run_v2.RevisionsClient, s
         logger.info("deploying %s as a candidate under tag %r; %s keep(s) the traffic", revision, tag,
                     ", ".join(previous))
     try:
-        final = _write(services, revisions, target, spec.name, wanted, existing, logger)
+        final = _write(cloud, target, spec.name, wanted, existing, logger)
     except DeployFailed as error:
         if not previous:
             raise
@@ -225,9 +224,8 @@ def deploy(services: run_v2.ServicesClient, revisions: run_v2.RevisionsClient, s
                       previous=previous)
 
 
-def _write(services: run_v2.ServicesClient, revisions: run_v2.RevisionsClient, target: Target,
-           service_id: str, wanted: run_v2.Service, existing: run_v2.Service | None,
-           logger: Log) -> run_v2.Service:
+def _write(cloud: Cloud, target: Target, service_id: str, wanted: run_v2.Service,
+           existing: run_v2.Service | None, logger: Log) -> run_v2.Service:
     """CreateService or UpdateService (with the etag read), then wait until the revision is Ready."""
     revision = wanted.template.revision
     name = service_path(target, service_id)
@@ -237,7 +235,7 @@ def _write(services: run_v2.ServicesClient, revisions: run_v2.RevisionsClient, t
         cloud_run_write()
         with api_step(f"CreateService {name}"):
             try:
-                operation = services.create_service(parent=parent_of(target), service=wanted,
+                operation = cloud.services.create_service(parent=parent_of(target), service=wanted,
                                                     service_id=service_id)
             except api_exceptions.AlreadyExists as error:
                 raise TransientError(f"deploy_service: {name} was created by someone else meanwhile",
@@ -250,11 +248,11 @@ def _write(services: run_v2.ServicesClient, revisions: run_v2.RevisionsClient, t
         update.etag = existing.etag
         cloud_run_write()
         with api_step(f"UpdateService {name}"):
-            operation = services.update_service(service=update)
-    final = wait_for(operation, revisions, name, revision, backoff=polling_for(target).operation)
+            operation = cloud.services.update_service(service=update)
+    final = wait_for(operation, cloud, name, revision)
     if final.terminal_condition.state != SUCCEEDED:
         reason = _with_details(final.terminal_condition.message or "no reason given",
-                               _revision_problems(revisions, name, revision))
+                               _revision_problems(cloud.revisions, name, revision))
         raise DeployFailed(f"deploy_service: {name} is not Ready after deploying revision {revision}: "
                            f"{reason}", hint=_READY_HINT)
     logger.info("service %s runs revision %s at %s", name, revision, final.uri)
@@ -265,11 +263,12 @@ _READY_HINT = ("read the revision's logs (Cloud Run console, or `cf2run localclo
                "a function that does not start is usually a wrong entry point or a missing dependency")
 
 
-def wait_for(operation: lro.Operation, revisions: run_v2.RevisionsClient, name: str,
-             revision: str, step: str = "deploy_service", *,
-             backoff: Backoff = GCP_POLLING.operation) -> run_v2.Service:
-    """The operation's Service; a failed operation is DeployFailed with Google's message (not retried)."""
+def wait_for(operation: lro.Operation, cloud: Cloud, name: str, revision: str,
+             step: str = "deploy_service") -> run_v2.Service:
+    """The operation's Service, polled at `cloud.polling.operation`; a failed operation is
+    DeployFailed with Google's message (not retried)."""
     what = f"{name} revision {revision}"
+    backoff = cloud.polling.operation
     schedule = polling.DEFAULT_POLLING.with_delay(
         initial=backoff.first_s, maximum=backoff.maximum_s, multiplier=backoff.factor)
     try:
@@ -281,7 +280,7 @@ def wait_for(operation: lro.Operation, revisions: run_v2.RevisionsClient, name: 
         if not (operation.operation.done and operation.operation.HasField("error")):
             raise  # polling itself failed: transport trouble, retried by Prefect if transient
         message = _with_details(operation.operation.error.message or str(error),
-                                _revision_problems(revisions, name, revision))
+                                _revision_problems(cloud.revisions, name, revision))
         raise DeployFailed(f"{step}: {what} failed: {message}", hint=_READY_HINT) from error
     if not isinstance(result, run_v2.Service):  # pragma: no cover - the API promises a Service
         raise DeployFailed(f"{step}: {what}: the operation returned {type(result).__name__}")
@@ -380,4 +379,4 @@ def deploy_service(spec: FunctionSpec, target: Target, image: VerifiedImage,
     """Create the service, or add a candidate revision running `image` by digest (`source_sha256`:
     for the label); see `deploy`."""
     cloud = Cloud.for_target(target)
-    return deploy(cloud.services, cloud.revisions, spec, target, image, source_sha256, get_run_logger())
+    return deploy(cloud, spec, target, image, source_sha256, get_run_logger())

@@ -22,7 +22,7 @@ from google.cloud import run_v2
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from cf2run.cloud import GCP_POLLING, Backoff, Cloud, polling_for
+from cf2run.cloud import Cloud
 from cf2run.errors import DeployFailed, TransientError
 from cf2run.quotas import cloud_run_write
 from cf2run.results import Deployment, TrafficChange
@@ -36,12 +36,10 @@ Change = Callable[[run_v2.Service], tuple[list[run_v2.TrafficTarget], dict[str, 
 ETAG_ATTEMPTS = 3
 
 
-def move_traffic(services: run_v2.ServicesClient, revisions: run_v2.RevisionsClient, name: str,
-                 change: Change, step: str, logger: Log = log, *,
-                 backoff: Backoff = GCP_POLLING.operation) -> TrafficChange:
+def move_traffic(cloud: Cloud, name: str, change: Change, step: str, logger: Log = log) -> TrafficChange:
     """Read the service, apply `change`, UpdateService with the etag read; again on ABORTED."""
     for attempt in range(1, ETAG_ATTEMPTS + 1):
-        current = get_service(services, name, step)
+        current = get_service(cloud.services, name, step)
         if current is None:
             raise DeployFailed(f"{step}: service {name} does not exist",
                                hint="check the service name, project and region (or migrate it first)")
@@ -56,12 +54,12 @@ def move_traffic(services: run_v2.ServicesClient, revisions: run_v2.RevisionsCli
         cloud_run_write()
         try:
             with api_step(f"UpdateService {name} (traffic)", step=step):
-                operation = services.update_service(service=update)
+                operation = cloud.services.update_service(service=update)
         except api_exceptions.Aborted as error:  # the etag is stale: someone changed it meanwhile
             logger.warning("%s changed while %s was moving its traffic (attempt %d): %s", name, step,
                            attempt, error.message)
             continue
-        final = wait_for(operation, revisions, name, target, step, backoff=backoff)
+        final = wait_for(operation, cloud, name, target, step)
         if final.terminal_condition.state != SUCCEEDED:
             raise DeployFailed(f"{step}: {name} is not Ready after moving its traffic: "
                                f"{final.terminal_condition.message or 'no reason given'}",
@@ -74,9 +72,7 @@ def move_traffic(services: run_v2.ServicesClient, revisions: run_v2.RevisionsCli
                          f"({ETAG_ATTEMPTS} attempts)", hint="run it again")
 
 
-def promote(services: run_v2.ServicesClient, revisions: run_v2.RevisionsClient, spec: FunctionSpec,
-            deployment: Deployment, logger: Log = log, *,
-            backoff: Backoff = GCP_POLLING.operation) -> TrafficChange:
+def promote(cloud: Cloud, spec: FunctionSpec, deployment: Deployment, logger: Log = log) -> TrafficChange:
     """All traffic to the deployed revision, the candidate tag removed; then the public binding."""
     revision, tag = deployment.revision, candidate_tag(spec.name)
 
@@ -86,15 +82,12 @@ def promote(services: run_v2.ServicesClient, revisions: run_v2.RevisionsClient, 
             return None
         return traffic, with_promoted(current, serving(current), revision)
 
-    moved = move_traffic(services, revisions, deployment.service, change, "promote", logger,
-                         backoff=backoff)
-    moved.public = ensure_invoker(services, deployment.service, spec.allow_unauthenticated, logger)
+    moved = move_traffic(cloud, deployment.service, change, "promote", logger)
+    moved.public = ensure_invoker(cloud.services, deployment.service, spec.allow_unauthenticated, logger)
     return moved
 
 
-def discard(services: run_v2.ServicesClient, revisions: run_v2.RevisionsClient,
-            deployment: Deployment, logger: Log = log, *,
-            backoff: Backoff = GCP_POLLING.operation) -> TrafficChange:
+def discard(cloud: Cloud, deployment: Deployment, logger: Log = log) -> TrafficChange:
     """Remove the candidate's tag; the traffic stays on the revisions that served it."""
     tag = deployment.tag
 
@@ -104,21 +97,16 @@ def discard(services: run_v2.ServicesClient, revisions: run_v2.RevisionsClient,
         traffic = without_tag(current, tag)
         return None if same_traffic(current, traffic) else (traffic, dict(current.annotations))
 
-    return move_traffic(services, revisions, deployment.service, change, "discard", logger,
-                        backoff=backoff)
+    return move_traffic(cloud, deployment.service, change, "discard", logger)
 
 
 @task(name="promote", task_run_name="promote[{spec.name}]", cache_policy=NO_CACHE, **RETRIES)
 def promote_revision(spec: FunctionSpec, target: Target, deployment: Deployment) -> TrafficChange:
     """Move all traffic to the smoke-tested revision; make the service public if the spec says so."""
-    cloud = Cloud.for_target(target)
-    return promote(cloud.services, cloud.revisions, spec, deployment, get_run_logger(),
-                   backoff=polling_for(target).operation)
+    return promote(Cloud.for_target(target), spec, deployment, get_run_logger())
 
 
 @task(name="discard", task_run_name="discard[{spec.name}]", cache_policy=NO_CACHE, **RETRIES)
 def discard_candidate(spec: FunctionSpec, target: Target, deployment: Deployment) -> TrafficChange:
     """Drop a candidate that failed its smoke test: its tag goes, the traffic never moved."""
-    cloud = Cloud.for_target(target)
-    return discard(cloud.services, cloud.revisions, deployment, get_run_logger(),
-                   backoff=polling_for(target).operation)
+    return discard(Cloud.for_target(target), deployment, get_run_logger())

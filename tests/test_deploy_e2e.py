@@ -82,7 +82,7 @@ def is_public(cloud: Cloud, deployment: Deployment) -> bool:
 def test_deploy_is_idempotent_and_follows_settings(cloud: Cloud, image: tuple[Path, VerifiedImage]) -> None:
     source, verified = image
     spec, target = make_spec(source), Target()
-    first = deploy(cloud.services, cloud.revisions, spec, target, verified, "a1" * 32)
+    first = deploy(cloud, spec, target, verified, "a1" * 32)
     assert first.changed and first.created and first.digest == verified.digest
     assert first.candidate_url is None, "a new service's first revision takes its traffic at once"
     assert first.service == f"projects/local-project/locations/us-central1/services/{spec.name}"
@@ -95,7 +95,7 @@ def test_deploy_is_idempotent_and_follows_settings(cloud: Cloud, image: tuple[Pa
     assert not is_public(cloud, first)
 
     # Same digest and settings: nothing is written, no revision is created.
-    again = deploy(cloud.services, cloud.revisions, spec, target, verified, "a1" * 32)
+    again = deploy(cloud, spec, target, verified, "a1" * 32)
     assert (again.changed, again.revision, again.url) == (False, first.revision, first.url)
     assert cloud.services.get_service(name=first.service).etag == service.etag
     assert revisions_of(cloud, first) == [first.revision]
@@ -103,7 +103,7 @@ def test_deploy_is_idempotent_and_follows_settings(cloud: Cloud, image: tuple[Pa
     # A new setting: a new revision runs it as a candidate, at its own tag URL, without traffic.
     changed_spec = spec.model_copy(update={"env": {"GREETING": "howdy"},
                                            "smoke": spec.smoke.model_copy(update={"expect_body": "howdy"})})
-    second = deploy(cloud.services, cloud.revisions, changed_spec, target, verified, "a1" * 32)
+    second = deploy(cloud, changed_spec, target, verified, "a1" * 32)
     assert second.changed and second.revision != first.revision and second.url == first.url
     assert (second.tag, second.previous) == ("candidate", [first.revision])
     assert second.candidate_url and second.candidate_url != first.url
@@ -111,16 +111,16 @@ def test_deploy_is_idempotent_and_follows_settings(cloud: Cloud, image: tuple[Pa
     assert served_text(cloud, first.url) == f"hi from {first.revision}\n", "the candidate took traffic"
 
     # Promoted: the service URL answers with the new revision; the tag is gone.
-    moved = promote(cloud.services, cloud.revisions, changed_spec, second)
+    moved = promote(cloud, changed_spec, second)
     assert (moved.changed, moved.serving, moved.previous) == (True, [second.revision], [first.revision])
     assert served_text(cloud, first.url) == f"howdy from {second.revision}\n"
     assert not [t for t in cloud.services.get_service(name=first.service).traffic_statuses if t.tag]
 
     # Back to the first settings: the first revision is reused as the candidate, then serves again.
-    back = deploy(cloud.services, cloud.revisions, spec, target, verified, "a1" * 32)
+    back = deploy(cloud, spec, target, verified, "a1" * 32)
     assert back.changed and back.revision == first.revision and back.previous == [second.revision]
     assert smoke(cloud, spec, back).excerpt == f"hi from {first.revision}"
-    promote(cloud.services, cloud.revisions, spec, back)
+    promote(cloud, spec, back)
     assert served_text(cloud, first.url) == f"hi from {first.revision}\n"
     assert revisions_of(cloud, first) == sorted([first.revision, second.revision])
 
@@ -129,11 +129,11 @@ def test_public_service_is_opened_by_promote_after_its_smoke_test_and_without_a_
         cloud: Cloud, image: tuple[Path, VerifiedImage]) -> None:
     source, verified = image
     public = make_spec(source, allow_unauthenticated=True)
-    first = deploy(cloud.services, cloud.revisions, public, Target(), verified)
+    first = deploy(cloud, public, Target(), verified)
     assert not is_public(cloud, first), "public before its smoke test"
     assert httpx.get(first.url).status_code == 403
     assert smoke(cloud, public, first).status == 200  # with a token
-    moved = promote(cloud.services, cloud.revisions, public, first)
+    moved = promote(cloud, public, first)
     assert (moved.changed, moved.public) == (False, True)  # all traffic was on it already
     assert is_public(cloud, first)
     assert run_smoke(first.url, public.smoke, None, public=True).status == 200  # no token sent
@@ -141,9 +141,9 @@ def test_public_service_is_opened_by_promote_after_its_smoke_test_and_without_a_
     # Made private in the spec: same revision (IAM is not a service setting); promote warns
     # but does not remove the binding.
     private = public.model_copy(update={"allow_unauthenticated": False})
-    again = deploy(cloud.services, cloud.revisions, private, Target(), verified)
+    again = deploy(cloud, private, Target(), verified)
     assert (again.changed, again.revision) == (False, first.revision)
-    assert promote(cloud.services, cloud.revisions, private, again).public is True
+    assert promote(cloud, private, again).public is True
     assert is_public(cloud, first)
 
 
@@ -151,8 +151,8 @@ def test_private_service_answers_403_without_a_token_and_passes_its_smoke_test_w
         cloud: Cloud, image: tuple[Path, VerifiedImage]) -> None:
     source, verified = image
     spec = make_spec(source)
-    deployment = deploy(cloud.services, cloud.revisions, spec, Target(), verified)
-    assert promote(cloud.services, cloud.revisions, spec, deployment).public is False
+    deployment = deploy(cloud, spec, Target(), verified)
+    assert promote(cloud, spec, deployment).public is False
     assert not is_public(cloud, deployment)
     assert httpx.get(deployment.url).status_code == 403
     with pytest.raises(SmokeTestFailed, match="expected status 200, got 403"):
@@ -167,7 +167,7 @@ def test_revision_that_never_gets_ready_fails_with_googles_reason(
     knobs.never_ready_matching = f"^{spec.name}$"
     knobs.ready_deadline_s = 2
     with pytest.raises(DeployFailed) as raised:
-        deploy(cloud.services, cloud.revisions, spec, Target(), verified)
+        deploy(cloud, spec, Target(), verified)
     assert not raised.value.transient
     assert spec.name in str(raised.value) and "logs" in str(raised.value)
     service = cloud.services.get_service(name=f"projects/local-project/locations/us-central1/services/"
@@ -186,7 +186,7 @@ def test_secret_env_is_read_from_secret_manager_and_a_missing_secret_fails_the_r
     localcloud.cloudrun.secrets.add_version("local-project", secret, b"hola")
     spec = make_spec(source, env={}, secret_env={"GREETING": secret},
                      smoke={"expect_body": "hola from", "deadline_s": 60})
-    deployment = deploy(cloud.services, cloud.revisions, spec, Target(), verified)
+    deployment = deploy(cloud, spec, Target(), verified)
     assert smoke(cloud, spec, deployment).excerpt == f"hola from {deployment.revision}"
     sent = cloud.services.get_service(name=deployment.service).template.containers[0].env
     assert [(e.name, e.value, e.value_source.secret_key_ref.secret) for e in sent] == \
@@ -194,12 +194,12 @@ def test_secret_env_is_read_from_secret_manager_and_a_missing_secret_fails_the_r
 
     pinned = make_spec(source, name=spec.name, env={}, secret_env={"GREETING": f"{secret}:1"},
                        smoke={"expect_body": "old from"})
-    candidate = deploy(cloud.services, cloud.revisions, pinned, Target(), verified)
+    candidate = deploy(cloud, pinned, Target(), verified)
     assert smoke(cloud, pinned, candidate).excerpt == f"old from {candidate.revision}"
 
     missing = make_spec(source, env={}, secret_env={"GREETING": "no-such-secret"})
     with pytest.raises(DeployFailed) as raised:
-        deploy(cloud.services, cloud.revisions, missing, Target(), verified)
+        deploy(cloud, missing, Target(), verified)
     assert "Secret projects/local-project/secrets/no-such-secret/versions/latest was not found" \
         in str(raised.value)
 
@@ -208,11 +208,11 @@ def test_a_candidate_that_never_gets_ready_leaves_the_serving_revision_untouched
         cloud: Cloud, knobs: LocalCloudSettings, image: tuple[Path, VerifiedImage]) -> None:
     source, verified = image
     spec = make_spec(source)
-    first = deploy(cloud.services, cloud.revisions, spec, Target(), verified)
+    first = deploy(cloud, spec, Target(), verified)
     knobs.never_ready_matching = f"^{spec.name}$"
     knobs.ready_deadline_s = 2
     with pytest.raises(DeployFailed) as raised:
-        deploy(cloud.services, cloud.revisions, make_spec(source, name=spec.name, env={"GREETING": "yo"}),
+        deploy(cloud, make_spec(source, name=spec.name, env={"GREETING": "yo"}),
                Target(), verified)
     assert f"the traffic never moved: {first.revision} keep(s) serving it" in str(raised.value)
     assert served_text(cloud, first.url) == f"hi from {first.revision}\n"
