@@ -25,6 +25,7 @@ import pathspec
 from google.api_core.exceptions import Conflict, Forbidden, NotFound, PreconditionFailed
 from google.cloud.storage import Blob, Bucket, Client
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from cf2run.cloud import Cloud
 from cf2run.errors import Cf2RunError, SourceError
@@ -257,7 +258,7 @@ def _no_access(bucket_name: str, error: Forbidden) -> Cf2RunError:
 
 # Retried on transient errors only (tasks/policy.py). Not cached across runs: the key would be
 # the tree's content, which only packaging computes; the object name makes re-runs cheap anyway.
-@task(name="package", task_run_name="package[{spec.name}]", **RETRIES)
+@task(name="package", task_run_name="package[{spec.name}]", cache_policy=NO_CACHE, **RETRIES)
 def package_source(spec: FunctionSpec, target: Target) -> SourceArchive:
     """Tar the function's source deterministically and upload it to the staging bucket."""
     tarball = make_tarball(spec.source)
