@@ -24,7 +24,10 @@ process around the flow call (imports excluded). In one run:
     sources: every one is built and deployed), one after another; speedup (b)/(a);
 (d) the flow process' peak RSS (VmHWM = ru_maxrss, whole process, from its start) for the
     cached rerun (c) at N, and for a dry run of --cached-n functions (1000 real revisions
-    would not fit in memory; see README for what exactly that measures).
+    would not fit in memory; see README for what exactly that measures);
+(e) Prefect alone: (a)'s shape (a `function` task run per function, six step task runs in
+    each, same max_parallel) with steps that do nothing, against the same server: what the
+    orchestration costs before any step works, and its share of the CPU the goal leaves.
 
 This module measures; bench/fleet_report.py holds the figures and writes the report.
 """
@@ -64,7 +67,7 @@ from _common import (
     seconds,
     write_section,
 )
-from fleet_report import MAX_PARALLEL, OTHER_USERS, BuildTimes, Figures, Run, report
+from fleet_report import MAX_PARALLEL, OTHER_USERS, STEPS, BuildTimes, Figures, Run, report
 
 SECTION = "fleet"
 PROJECT = "local-project"
@@ -109,11 +112,16 @@ def child(args: argparse.Namespace) -> int:
     fleet = load(manifest)
     only = [spec.name for spec in fleet.functions][:args.first] if args.first else None
     rss_before = memory_kib("VmRSS") or 0
+    imports = resource.getrusage(resource.RUSAGE_SELF)
     started_at, watch = time.time(), Stopwatch()
     plans: list[dict[str, Any]] = []
     if args.child == "each":
         results = migrate_each(fleet.functions, fleet.target)
         state = "Completed" if all(r.status == "succeeded" for r in results) else "Failed"
+    elif args.child == "orchestration":
+        names = [spec.name for spec in fleet.functions]
+        orchestration_only(names, args.max_parallel)
+        state, results, plans = "Completed", [], [{"function": name, "ok": True} for name in names]
     else:
         flow_state = migrate_fleet(manifest, max_parallel=args.max_parallel, dry_run=args.child == "dry-run",
                                    fanout="local", only=only, return_state=True)
@@ -125,11 +133,39 @@ def child(args: argparse.Namespace) -> int:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     run = Run(phase=args.child, state=state, wall_s=wall_s, started_at=started_at, ended_at=ended_at,
               rss_before_kib=rss_before, rss_peak_kib=usage.ru_maxrss,  # KiB on Linux
-              cpu_total_s=usage.ru_utime + usage.ru_stime, plans=plans,
+              cpu_total_s=usage.ru_utime + usage.ru_stime, cpu_imports_s=imports.ru_utime + imports.ru_stime,
+              plans=plans,
               results=[r.model_dump(mode="json", include={"function", "status", "failed_step", "message",
                                                           "build_cached", "timings"}) for r in results])
     Path(args.out).write_text(json.dumps(run.__dict__))
     return 0
+
+
+def orchestration_only(names: list[str], max_parallel: int) -> None:
+    """(e): (a)'s shape in Prefect with nothing inside: a flow whose `function[NAME]` task runs
+    (at most `max_parallel` at once) each run six step task runs that return at once, uncached.
+    What orchestrating a fleet costs before any step does any work."""
+    from prefect import flow, task
+    from prefect.cache_policies import NO_CACHE
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    @task(name="step", task_run_name="{step}[{name}]", cache_policy=NO_CACHE)
+    def step(step: str, name: str) -> str:
+        return name
+
+    @task(name="function", task_run_name="function[{name}]", cache_policy=NO_CACHE)
+    def function(name: str) -> str:
+        for each in STEPS:
+            step(each, name)
+        return name
+
+    @flow(name="orchestration-only")
+    def fleet_shape(names: list[str]) -> None:
+        with ThreadPoolTaskRunner[Any](max_workers=min(max_parallel, len(names))) as runner:
+            for future in [runner.submit(function, {"name": name}) for name in names]:
+                future.result()
+
+    fleet_shape(names)
 
 
 @dataclass
@@ -365,6 +401,9 @@ def measure(args: argparse.Namespace, root: Path, groups: dict[str, int], machin
         if any(r["build_cached"] for r in each.results):
             raise RuntimeError("(b) did not build every function")
 
+        orchestration = children.run("orchestration", fleet_manifest, max_parallel=max_parallel)
+        print(f"(e) Prefect alone, (a)'s shape with empty steps: {seconds(orchestration.wall_s)}", flush=True)
+
         dry = None
         if args.cached_n:
             dry = children.run("dry-run", manifest("fd", args.cached_n),
@@ -376,7 +415,7 @@ def measure(args: argparse.Namespace, root: Path, groups: dict[str, int], machin
                        machine=machine_line, poll=LOCAL_POLLING.build, fleet=fleet,
                        builds_fleet=builds_of(cloud, "fa-"), rerun=rerun, rerun_before=rerun_before,
                        rerun_after=rerun_after, rerun_half=rerun_half, each=each, builds_each=builds_each,
-                       dry=dry)
+                       dry=dry, orchestration=orchestration)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -397,7 +436,8 @@ def main(argv: list[str] | None = None) -> int:
                              "cluster; sqlite: prefect server start's default)")
     parser.add_argument("--no-readme", action="store_true", help="print only; leave bench/README.md alone")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (children's logs)")
-    parser.add_argument("--child", choices=["fleet", "each", "dry-run"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["fleet", "each", "dry-run", "orchestration"],
+                        help=argparse.SUPPRESS)
     parser.add_argument("--manifest", help=argparse.SUPPRESS)
     parser.add_argument("--first", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)

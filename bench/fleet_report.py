@@ -34,7 +34,7 @@ class Run:
     """One flow process: what it measured itself (`bench/fleet.py --child` writes these fields
     as JSON, up to `results` and `plans`), then what the parent measured around it."""
 
-    phase: str  # "fleet", "each" or "dry-run"
+    phase: str  # "fleet", "each", "dry-run" or "orchestration"
     state: str  # the flow run's final state ("Completed" ...)
     wall_s: float  # around the flow call, imports excluded
     started_at: float  # epoch seconds, around the flow call
@@ -42,17 +42,18 @@ class Run:
     rss_before_kib: int  # VmRSS after imports, before the flow
     rss_peak_kib: int  # ru_maxrss: the process' peak RSS since it started
     cpu_total_s: float  # user + system, imports included
+    cpu_imports_s: float  # user + system before the flow call (imports)
     results: list[dict[str, Any]] = field(default_factory=list)  # MigrationResult dumps
-    plans: list[dict[str, Any]] = field(default_factory=list)  # dry run: {"function", "ok"}
+    plans: list[dict[str, Any]] = field(default_factory=list)  # dry run, orchestration: {"function", "ok"}
     process_wall_s: float = 0.0  # the process' whole life, from the parent
     cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds by part of the machine meanwhile
 
     @property
     def functions(self) -> int:
-        return len(self.plans) if self.phase == "dry-run" else len(self.results)
+        return len(self.results) or len(self.plans)
 
     def failed(self) -> list[str]:
-        if self.phase == "dry-run":
+        if not self.results:
             return [p["function"] for p in self.plans if not p["ok"]]
         return [f"{r['function']} at {r['failed_step']}: {r['message']}" for r in self.results
                 if r["status"] != "succeeded"]
@@ -107,6 +108,7 @@ class Figures:
     each: Run  # (b)
     builds_each: int
     dry: Run | None  # (d) the dry run of --cached-n
+    orchestration: Run | None = None  # (e) (a)'s shape in Prefect, steps that do nothing
 
 
 def median(values: list[float]) -> float:
@@ -146,6 +148,7 @@ def goal_rows(f: Figures) -> list[list[str]]:
          "build: package, verify, deploy, smoke, promote)", ""],
         ["(a) / ideal", f"{a / ideal:.2f}x", "", f"≤ {GOAL_IDEAL:g}x: {verdict(a / ideal <= GOAL_IDEAL)}"],
         cpu_floor_row(f, ideal),
+        *orchestration_rows(f, ideal),
         ["(b) one after another: migrate_each, seed's way", seconds(each_total),
          (f"{each_n} functions measured, {each_per_fn:.2f} s each, x {f.n} (extrapolated)" if extrapolated
           else f"{each_per_fn:.2f} s per function") + f"; {f.builds_each} builds, none cached"
@@ -164,12 +167,31 @@ def cpu_floor_row(f: Figures, ideal: float) -> list[str]:
     """The shortest (a) this machine allows at (a)'s CPU cost: the fleet's own CPU seconds over
     the CPUs, and how many CPUs the 1.2x goal would take at that cost."""
     cpus = os.cpu_count() or 1
-    own = sum(used for part, used in f.fleet.cpu.items() if part != OTHER_USERS)
+    own = own_cpu(f.fleet)
     needed = math.ceil(own / (GOAL_IDEAL * ideal))
     return ["(a)'s CPU floor on this machine", seconds(own / cpus),
-            f"{own:.0f} CPU-s used by the fleet's processes (flow, Prefect server, Postgres, local "
-            f"cloud, revisions) / {cpus} CPUs: no schedule ends (a) sooner here; "
+            f"{own:.0f} CPU-s used by the fleet's processes (flow after its imports, Prefect server, "
+            f"Postgres, local cloud, revisions) / {cpus} CPUs: no schedule ends (a) sooner here; "
             f"{GOAL_IDEAL:g}x the ideal takes ≥ {needed} CPUs at this cost", ""]
+
+
+def own_cpu(run: Run) -> float:
+    """CPU seconds the run's own processes used (all but other users'), without the flow
+    process' imports (its wall time does not count them either)."""
+    return sum(used for part, used in run.cpu.items() if part != OTHER_USERS) - run.cpu_imports_s
+
+
+def orchestration_rows(f: Figures, ideal: float) -> list[list[str]]:
+    """(e): what Prefect alone costs in (a)'s shape, and its share of the 1.2x budget."""
+    if (e := f.orchestration) is None:
+        return []
+    cpus, spent = os.cpu_count() or 1, own_cpu(e)
+    budget = GOAL_IDEAL * ideal * cpus
+    return [["(e) Prefect alone: (a)'s shape, steps that do nothing", seconds(e.wall_s),
+             f"{e.functions} `function` task runs x (1 + {len(STEPS)} step task runs), uncached, "
+             f"max_parallel {f.max_parallel}: {spent:.0f} CPU-s ({spent / max(e.functions, 1):.2f} per "
+             f"function), {spent / budget:.0%} of the {budget:.0f} CPU-s that {cpus} CPUs give in "
+             f"{GOAL_IDEAL:g}x the ideal", ""]]
 
 
 def failures(run: Run) -> str:
@@ -271,7 +293,8 @@ def timeline(f: Figures) -> str:
 def cpu_table(f: Figures) -> str:
     """Where the machine's CPU went while each measured flow process lived."""
     runs = [(name, run) for name, run in (("(a) fleet", f.fleet), ("(c) rerun", f.rerun),
-                                          ("(b) one at a time", f.each), ("(d) dry run", f.dry))
+                                          ("(b) one at a time", f.each), ("(d) dry run", f.dry),
+                                          ("(e) Prefect alone", f.orchestration))
             if run is not None]
     cpus = os.cpu_count() or 1
     rows = [[part, *[f"{run.cpu.get(part, 0.0):.0f}" for _, run in runs]] for part in f.fleet.cpu]
