@@ -9,6 +9,7 @@
     cf2run localcloud serve [--state-dir DIR]
     cf2run localcloud logs SERVICE [--state-dir DIR]
     cf2run localcloud token AUDIENCE [--state-dir DIR]
+    cf2run localcloud add-secret SECRET --data-file FILE|- [--project P] [--state-dir DIR]
 """
 
 from __future__ import annotations
@@ -278,6 +279,31 @@ def localcloud_token(audience: Annotated[str, typer.Argument(help="The service U
     from cf2run.localcloud.metadata import TokenAuthority
 
     typer.echo(TokenAuthority(state_dir or default_localcloud_dir()).mint(audience))
+
+
+@localcloud_app.command("add-secret")
+def localcloud_add_secret(
+    secret: Annotated[str, typer.Argument(help="Secret id, as secret_env and secret_volumes name it.")],
+    data_file: Annotated[str, typer.Option(
+        "--data-file", help="File holding the value; - reads it from stdin.")],
+    project: Annotated[str, typer.Option(help="Project that holds the secret.")] = "local-project",
+    state_dir: StateDir = None,
+) -> None:
+    """Add a version to a local secret (like `gcloud secrets versions add SECRET --data-file FILE`);
+    a revision reads it at its next start."""
+    from cf2run.localcloud.secretmanager import InvalidSecretName, SecretStore
+
+    try:
+        data = typer.get_binary_stream("stdin").read() if data_file == "-" else Path(data_file).read_bytes()
+    except OSError as error:
+        raise typer.BadParameter(f"cannot read {data_file}: {error.strerror}",
+                                 param_hint="--data-file") from error
+    store = SecretStore((state_dir or default_localcloud_dir()) / "secretmanager")
+    try:
+        version = store.add_version(project, secret, data)
+    except InvalidSecretName as error:
+        raise typer.BadParameter(str(error), param_hint="SECRET or --project") from error
+    typer.echo(f"Created version [{version}] of the secret [{secret}] in project [{project}].")
 
 
 def main() -> None:

@@ -47,3 +47,31 @@ def test_migrate_only_one_sample_prints_its_row_and_exits_0(localcloud: LocalClo
     row = next(line for line in run.stdout.splitlines() if "storage-events" in line)
     assert "ok" in row and "http://127.0.0.1:" in row
     assert "hello-python" not in run.stdout
+
+
+def test_localcloud_add_secret_adds_versions_the_local_cloud_reads(localcloud: LocalCloud,
+                                                                   tmp_path: Path) -> None:
+    value = tmp_path / "value.txt"
+    value.write_bytes(b"hola")
+    state = ["--state-dir", str(localcloud.state_dir)]
+    first = cf2run("localcloud", "add-secret", "greeting", "--data-file", str(value), *state)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip() == "Created version [1] of the secret [greeting] in project [local-project]."
+    second = subprocess.run([str(CF2RUN), "localcloud", "add-secret", "greeting", "--data-file", "-", *state],
+                            input=b"adios", capture_output=True, timeout=120)
+    assert second.returncode == 0, second.stderr
+    assert b"Created version [2]" in second.stdout
+    secrets = localcloud.cloudrun.secrets  # what the local Cloud Run resolves secret_env from
+    assert secrets.access("local-project", "greeting", "1") == b"hola"
+    assert secrets.access("local-project", "greeting") == b"adios"
+
+
+def test_localcloud_add_secret_refuses_a_bad_id_or_a_missing_file(tmp_path: Path) -> None:
+    state = ["--state-dir", str(tmp_path)]
+    bad = cf2run("localcloud", "add-secret", "no/slashes", "--data-file", "-", *state)
+    assert bad.returncode == 2
+    assert "'no/slashes' is not a valid secret id" in bad.stderr
+    missing = cf2run("localcloud", "add-secret", "ok", "--data-file", str(tmp_path / "nope"), *state)
+    assert missing.returncode == 2
+    assert "--data-file" in missing.stderr and "No such file" in missing.stderr
+    assert not (tmp_path / "secretmanager").exists()

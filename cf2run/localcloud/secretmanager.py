@@ -9,6 +9,8 @@ processes, without a container filesystem to mount into (code that reads the mou
 on GCP only).
 
 Layout: ``STATE/secretmanager/PROJECT/SECRET/VERSION`` (version numbers from 1), file mode 0600.
+Several processes may add versions at once (`cf2run localcloud add-secret` while the local cloud
+serves): a version file is created exclusively, and a number taken meanwhile is skipped.
 
     store = SecretStore(localcloud.state_dir / "secretmanager")
     store.add_version("local-project", "api-key", b"s3cret")   # -> 1
@@ -29,6 +31,10 @@ class SecretMissing(LookupError):
     """The secret, or the version of it, does not exist."""
 
 
+class InvalidSecretName(ValueError):
+    """A project or secret id that Secret Manager would refuse."""
+
+
 class SecretStore:
     """Secret versions on disk. Thread-safe."""
 
@@ -37,16 +43,25 @@ class SecretStore:
         self._lock = threading.Lock()
 
     def add_version(self, project: str, secret: str, data: bytes) -> int:
-        """Store a new version of `secret` (created if needed); returns its number."""
+        """Store a new version of `secret` (created if needed); returns its number.
+        InvalidSecretName when Secret Manager would refuse the project or secret id."""
+        if not _PROJECT_RE.match(project):
+            raise InvalidSecretName(f"project {project!r} is not a valid project id")
+        if not _ID_RE.match(secret):
+            raise InvalidSecretName(f"secret {secret!r} is not a valid secret id: use 1 to 255 letters, "
+                                    "digits, '_' and '-'")
         directory = self._dir(project, secret)
         with self._lock:
             directory.mkdir(parents=True, exist_ok=True)
-            number = max(self._versions(directory), default=0) + 1
-            path = directory / str(number)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-        return number
+            while True:
+                number = max(self._versions(directory), default=0) + 1
+                try:  # another process may take the same number between the listing and here
+                    fd = os.open(directory / str(number), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                except FileExistsError:
+                    continue
+                with os.fdopen(fd, "wb") as out:
+                    out.write(data)
+                return number
 
     def access(self, project: str, secret: str, version: str = "latest") -> bytes:
         """The data of a version ('latest', a number); SecretMissing when there is none."""
