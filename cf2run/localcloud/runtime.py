@@ -10,6 +10,9 @@ from its unpacked layers, in order, as hard links, a directory that one lower la
 
 - ``python3 ...`` runs as ``<base interpreter of this Python> -S ...`` (no site-packages of the
   host: the image's dependency layer on ``PYTHONPATH`` is all the function sees, as on GCP);
+  ``python3 -m MODULE ...`` (every Python function) is forked from a zygote that imported
+  MODULE's dependencies once per dependency set (`zygote`; a start then costs a fork, not an
+  interpreter importing flask and gunicorn), unless the ``fork_server`` setting is off;
   ``node ...`` as the host's ``node``, made to listen on 127.0.0.1 only;
 - every ``/workspace...`` and ``/layers...`` path in the command, its args and the image env is
   rewritten to the unpacked root, and the process starts in ``root + WorkingDir``;
@@ -22,7 +25,8 @@ from its unpacked layers, in order, as hard links, a directory that one lower la
   probe) within the deadline; otherwise it is killed and `RevisionFailed` says why, with the
   last log lines.
 
-Each process leads its own process group, which `stop` / `stop_all` terminate and then kill.
+Each process leads its own process group, which `stop` / `stop_all` terminate and then kill;
+`stop_all` stops the zygotes last.
 """
 
 from __future__ import annotations
@@ -46,10 +50,11 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from cf2run.errors import Cf2RunError
 from cf2run.localcloud.linktree import overlay
+from cf2run.localcloud.zygote import ForkServers
 from cf2run.oci import ImageRef, RegistryClient
 
 log = logging.getLogger(__name__)
@@ -97,10 +102,25 @@ class RevisionFailed(Cf2RunError):
         super().__init__(reason)
 
 
+class Process(Protocol):
+    """What the runtime uses of a revision's process: a `subprocess.Popen`, or a
+    `zygote.ForkedProcess` when a zygote forked it."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+
 @dataclass
 class _Instance:
     spec: RevisionSpec
-    process: subprocess.Popen[bytes]
+    process: Process
     port: int
     pump: threading.Thread
     tail: collections.deque[str]
@@ -116,14 +136,17 @@ class Runtime:
 
     `state_dir` is the runtime's own directory (the local cloud gives it ``STATE/runtime``):
     unpacked layers go to ``state_dir/layers``, image roots (hard links and symlinks to them) to
-    ``state_dir/images``, service logs to ``state_dir/logs``.
+    ``state_dir/images``, service logs to ``state_dir/logs``. `fork_server` (read at each
+    start): Python revisions are forked from a zygote per dependency set (`zygote`).
     """
 
     def __init__(self, state_dir: Path, registry: RegistryClient,
-                 ready_deadline_s: float | Callable[[], float] = 60.0, *, grace_s: float = 5.0) -> None:
+                 ready_deadline_s: float | Callable[[], float] = 60.0, *, grace_s: float = 5.0,
+                 fork_server: bool | Callable[[], bool] = True) -> None:
         self.root = Path(state_dir)
         self.registry = registry
         self._deadline = ready_deadline_s if callable(ready_deadline_s) else lambda: ready_deadline_s
+        self._fork_server = fork_server if callable(fork_server) else lambda: fork_server
         self.grace_s = grace_s
         self._instances: dict[str, _Instance] = {}
         self._image_locks: dict[str, threading.Lock] = collections.defaultdict(threading.Lock)
@@ -136,6 +159,7 @@ class Runtime:
         (self.root / "logs").mkdir(parents=True, exist_ok=True)
         self._node_preload = self.root / "node-loopback.js"
         self._node_preload.write_text(_NODE_LOOPBACK_JS)
+        self.zygotes = ForkServers(self.root, _host_python(), HOST_ENV)
 
     # -- revisions -----------------------------------------------------------------------------
 
@@ -188,12 +212,14 @@ class Runtime:
             self._stop(instance)
 
     def stop_all(self) -> None:
-        """Stop every revision (in parallel) and refuse new ones: no process outlives this call."""
+        """Stop every revision (in parallel), then the zygotes, and refuse new ones: no process
+        outlives this call."""
         with self._lock:
             self._closed = True
             instances = list(self._instances.values())
             self._instances.clear()
         self._stop(*instances)
+        self.zygotes.close()
 
     def logs(self, service: str) -> str:
         """Everything the revisions of `service` wrote, each line prefixed with ``[REVISION]``."""
@@ -278,6 +304,8 @@ class Runtime:
 
     def _spawn(self, spec: RevisionSpec, command: list[str], env: dict[str, str], cwd: Path) -> _Instance:
         fail = _failing(spec.revision)
+        # Outside the lock: the first start of a dependency set waits for its zygote's imports.
+        zygote = self.zygotes.server_for(command, env, cwd) if self._fork_server() else None
         with self._lock:
             if self._closed:
                 raise fail("the local cloud is shutting down")
@@ -285,16 +313,11 @@ class Runtime:
                 raise fail(f"revision {spec.revision} is already running or starting")
             port = self._free_port()
             env["PORT"] = str(port)
-            try:
-                process = subprocess.Popen(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                           start_new_session=True)
-            except OSError as exc:
-                raise fail(f"the web process {command[0]} cannot be started: {exc}") from exc
+            forked = zygote.spawn(command, env, cwd) if zygote is not None else None
+            process, output = forked or _popen(command, env, cwd, fail)
             tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
-            assert process.stdout is not None
             pump = threading.Thread(target=_pump, name=f"logs-{spec.revision}", daemon=True,
-                                    args=(process, process.stdout, self._log_path(spec.service),
+                                    args=(process, output, self._log_path(spec.service),
                                           spec.revision, tail))
             pump.start()
             instance = _Instance(spec, process, port, pump, tail)
@@ -407,6 +430,18 @@ def _launch(root: Path, config: dict[str, Any], spec: RevisionSpec,
     return command, env, cwd
 
 
+def _popen(command: list[str], env: dict[str, str], cwd: Path,
+           fail: Callable[[str], RevisionFailed]) -> tuple[Process, IO[bytes]]:
+    """Start `command` as a new process leading its own group: it, and its stdout + stderr."""
+    try:
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    except OSError as exc:
+        raise fail(f"the web process {command[0]} cannot be started: {exc}") from exc
+    assert process.stdout is not None
+    return process, process.stdout
+
+
 def _web_process(image_config: dict[str, Any]) -> list[str]:
     """The ``web`` process's command + args from the buildpacks label, else Entrypoint + Cmd."""
     label = (image_config.get("Labels") or {}).get(BUILD_METADATA_LABEL)
@@ -438,12 +473,12 @@ def _listening(port: int) -> bool:
         return False
 
 
-def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+def _signal_group(process: Process, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, sig)
 
 
-def _pump(process: subprocess.Popen[bytes], stream: IO[bytes], log_path: Path, revision: str,
+def _pump(process: Process, stream: IO[bytes], log_path: Path, revision: str,
           tail: collections.deque[str]) -> None:
     """Copy the process's output to the service log, line by line, prefixed with the revision."""
     with log_path.open("ab", buffering=0) as out:

@@ -82,7 +82,8 @@ class LocalCloud:
         stack.callback(metadata.stop)
 
         runtime = Runtime(state / "runtime", registry_client,
-                          ready_deadline_s=lambda: self.settings.ready_deadline_s)
+                          ready_deadline_s=lambda: self.settings.ready_deadline_s,
+                          fork_server=lambda: self.settings.fork_server)
         stack.callback(runtime.stop_all)
         router = Router(tokens, resolve=runtime.address)
         stack.callback(router.stop_all)

@@ -5,6 +5,7 @@ lists and objects as JSON), mutable at run time by whoever holds the `LocalCloud
 
     CF2RUN_LOCALCLOUD_BUILD_LATENCY_S=3
     CF2RUN_LOCALCLOUD_MAX_CONCURRENT_BUILDS=10
+    CF2RUN_LOCALCLOUD_FORK_SERVER=0
     CF2RUN_LOCALCLOUD_FAULTS='[{"method": "CloudBuild.CreateBuild", "code": "UNAVAILABLE", "first_n": 1}]'
 """
 
@@ -71,6 +72,9 @@ class LocalCloudSettings(BaseSettings):
     never_ready_matching: str | None = Field(
         default=None, description="Regex on the service name: its new revisions never get ready.")
     faults: list[Fault] = Field(default_factory=list, description="Injected RPC failures.")
+    fork_server: bool = Field(
+        default=True, description="Fork Python revisions from a zygote that imported their dependency set "
+                                  "once (false: a new interpreter per revision).")
 
 
 class FaultInjector:
