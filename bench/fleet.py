@@ -206,8 +206,10 @@ class CpuSnapshot:
         used["local cloud (this process, its builders)"] = (
             self.own_s - before.own_s + max(0.0, self.reaped_s - before.reaped_s - flow_process_s)
             + delta(helpers))
-        revisions = mine - helpers
-        revisions |= {p.pid for p in self.table.values() if p.pgid in revisions}
+        revisions = mine - helpers  # revision processes, zygotes; then all they started or forked
+        while grown := {p.pid for p in self.table.values()
+                        if (p.ppid in revisions or p.pgid in revisions) and p.pid not in revisions}:
+            revisions |= grown
         used["revision processes"] = delta(revisions)
         busy = self.machine_busy_s - before.machine_busy_s
         used[OTHER_USERS] = max(0.0, busy - sum(used.values()))

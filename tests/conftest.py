@@ -17,6 +17,9 @@ SESSION_TMP = tempfile.mkdtemp(prefix="cf2run-tests-")
 os.environ["TMPDIR"] = tempfile.tempdir = SESSION_TMP
 os.environ["PREFECT_HOME"] = os.path.join(SESSION_TMP, "prefect-home")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+# As the CLI does: tests that call tasks' functions outside a flow (a rate limit) start Prefect's
+# ephemeral API, whose start can outlast Prefect's default 20 s on a busy machine.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 import pytest  # noqa: E402
 
