@@ -45,11 +45,9 @@ class SecretStore:
     def add_version(self, project: str, secret: str, data: bytes) -> int:
         """Store a new version of `secret` (created if needed); returns its number.
         InvalidSecretName when Secret Manager would refuse the project or secret id."""
-        if not _PROJECT_RE.match(project):
-            raise InvalidSecretName(f"project {project!r} is not a valid project id")
-        if not _ID_RE.match(secret):
-            raise InvalidSecretName(f"secret {secret!r} is not a valid secret id: use 1 to 255 letters, "
-                                    "digits, '_' and '-'")
+        problem = _id_problem(project, secret)
+        if problem is not None:
+            raise InvalidSecretName(problem)
         directory = self._dir(project, secret)
         with self._lock:
             directory.mkdir(parents=True, exist_ok=True)
@@ -65,6 +63,9 @@ class SecretStore:
 
     def access(self, project: str, secret: str, version: str = "latest") -> bytes:
         """The data of a version ('latest', a number); SecretMissing when there is none."""
+        if _id_problem(project, secret) is not None:
+            raise SecretMissing(f"Secret projects/{project}/secrets/{secret} was not found "
+                                "(not a valid project and secret id)")
         directory = self._dir(project, secret)
         with self._lock:
             numbers = self._versions(directory)
@@ -76,9 +77,6 @@ class SecretStore:
             return (directory / str(chosen)).read_bytes()
 
     def _dir(self, project: str, secret: str) -> Path:
-        if not _PROJECT_RE.match(project) or not _ID_RE.match(secret):
-            raise SecretMissing(f"Secret projects/{project}/secrets/{secret} was not found "
-                                "(not a valid project and secret id)")
         return self.root / project.replace(":", "_") / secret
 
     @staticmethod
@@ -86,3 +84,12 @@ class SecretStore:
         if not directory.is_dir():
             return []
         return [int(path.name) for path in directory.iterdir() if path.name.isdigit()]
+
+
+def _id_problem(project: str, secret: str) -> str | None:
+    """Why Secret Manager would refuse this project or secret id; None when it would not."""
+    if not _PROJECT_RE.match(project):
+        return f"project {project!r} is not a valid project id"
+    if not _ID_RE.match(secret):
+        return f"secret {secret!r} is not a valid secret id: use 1 to 255 letters, digits, '_' and '-'"
+    return None

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import IO
 
 from cf2run.localcloud import zygote_server
-from cf2run.localcloud.zygote_server import receive, send
+from cf2run.localcloud.zygote_server import pythonpath, receive, send
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,7 @@ class Key:
         """The key of ``python -S -m MODULE ...`` run in `cwd` with `env`; None for other commands."""
         if len(command) < 4 or command[0] != python or list(command[1:3]) != ["-S", "-m"]:
             return None
-        entries = env["PYTHONPATH"].split(os.pathsep) if env.get("PYTHONPATH") else []
-        path = tuple(os.path.realpath(os.path.join(cwd, entry)) for entry in entries)
+        path = tuple(os.path.realpath(os.path.join(cwd, entry)) for entry in pythonpath(env))
         startup = tuple(sorted((k, v) for k, v in env.items() if _STARTUP_ENV.fullmatch(k)))
         return Key(python, command[3], path, startup)
 

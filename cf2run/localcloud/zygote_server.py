@@ -43,7 +43,10 @@ import selectors  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
 import traceback  # noqa: E402
-from typing import Any, ClassVar  # noqa: E402
+from typing import TYPE_CHECKING, Any, ClassVar  # noqa: E402
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 MAX_MESSAGE = 1 << 20
 
@@ -68,7 +71,7 @@ def receive(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
 def main(argv: list[str]) -> int:
     sock = socket.socket(fileno=int(argv[1]))
     module, preload = argv[2], argv[3:]
-    layers = {os.path.abspath(entry) for entry in _pythonpath(os.environ)}
+    layers = {os.path.abspath(entry) for entry in pythonpath(os.environ)}
     stdlib = [entry for entry in sys.path if entry not in layers]
     os.environ.__class__ = _RecordingEnviron
     try:
@@ -205,7 +208,7 @@ def _become(request: dict[str, Any], output: int, stdlib: list[str]) -> None:
         os.environ.update(env)
         sys.dont_write_bytecode = bool(env.get("PYTHONDONTWRITEBYTECODE"))
         # As a new interpreter sets it: the working directory (-m), PYTHONPATH, the stdlib.
-        sys.path[:] = [os.getcwd(), *(os.path.abspath(entry) for entry in _pythonpath(env)), *stdlib]
+        sys.path[:] = [os.getcwd(), *(os.path.abspath(entry) for entry in pythonpath(env)), *stdlib]
         sys.path_importer_cache.clear()
         importlib.invalidate_caches()
         module, *args = request["argv"]
@@ -253,7 +256,8 @@ def _exit(code: int) -> None:
         os._exit(code & 0xFF)
 
 
-def _pythonpath(env: dict[str, str] | os._Environ[str]) -> list[str]:
+def pythonpath(env: Mapping[str, str]) -> list[str]:
+    """The PYTHONPATH entries of `env`, as the interpreter splits them."""
     value = env.get("PYTHONPATH")
     return value.split(os.pathsep) if value else []
 
