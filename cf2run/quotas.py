@@ -11,26 +11,27 @@ run more builds, or write to Cloud Run faster, than the project's quota allows:
 
 Set them to your project's quotas (IAM & Admin > Quotas) with `cf2run setup --builds N
 --run-writes-per-minute N`, or `prefect gcl update NAME --limit N`. A limit that does not
-exist is not waited for (Prefect logs a warning): `cf2run setup` and every fleet run create
+exist is not waited for (a warning is logged): `cf2run setup` and every fleet run create
 missing ones with the defaults, and never change existing ones.
 
-    with build_slot():          # around submitting a build and waiting for it
-        ...
+    with build_slot() as slot:  # around submitting a build and waiting for it
+        ...                     # slot.keep() on each poll renews its lease when due
     cloud_run_write()           # before each Cloud Run create/update/IAM write
 """
 
 from __future__ import annotations
 
 import functools
-import threading
+import sys
 from collections.abc import Collection, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-from prefect.concurrency.sync import concurrency, rate_limit
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from pydantic import BaseModel, ConfigDict, Field
+
+from cf2run.slots import LocalQueue, Slot, spend
 
 BUILD_LIMIT = "cf2run-cloud-build"
 RUN_WRITES_LIMIT = "cf2run-cloud-run-writes"
@@ -83,42 +84,36 @@ def ensure_limits(quotas: QuotaLimits | None = None, *, replace: Collection[str]
             except ObjectAlreadyExists:  # another fleet created it meanwhile
                 continue
             changed.append(limit.name)
-    _gate_for.cache_clear()  # this process' local gates follow what it changed
+    _queue_for.cache_clear()  # this process' local queues follow what it changed
     return changed
 
 
 @contextmanager
-def build_slot() -> Iterator[None]:
-    """Hold one slot of the concurrent-builds limit (waits while all are taken).
+def build_slot() -> Iterator[Slot]:
+    """Hold one slot of the concurrent-builds limit (waits while all are taken): a lease on it,
+    handed on to another thread of this process that waits for one, else given back (slots.py).
 
-    The threads of one process first queue on a local semaphore of the limit's size, so a
-    slot another thread of this process frees is taken at once: the server makes a refused
-    caller wait a Retry-After of up to 30 s (PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_
-    SLOT_WAIT_SECONDS), during which a free slot would stay idle. Other processes and workers
-    still share the limit through the server.
+    Queueing in the process first matters too: the server makes a refused caller wait a
+    Retry-After of up to 30 s (PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS),
+    during which a slot freed by a thread here would stay idle.
     """
-    with _local_gate(BUILD_LIMIT), concurrency(BUILD_LIMIT, occupy=1, lease_duration=BUILD_LEASE_S):
-        yield
-
-
-def _local_gate(name: str) -> AbstractContextManager[object]:
-    gate = _gate_for(name)
-    return gate if gate is not None else nullcontext()
+    with _queue_for(BUILD_LIMIT).slot(lambda: Slot.take(BUILD_LIMIT, BUILD_LEASE_S)) as slot:
+        yield slot
 
 
 @functools.cache
-def _gate_for(name: str) -> threading.BoundedSemaphore | None:
-    """A semaphore as big as the concurrency limit `name` (read once per process); None when
-    the limit does not exist or is inactive (then nothing is waited for)."""
+def _queue_for(name: str) -> LocalQueue:
+    """This process' queue for the concurrency limit `name`, as big as the limit (read once per
+    process); unbounded when the limit does not exist or is inactive (nothing is waited for)."""
     try:
         with get_client(sync_client=True) as client:
             limit = client.read_global_concurrency_limit_by_name(name)
     except ObjectNotFound:
-        return None
-    return threading.BoundedSemaphore(limit.limit) if limit.active else None
+        return LocalQueue(sys.maxsize)
+    return LocalQueue(limit.limit if limit.active else sys.maxsize)
 
 
 def cloud_run_write(writes: int = 1) -> None:
     """Wait until the Cloud Run writes rate limit allows `writes` more writes."""
     if writes > 0:
-        rate_limit(RUN_WRITES_LIMIT, occupy=writes)
+        spend(RUN_WRITES_LIMIT, writes)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from google.cloud.devtools import cloudbuild_v1
@@ -140,14 +141,14 @@ def submit_pack_build(spec: FunctionSpec, target: Target, archive: SourceArchive
         return BuiltImage(image=image, digest=existing.digest, cached=True)
 
     request = pack_build_request(spec, target, archive, image)
-    with build_slot():  # the project's concurrent-builds quota, shared by every flow run
+    with build_slot() as slot:  # the project's concurrent-builds quota, shared by every flow run
         operation = cloud.builds.create_build(
             parent=f"projects/{target.project}/locations/{target.region}",
             project_id=target.project, build=request)
         build_id = operation.metadata.build.id
         logger.info("build %s started for %s: %s", build_id, spec.name,
                     operation.metadata.build.log_url)
-        build = wait_for_build(cloud, target, build_id, spec.name)
+        build = wait_for_build(cloud, target, build_id, spec.name, keep=slot.keep)
     if build.status != cloudbuild_v1.Build.Status.SUCCESS:
         raise BuildFailed(
             f"build {build_id} of {spec.name} ended {build.status.name}: "
@@ -161,8 +162,10 @@ def submit_pack_build(spec: FunctionSpec, target: Target, archive: SourceArchive
                       cached=False)
 
 
-def wait_for_build(cloud: Cloud, target: Target, build_id: str, function: str) -> cloudbuild_v1.Build:
-    """Poll GetBuild at `cloud.polling.build` until the build ends (or its timeout passes)."""
+def wait_for_build(cloud: Cloud, target: Target, build_id: str, function: str,
+                   keep: Callable[[], None] = lambda: None) -> cloudbuild_v1.Build:
+    """Poll GetBuild at `cloud.polling.build` until the build ends (or its timeout passes);
+    `keep()` after every poll (the build slot renews its lease there)."""
     name = f"projects/{target.project}/locations/{target.region}/builds/{build_id}"
     deadline = time.monotonic() + target.build_timeout_s + 120
     backoff = cloud.polling.build
@@ -174,5 +177,6 @@ def wait_for_build(cloud: Cloud, target: Target, build_id: str, function: str) -
         if time.monotonic() > deadline:
             raise BuildFailed(f"build {build_id} of {function} still {build.status.name} after "
                               f"{target.build_timeout_s}s (its timeout); log: {build.log_url}")
+        keep()
         time.sleep(delay)
         delay = backoff.after(delay)

@@ -1,0 +1,180 @@
+"""Slots of Prefect global concurrency limits, taken through the caller's own API client.
+
+The same endpoints as `prefect.concurrency.sync.concurrency` and `rate_limit`, for less: those
+helpers open new API clients and a lease-renewal thread on every use and emit
+acquired/released events, ~0.18 CPU-s per build slot across the flow process, the server and
+its database, and two round trips to a server that, during a fleet, is busy recording task
+runs (bench/README.md). Here a slot is one request to take and one to give back, made with
+the task run's client, its lease renewed by whoever holds it (`Slot.keep()`, called on every
+poll of what the slot guards), and:
+
+- `LocalQueue`: the threads of one process queue for a limit locally, at most its size at a
+  time, and a thread done with its slot hands the lease straight to a thread of the same
+  process waiting for one (no round trip). A lease goes back to the server only when no
+  thread here waits for it, so the process never keeps a slot nobody uses. Other processes
+  and workers get slots through the server as before: Prefect makes a refused caller poll
+  again after a Retry-After of seconds, so a slot given back and taken again within
+  milliseconds (what the threads here would do without the hand-over) went to this process
+  anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+from uuid import UUID
+
+import httpx
+from prefect import get_run_logger
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+from prefect.client.schemas.responses import ConcurrencyLimitWithLeaseResponse
+from prefect.context import TaskRunContext
+from prefect.exceptions import MissingContextError
+
+#: A lease is renewed once this share of it has passed.
+RENEW_AFTER = 0.75
+
+
+class Slot:
+    """A slot of a concurrency limit held under a lease (`lease_id` None: the limit does not
+    exist, nothing is held). Any thread of the process may keep or release it."""
+
+    def __init__(self, lease_id: UUID | None, lease_s: float) -> None:
+        self.lease_id, self.lease_s = lease_id, lease_s
+        self._renew_at = time.monotonic() + RENEW_AFTER * lease_s
+
+    @classmethod
+    def take(cls, limit: str, lease_s: float) -> Slot:
+        """Wait until the server grants one slot of `limit`, leased to the current task run (the
+        limit shows that one as the holder, also after the lease was handed on)."""
+        with get_client(sync_client=True) as client:
+            granted = ConcurrencyLimitWithLeaseResponse.model_validate(_granted(
+                lambda: client.increment_concurrency_slots_with_lease(
+                    names=[limit], slots=1, mode="concurrency", lease_duration=lease_s,
+                    holder=_holder())))
+        if not granted.limits:
+            _missing(limit)
+            return cls(None, lease_s)
+        return cls(granted.lease_id, lease_s)
+
+    def keep(self) -> None:
+        """Renew the lease if three quarters of it have passed (a failure is logged: the slot
+        may then be counted free by the server before this holder is done, as with Prefect)."""
+        if self.lease_id is None or time.monotonic() < self._renew_at:
+            return
+        self._renew_at = time.monotonic() + RENEW_AFTER * self.lease_s
+        self._call("renew", lambda client: client.renew_concurrency_lease(
+            lease_id=self.lease_id, lease_duration=self.lease_s))
+
+    def release(self) -> None:
+        """Give the slot back to the server (a failure is logged: the lease then runs out)."""
+        if self.lease_id is not None:
+            self._call("release", lambda client: client.release_concurrency_slots_with_lease(
+                lease_id=self.lease_id))
+
+    def _call(self, what: str, request: Callable[[Any], object]) -> None:
+        try:
+            with get_client(sync_client=True) as client:
+                request(client)
+        except httpx.HTTPError as error:
+            _logger().warning("could not %s concurrency lease %s (%s); the server frees its slot "
+                              "when the lease runs out, at most %.0f s from its last renewal",
+                              what, self.lease_id, error, self.lease_s)
+
+
+class LocalQueue:
+    """This process' queue for one concurrency limit of `size` slots (see the module doc)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._inside = 0  # threads holding a slot, or taking one from the server
+        self._waiting = 0
+        self._handed: list[Slot] = []  # slots given up by a thread for a waiting one
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def slot(self, take: Callable[[], Slot]) -> Iterator[Slot]:
+        """Hold a slot: one handed on by a thread of this process, or `take()` from the server."""
+        slot = self._enter() or self._taken(take)
+        try:
+            yield slot
+        finally:
+            if not self._handed_on(slot):
+                slot.release()
+
+    def _enter(self) -> Slot | None:
+        with self._changed:
+            self._waiting += 1
+            try:
+                while not self._handed and self._inside >= self.size:
+                    self._changed.wait()
+            finally:
+                self._waiting -= 1
+            if self._handed:
+                return self._handed.pop()
+            self._inside += 1
+            return None
+
+    def _taken(self, take: Callable[[], Slot]) -> Slot:
+        try:
+            return take()
+        except BaseException:
+            self._leave()
+            raise
+
+    def _handed_on(self, slot: Slot) -> bool:
+        with self._changed:
+            if self._waiting > len(self._handed):
+                self._handed.append(slot)
+                self._changed.notify()
+                return True
+        self._leave()
+        return False
+
+    def _leave(self) -> None:
+        with self._changed:
+            self._inside -= 1
+            self._changed.notify()
+
+
+def spend(rate_limit: str, slots: int) -> None:
+    """Wait until `rate_limit` allows `slots` more, and take them (they decay by themselves)."""
+    with get_client(sync_client=True) as client:
+        if not _granted(lambda: client.increment_concurrency_slots(
+                names=[rate_limit], slots=slots, mode="rate_limit")):
+            _missing(rate_limit)
+
+
+def _granted(increment: Callable[[], httpx.Response]) -> Any:
+    """Ask for slots until the server grants them; its JSON answer. A refusal (423 Locked)
+    says how long to wait (Retry-After), which Prefect's own helpers obey too."""
+    while True:
+        try:
+            return increment().json()
+        except httpx.HTTPStatusError as refused:
+            if refused.response.status_code != 423:
+                raise
+            time.sleep(float(refused.response.headers.get("Retry-After", 1.0)))
+
+
+def _holder() -> ConcurrencyLeaseHolder | None:
+    """The task run taking the slot, so the limit shows who holds it."""
+    context = TaskRunContext.get()
+    return None if context is None else ConcurrencyLeaseHolder(type="task_run", id=context.task_run.id)
+
+
+def _missing(limit: str) -> None:
+    _logger().warning("the Prefect limit %s does not exist, so nothing is waited for; create it "
+                      "with `cf2run setup`", limit)
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("cf2run.slots")

@@ -1,0 +1,135 @@
+"""Slots of Prefect global concurrency limits (cf2run/slots.py), against a real Prefect server:
+what another fleet or worker sharing the limit sees, and what the threads of one process see."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+from cf2run.slots import LocalQueue, Slot, spend
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+LEASE_S = 60.0  # the shortest lease the server accepts
+
+
+@pytest.fixture
+def client() -> Iterator[SyncPrefectClient]:
+    with get_client(sync_client=True) as client:
+        yield client
+
+
+@pytest.fixture
+def limit(client: SyncPrefectClient) -> Iterator[str]:
+    """A concurrency limit of one slot, only this test's."""
+    name = f"cf2run-test-{uuid.uuid4().hex[:12]}"
+    client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+    yield name
+    client.delete_global_concurrency_limit_by_name(name)
+
+
+def active(client: SyncPrefectClient, name: str) -> int:
+    return client.read_global_concurrency_limit_by_name(name).active_slots
+
+
+def test_a_slot_is_held_on_the_server_and_given_back_even_when_the_work_fails(
+        client: SyncPrefectClient, limit: str) -> None:
+    queue = LocalQueue(1)
+    with pytest.raises(RuntimeError), queue.slot(lambda: Slot.take(limit, LEASE_S)) as slot:
+        assert slot.lease_id is not None
+        assert active(client, limit) == 1, "other fleets and workers must see the slot taken"
+        raise RuntimeError("the build broke")
+    assert active(client, limit) == 0
+
+
+def test_a_thread_waiting_in_the_same_process_gets_the_lease_handed_on(
+        client: SyncPrefectClient, limit: str) -> None:
+    queue = LocalQueue(1)
+    leases: dict[str, object] = {}
+    first_in = threading.Event()
+
+    def first() -> None:
+        with queue.slot(lambda: Slot.take(limit, LEASE_S)) as slot:
+            leases["first"] = slot.lease_id
+            first_in.set()
+            deadline = time.monotonic() + 10
+            while queue._waiting < 1 and time.monotonic() < deadline:  # the second thread waits
+                time.sleep(0.01)
+
+    def second() -> None:
+        first_in.wait(10)
+        with queue.slot(lambda: Slot.take(limit, LEASE_S)) as slot:
+            leases["second"] = slot.lease_id
+            leases["active while second holds it"] = active(client, limit)
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert leases["second"] == leases["first"], "the lease should go to the waiting thread directly"
+    assert leases["active while second holds it"] == 1
+    assert active(client, limit) == 0, "with nobody waiting, the slot goes back to the server"
+
+
+def test_a_slot_held_elsewhere_is_waited_for_until_given_back(client: SyncPrefectClient, limit: str) -> None:
+    elsewhere = Slot.take(limit, LEASE_S)  # another fleet's process, as far as this one can tell
+    got_it = threading.Event()
+
+    def wait_for_it() -> None:
+        with LocalQueue(1).slot(lambda: Slot.take(limit, LEASE_S)):
+            got_it.set()
+
+    waiter = threading.Thread(target=wait_for_it)
+    waiter.start()
+    assert not got_it.wait(2.0), "a slot held by another process was taken twice"
+    elsewhere.release()
+    assert got_it.wait(40), "the slot given back elsewhere was never taken here"
+    waiter.join(10)
+    assert active(client, limit) == 0
+
+
+def test_a_due_lease_is_renewed_and_a_lost_one_only_warns(
+        limit: str, caplog: pytest.LogCaptureFixture) -> None:
+    slot = Slot.take(limit, LEASE_S)
+    slot._renew_at = 0.0  # due now, instead of in 45 s
+    with caplog.at_level(logging.WARNING, logger="cf2run.slots"):
+        slot.keep()
+    assert not caplog.records, caplog.text
+    slot.release()
+    slot._renew_at = 0.0
+    with caplog.at_level(logging.WARNING, logger="cf2run.slots"):
+        slot.keep()
+    assert "could not renew concurrency lease" in caplog.text
+
+
+def test_a_missing_limit_is_not_waited_for_and_says_how_to_create_it(
+        caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="cf2run.slots"):
+        slot = Slot.take("cf2run-test-no-such-limit", LEASE_S)
+        spend("cf2run-test-no-such-rate-limit", 1)
+    assert slot.lease_id is None
+    assert caplog.text.count("does not exist") == 2 and "cf2run setup" in caplog.text
+
+
+def test_a_rate_limit_lets_a_burst_through_then_paces(client: SyncPrefectClient) -> None:
+    name = f"cf2run-test-{uuid.uuid4().hex[:12]}"
+    client.create_global_concurrency_limit(
+        GlobalConcurrencyLimitCreate(name=name, limit=2, slot_decay_per_second=2.0))
+    try:
+        started = time.monotonic()
+        spend(name, 2)
+        burst = time.monotonic() - started
+        spend(name, 1)
+        paced = time.monotonic() - started
+    finally:
+        client.delete_global_concurrency_limit_by_name(name)
+    assert burst < paced, (burst, paced)
+    assert paced >= 0.3, "the third write within a second of two went through unpaced"
