@@ -67,12 +67,16 @@ from _common import (
     seconds,
     write_section,
 )
-from fleet_report import MAX_PARALLEL, OTHER_USERS, STEPS, BuildTimes, Figures, Run, report
+from fleet_report import MAX_PARALLEL, OTHER_USERS, PREFECT_PARTS, STEPS, BuildTimes, Figures, Run, report
 
 SECTION = "fleet"
 PROJECT = "local-project"
 PARENT = f"projects/{PROJECT}/locations/us-central1"
 SERVER_START_S = 180.0
+#: The Prefect server and Postgres count as idle below this many CPU seconds a second (an
+#: idle `prefect server start` uses ~0.04 for its loop services).
+IDLE_CPU_S_PER_S = 0.15
+BACKLOG_MAX_S = 180.0
 
 
 # -- the synthetic fleet ---------------------------------------------------------------------------
@@ -142,18 +146,20 @@ def child(args: argparse.Namespace) -> int:
 
 
 def orchestration_only(names: list[str], max_parallel: int) -> None:
-    """(e): (a)'s shape in Prefect with nothing inside: a flow whose `function[NAME]` task runs
-    (at most `max_parallel` at once) each run six step task runs that return at once, uncached.
-    What orchestrating a fleet costs before any step does any work."""
+    """(e): (a)'s shape in Prefect with nothing inside: a flow in which each function (at most
+    `max_parallel` at once, in threads with the flow run's context, as migrate_fleet's local
+    fanout) runs six step task runs that return at once, uncached. What orchestrating a fleet
+    costs before any step does any work."""
+    import contextvars
+    from concurrent.futures import ThreadPoolExecutor
+
     from prefect import flow, task
     from prefect.cache_policies import NO_CACHE
-    from prefect.task_runners import ThreadPoolTaskRunner
 
     @task(name="step", task_run_name="{step}[{name}]", cache_policy=NO_CACHE)
     def step(step: str, name: str) -> str:
         return name
 
-    @task(name="function", task_run_name="function[{name}]", cache_policy=NO_CACHE)
     def function(name: str) -> str:
         for each in STEPS:
             step(each, name)
@@ -161,8 +167,8 @@ def orchestration_only(names: list[str], max_parallel: int) -> None:
 
     @flow(name="orchestration-only")
     def fleet_shape(names: list[str]) -> None:
-        with ThreadPoolTaskRunner[Any](max_workers=min(max_parallel, len(names))) as runner:
-            for future in [runner.submit(function, {"name": name}) for name in names]:
+        with ThreadPoolExecutor(max_workers=min(max_parallel, len(names))) as pool:
+            for future in [pool.submit(contextvars.copy_context().run, function, name) for name in names]:
                 future.result()
 
     fleet_shape(names)
@@ -240,9 +246,30 @@ class Children:
         run = Run(**json.loads(out.read_text()))
         run.process_wall_s = process_wall_s
         run.cpu = after.used_since(before, run.cpu_total_s, self.groups)
+        run.backlog_cpu_s, run.backlog_wall_s = self.backlog()
         for problem in run.failed():  # reported, not fatal: a failure under load is a finding too
             print(f"  {phase}: FAILED {problem}", flush=True)
         return run
+
+
+    def backlog(self) -> tuple[float, float]:
+        """The CPU seconds the Prefect server and its database go on using after a flow process
+        ended (recording its task runs from the events it sent), until they are idle again, and
+        how long that took. The next measurement starts on an idle server."""
+        api = {pgid for name, pgid in self.groups.items() if name in PREFECT_PARTS}
+
+        def used() -> float:
+            return sum(p.own_s + p.reaped_s for p in processes().values() if p.pgid in api)
+
+        start, watch = used(), Stopwatch()
+        last = start
+        while watch.elapsed < BACKLOG_MAX_S:
+            time.sleep(1.0)
+            now = used()
+            if now - last < IDLE_CPU_S_PER_S:
+                return now - start, watch.elapsed
+            last = now
+        return last - start, watch.elapsed
 
 
 # -- the cloud's side ------------------------------------------------------------------------------

@@ -4,11 +4,13 @@ The quotas the fleet shares are taken by the steps themselves (tasks/build.py ho
 the concurrent-builds limit while its build runs; the Cloud Run writes take the rate limit),
 so several fleets and workers share them too.
 
-- `fanout="local"`: the migrate-function steps run in this process, as task runs inside this
-  task (no flow run per function: a subflow costs the Prefect server several times what the
-  steps' task runs do, see bench/README.md).
-- `fanout="deployments"`: a run of the migrate-function deployment (`run_deployment`), so any
-  worker on the pool takes it; its `MigrationResult` is read back from Prefect's result
+- `fanout="local"` (`migrate_here`): the migrate-function steps run in this process, as task
+  runs of the fleet's flow run (`build[NAME]`; a failed step's task run ends Failed). No flow
+  run and no wrapper task run per function: each costs the Prefect server about what a step's
+  task run costs, and orchestration is most of a fleet's CPU (bench/README.md).
+- `fanout="deployments"` (`migrate_on_a_worker`, a `function[NAME]` task run that ends Failed
+  when the function failed): a run of the migrate-function deployment (`run_deployment`), so
+  any worker on the pool takes it; its `MigrationResult` is read back from Prefect's result
   storage (shared by the workers: the same `PREFECT_HOME` on one machine, a storage block
   otherwise).
 
@@ -57,26 +59,37 @@ def load(manifest: Path | str | Manifest, target: Target | None = None,
         raise SpecError(f"{where}: {error.message}", hint=error.hint) from None
 
 
-@task(name="function", task_run_name="function[{spec.name}]", cache_policy=NO_CACHE)
-def migrate_one(spec: FunctionSpec, target: Target, fanout: Fanout = "local") -> State[MigrationResult]:
-    """Migrate one function of a fleet. Its task run ends Failed when the function failed (so
-    the UI shows which), with the failed result as its data: every failure is a result."""
+def migrate_here(spec: FunctionSpec, target: Target) -> MigrationResult:
+    """Migrate one function of a fleet in this process: every failure is a result."""
     try:
-        result = migrate(spec, target) if fanout == "local" else migrate_on_a_worker(spec, target)
+        return migrate(spec, target)
+    except Exception as error:  # the orchestration itself broke (e.g. the API went away)
+        return broken(spec, error)
+
+
+@task(name="function", task_run_name="function[{spec.name}]", cache_policy=NO_CACHE)
+def migrate_on_a_worker(spec: FunctionSpec, target: Target) -> State[MigrationResult]:
+    """Run the migrate-function deployment for `spec`, wait for it, and read its result. The
+    task run ends Failed when the function failed (so the UI shows which), with the failed
+    result as its data: every failure is a result."""
+    try:
+        result = result_of(_run_deployment(spec, target), spec.name)
     except Exception as error:  # the orchestration itself broke (API down, deployment missing)
-        result = MigrationResult(function=spec.name, status="failed", failed_step="flow",
-                                 message=f"{type(error).__name__}: {error}")
+        result = broken(spec, error)
     return final_state(result)
 
 
-def migrate_on_a_worker(spec: FunctionSpec, target: Target) -> MigrationResult:
-    """Run the migrate-function deployment for `spec`, wait for it, and read its result."""
-    run = cast(FlowRun, run_deployment(
+def broken(spec: FunctionSpec, error: Exception) -> MigrationResult:
+    return MigrationResult(function=spec.name, status="failed", failed_step="flow",
+                           message=f"{type(error).__name__}: {error}")
+
+
+def _run_deployment(spec: FunctionSpec, target: Target) -> FlowRun:
+    return cast(FlowRun, run_deployment(
         MIGRATE_FUNCTION_DEPLOYMENT,
         parameters={"spec": portable(spec), "target": target.model_dump(mode="json")},
         idempotency_key=f"{flow_run.get_id()}-{spec.name}" if flow_run.get_id() else None,
         poll_interval=POLL_S, timeout=None))
-    return result_of(run, spec.name)
 
 
 def portable(spec: FunctionSpec) -> dict[str, Any]:

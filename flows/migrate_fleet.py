@@ -13,7 +13,10 @@ The run ends Completed when every function passed, Failed (with the count) other
 
 from __future__ import annotations
 
+import contextvars
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Annotated, Any, cast
 from uuid import UUID
@@ -25,13 +28,11 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
-from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
-from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
-from cf2run.fleet import Fanout, load, migrate_one
+from cf2run.fleet import Fanout, load, migrate_here, migrate_on_a_worker
 from cf2run.fleet_plan import FunctionPlan, plan_function
 from cf2run.fleet_report import FleetReport
 from cf2run.quotas import ensure_limits
@@ -98,24 +99,32 @@ def migrate_fleet(
 
 
 def _fan_out(fleet: Manifest, max_parallel: int, dry_run: bool, fanout: Fanout) -> list[Any]:
-    """Each function's outcome (or exception), in manifest order; a progress artifact meanwhile."""
+    """Each function's outcome (or exception), in manifest order; a progress artifact meanwhile.
+
+    At most `max_parallel` threads, each with a copy of this flow run's context, so the task
+    runs a function's steps make are this flow run's (as Prefect's ThreadPoolTaskRunner does).
+    """
     specs, total = fleet.functions, len(fleet.functions)
     progress = cast(UUID, create_progress_artifact(0.0, description=f"0 of {total} functions done"))
-    with ThreadPoolTaskRunner[Any](max_workers=min(max_parallel, total)) as runner:
-        futures: list[PrefectFuture[Any]] = []
-        for spec in specs:
-            if dry_run:
-                futures.append(runner.submit(plan_function, {"spec": spec, "target": fleet.target}))
-            else:
-                futures.append(runner.submit(
-                    migrate_one, {"spec": spec, "target": fleet.target, "fanout": fanout}))
+    one = _one_function(fleet.target, dry_run, fanout)
+    with ThreadPoolExecutor(max_workers=min(max_parallel, total), thread_name_prefix="fleet") as pool:
+        futures = [pool.submit(contextvars.copy_context().run, one, spec) for spec in specs]
         shown = time.monotonic()
         for done, _ in enumerate(as_completed(futures), start=1):
             if done == total or time.monotonic() - shown >= PROGRESS_EVERY_S:
                 shown = time.monotonic()
                 update_progress_artifact(progress, 100.0 * done / total,
                                          description=f"{done} of {total} functions done")
-    return [future.result(raise_on_failure=False) for future in futures]
+    return [future.exception() or future.result() for future in futures]
+
+
+def _one_function(target: Target, dry_run: bool, fanout: Fanout) -> Callable[[FunctionSpec], Any]:
+    """What a fleet does with each function: its plan, its migration here, or on a worker."""
+    if dry_run:
+        return lambda spec: plan_function(spec, target, return_state=True).result(raise_on_failure=False)
+    if fanout == "local":
+        return lambda spec: migrate_here(spec, target)
+    return lambda spec: migrate_on_a_worker(spec, target, return_state=True).result(raise_on_failure=False)
 
 
 def _as_result(spec: FunctionSpec, outcome: Any) -> MigrationResult:

@@ -9,8 +9,8 @@ tag and the previous revision keeps serving, untouched.
 
 Each step is a Prefect task run named after the step and the function (`build[orders-api]`),
 retried only on transient errors and cached across flow runs on its content. `migrate` runs
-the steps wherever it is called (this flow, or a fleet's `function[NAME]` task: no flow run
-per function there) and returns a `MigrationResult`; the flow publishes it (a summary, the
+the steps wherever it is called (this flow, or a fleet's thread: no flow run per function
+there) and returns a `MigrationResult`; the flow publishes it (a summary, the
 service URL and the build log as artifacts) and ends Failed, naming the step, when a step
 failed.
 """
@@ -75,7 +75,7 @@ def migrate_function(spec: FunctionSpec, target: Target | None = None) -> State[
 
 def final_state(result: MigrationResult) -> State[MigrationResult]:
     """Failed, naming the step, when the migration failed; Completed otherwise. The result is
-    the state's data either way (a flow's or a fleet's `function[NAME]` task run's)."""
+    the state's data either way (a flow run's, or a fleet's `function[NAME]` task run's)."""
     if result.status == "failed":
         return Failed(message=f"{result.function}: {result.failed_step} failed: {result.message}",
                       data=result)
@@ -84,7 +84,7 @@ def final_state(result: MigrationResult) -> State[MigrationResult]:
 
 def migrate(spec: FunctionSpec, target: Target) -> MigrationResult:
     """The steps of one migration, as task runs of whatever flow or task calls this (the
-    migrate-function flow, or a fleet's `function[NAME]` task); a failure is the result's
+    migrate-function flow, or a fleet's flow run, in one of its threads); a failure is the result's
     `failed_step` and `message`, never an exception."""
     logger = get_run_logger()
     steps = _Steps()
