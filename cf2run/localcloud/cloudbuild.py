@@ -9,7 +9,8 @@ worker threads:
   local cloud stopped mid-build), with create/start/finish times, step statuses and timings,
   ``results.images[].digest``;
 - at most ``settings.max_concurrent_builds`` builds WORKING (read live); the others wait QUEUED,
-  first come first served; ``settings.build_latency_s`` extra seconds WORKING;
+  first come first served; a build stays WORKING at least ``settings.build_latency_s`` (its
+  real work included, as a remote build of that length; the push comes after);
   ``settings.fail_builds_matching`` fails builds of matching images;
 - the build log goes to ``LOGS_BUCKET/log-ID.txt`` in the storage emulator as the build runs
   (``logs_bucket`` defaults to ``gs://PROJECT_cloudbuild_logs``); ``log_url`` downloads it;
@@ -299,15 +300,16 @@ class CloudBuildService:
     def _execute(self, job: _Job) -> None:
         build = job.build
         storage = self._storage(job)
+        working = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="cf2run-cloudbuild-") as tmp:
             workspace = Path(tmp) / "workspace"
             self._fetch_source(job, storage, workspace)
-            self._simulated_latency(job)
             self._log(job, "BUILD")
             builder: str | None = None
             built: dict[str, str] = {}
             for index, step in enumerate(build.steps):
                 builder = self._run_step(job, index, step, workspace, builder, built)
+            self._simulated_latency(job, working)
             self._push(job, built)
         self._log(job, "DONE")
 
@@ -329,9 +331,10 @@ class CloudBuildService:
         with self._lock:
             job.build.timing["FETCHSOURCE"] = cloudbuild_v1.TimeSpan(start_time=started, end_time=_now())
 
-    def _simulated_latency(self, job: _Job) -> None:
-        latency = self.settings.build_latency_s
-        if latency > 0 and job.cancel.wait(latency):
+    def _simulated_latency(self, job: _Job, working: float) -> None:
+        """Wait (cancellably) until the build has been WORKING `build_latency_s` since `working`."""
+        left = self.settings.build_latency_s - (time.monotonic() - working)
+        if left > 0 and job.cancel.wait(left):
             raise _Stopped()
 
     def _run_step(self, job: _Job, index: int, step: Any, workspace: Path, builder: str | None,

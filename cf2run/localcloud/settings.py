@@ -59,8 +59,9 @@ class LocalCloudSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="CF2RUN_LOCALCLOUD_", validate_assignment=True)
 
-    build_latency_s: float = Field(default=0.0, ge=0,
-                                   description="Extra seconds every build spends WORKING.")
+    build_latency_s: float = Field(
+        default=0.0, ge=0, description="Seconds every build stays WORKING at least, its real work "
+                                       "included (as a remote build of that length would).")
     deploy_latency_s: float = Field(default=0.0, ge=0,
                                     description="Extra seconds every Cloud Run write takes.")
     max_concurrent_builds: int = Field(default=10, ge=1,
