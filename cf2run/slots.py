@@ -15,16 +15,17 @@ poll of what the slot guards), and:
   and workers get slots through the server as before: Prefect makes a refused caller poll
   again after a Retry-After of seconds, so a slot given back and taken again within
   milliseconds (what the threads here would do without the hand-over) went to this process
-  anyway.
+  anyway. Its lanes (`LocalQueue.lane()`) bound how many threads prepare for a slot at once.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 from uuid import UUID
 
@@ -90,12 +91,24 @@ class Slot:
 class LocalQueue:
     """This process' queue for one concurrency limit of `size` slots (see the module doc)."""
 
+    #: Threads that may prepare for a slot at once (`lane`), per slot.
+    LANES_PER_SLOT = 2
+
     def __init__(self, size: int) -> None:
         self.size = size
+        self._lanes: AbstractContextManager[object] = (
+            nullcontext() if size == sys.maxsize else threading.BoundedSemaphore(self.LANES_PER_SLOT * size))
         self._inside = 0  # threads holding a slot, or taking one from the server
         self._waiting = 0
         self._handed: list[Slot] = []  # slots given up by a thread for a waiting one
         self._changed = threading.Condition()
+
+    def lane(self) -> AbstractContextManager[object]:
+        """Hold one of the lanes to this queue: at most `LANES_PER_SLOT` x `size` threads may be
+        between starting to prepare for a slot (e.g. packaging what they will build) and the
+        end of their use of it, so the first ones are ready soon and a ready one is waiting
+        when a slot frees; the others wait here first, idle."""
+        return self._lanes
 
     @contextmanager
     def slot(self, take: Callable[[], Slot]) -> Iterator[Slot]:

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
+from contextlib import ExitStack
 from typing import Any, TypeVar, cast
 
 from prefect import Task, flow, get_run_logger
@@ -27,6 +29,7 @@ from prefect.states import Completed, Failed, State
 
 from cf2run import events
 from cf2run.errors import ImageVerificationError, SmokeTestFailed
+from cf2run.quotas import build_lane
 from cf2run.results import Deployment, MigrationResult, SmokeResult
 from cf2run.spec import FunctionSpec, Target
 from tasks.build import submit_pack_build
@@ -86,6 +89,12 @@ def migrate(spec: FunctionSpec, target: Target) -> MigrationResult:
     """The steps of one migration, as task runs of whatever flow or task calls this (the
     migrate-function flow, or a fleet's flow run, in one of its threads); a failure is the result's
     `failed_step` and `message`, never an exception."""
+    with ExitStack() as lane:
+        lane.enter_context(build_lane())  # packaged just in time for a build slot
+        return _migrate(spec, target, leave_lane=lane.close)
+
+
+def _migrate(spec: FunctionSpec, target: Target, leave_lane: Callable[[], None]) -> MigrationResult:
     logger = get_run_logger()
     steps = _Steps()
     result = MigrationResult(function=spec.name, status="failed",
@@ -96,6 +105,7 @@ def migrate(spec: FunctionSpec, target: Target) -> MigrationResult:
     try:
         archive = steps.run("package", package_source, spec, target)
         built = steps.run("build", submit_pack_build, spec, target, archive)
+        leave_lane()
         try:
             image = steps.run("verify", verify_image, spec, target, built)
         except ImageVerificationError as error:
