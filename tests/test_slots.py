@@ -133,3 +133,47 @@ def test_a_rate_limit_lets_a_burst_through_then_paces(client: SyncPrefectClient)
         client.delete_global_concurrency_limit_by_name(name)
     assert burst < paced, (burst, paced)
     assert paced >= 0.3, "the third write within a second of two went through unpaced"
+
+
+def test_lanes_let_twice_the_slots_prepare_at_once_and_the_rest_wait() -> None:
+    queue, inside, most = LocalQueue(2), [0], [0]
+    lock, go = threading.Lock(), threading.Event()
+
+    def prepare() -> None:
+        with queue.lane():
+            with lock:
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+            go.wait(10)
+            with lock:
+                inside[0] -= 1
+
+    threads = [threading.Thread(target=prepare) for _ in range(7)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)
+    with lock:
+        assert inside[0] == 2 * LocalQueue.LANES_PER_SLOT, "not as many lanes as twice the size"
+    go.set()
+    for thread in threads:
+        thread.join(10)
+    assert most[0] == 4 and inside[0] == 0
+
+
+def test_threads_asking_together_share_one_queue_per_limit(limit: str) -> None:
+    from cf2run import quotas
+
+    seen: list[LocalQueue] = []
+    start = threading.Barrier(8)
+
+    def ask() -> None:
+        start.wait(10)
+        seen.append(quotas._queue_for(limit))
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(seen) == 8 and len({id(queue) for queue in seen}) == 1
+    assert seen[0].size == 1
