@@ -5,14 +5,14 @@
 
 N synthetic Python HTTP functions (a distinct two-line source each, so each needs its own
 build; no requirements, so all share one dependency layer, made once by an untimed warm-up)
-against an in-process `LocalCloud` whose builds take B extra seconds WORKING
-(`build_latency_s`) and of which at most Q run at once (`max_concurrent_builds`, and the
-Prefect limit `cf2run-cloud-build` set to Q with `cf2run.quotas.ensure_limits`). Prefect
-API: a temporary `prefect server start` on a throw-away Postgres cluster (default; what the
-README recommends for fleets) or on SQLite (`--prefect-db sqlite`), PREFECT_HOME in a temporary
-directory, so every cache starts empty. Each measured flow runs in a fresh Python process
-(`--child`, as a worker's flow-run process would); its wall time is taken inside that
-process around the flow call (imports excluded). In one run:
+against an in-process `LocalCloud` whose builds stay WORKING at least B seconds, their real
+work included, as a remote build of that length (`build_latency_s`), and of which at most Q run
+at once (`max_concurrent_builds`, and the Prefect limit `cf2run-cloud-build` set to Q with
+`cf2run.quotas.ensure_limits`). Prefect API: a temporary `prefect server start` on a throw-away
+Postgres cluster (default; what the README recommends for fleets) or on SQLite (`--prefect-db
+sqlite`), PREFECT_HOME in a temporary directory, so every cache starts empty. Each measured
+flow runs in a fresh Python process (`--child`, as a worker's flow-run process would); its wall
+time is taken inside that process around the flow call (imports excluded). In one run:
 
 (a) `migrate_fleet(manifest, max_parallel=min(N, 500), fanout="local")`, wall time; ratio to
     the ideal ceil(N/Q)*B + D, with D the median time one function spends outside its

@@ -250,7 +250,8 @@ def build_rows(f: Figures) -> list[list[str]]:
         return [what, f"{median(values):.2f}", f"{max(values):.2f}", ""]
 
     return [
-        row("Cloud Build: WORKING per build (B + the real warm build)", [x.working for x in f.builds_fleet]),
+        row("Cloud Build: WORKING per build (at least B, the real warm build included, then the push)",
+            [x.working for x in f.builds_fleet]),
         row("Cloud Build: QUEUED per build", [x.queued for x in f.builds_fleet]),
         row(f"build seen by tasks/build.py's local GetBuild backoff (`LOCAL_POLLING.build`: {p.first_s:g} s "
             f"x{p.factor:g} … {p.maximum_s:g} s) after finishing (derived)",
