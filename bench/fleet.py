@@ -25,9 +25,10 @@ time is taken inside that process around the flow call (imports excluded). In on
 (d) the flow process' peak RSS (VmHWM = ru_maxrss, whole process, from its start) for the
     cached rerun (c) at N, and for a dry run of --cached-n functions (1000 real revisions
     would not fit in memory; see README for what exactly that measures);
-(e) Prefect alone: (a)'s shape (a `function` task run per function, six step task runs in
-    each, same max_parallel) with steps that do nothing, against the same server: what the
-    orchestration costs before any step works, and its share of the CPU the goal leaves.
+(e) Prefect alone: (a)'s shape (a thread per function with the flow run's context, six step
+    task runs in each, same max_parallel) with steps that do nothing, against the same server:
+    what the orchestration costs before any step works (the server's backlog included), and
+    its share of the CPU the goal leaves.
 
 This module measures; bench/fleet_report.py holds the figures and writes the report.
 """
