@@ -35,7 +35,7 @@ from cf2run.slots import LocalQueue, Slot, spend
 
 BUILD_LIMIT = "cf2run-cloud-build"
 RUN_WRITES_LIMIT = "cf2run-cloud-run-writes"
-#: A build holds its slot at most this long without renewal (Prefect renews it while it runs).
+#: A build holds its slot at most this long without renewal (its polling renews it, Slot.keep).
 BUILD_LEASE_S = 300.0
 
 
