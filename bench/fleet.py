@@ -252,7 +252,6 @@ class Children:
             print(f"  {phase}: FAILED {problem}", flush=True)
         return run
 
-
     def backlog(self) -> tuple[float, float]:
         """The CPU seconds the Prefect server and its database go on using after a flow process
         ended (recording its task runs from the events it sent), until they are idle again, and
