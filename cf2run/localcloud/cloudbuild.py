@@ -10,11 +10,13 @@ worker threads:
   ``results.images[].digest``;
 - at most ``settings.max_concurrent_builds`` builds WORKING (read live); the others wait QUEUED,
   first come first served; a build stays WORKING at least ``settings.build_latency_s`` (its
-  real work included, as a remote build of that length; the push comes after);
+  real work, push included, as a remote build of that length);
   ``settings.fail_builds_matching`` fails builds of matching images;
 - the build log goes to ``LOGS_BUCKET/log-ID.txt`` in the storage emulator as the build runs
-  (``logs_bucket`` defaults to ``gs://PROJECT_cloudbuild_logs``); ``log_url`` downloads it;
-- builds are kept as JSON under ``STATE/builds`` and listed again after a restart.
+  (every ``LOG_FLUSH_INTERVAL_S`` and at the end; ``logs_bucket`` defaults to
+  ``gs://PROJECT_cloudbuild_logs``); ``log_url`` downloads it;
+- builds are kept as JSON under ``STATE/builds`` (written when created, started and ended) and
+  listed again after a restart.
 
 ListBuilds filters: terms joined by ``AND``, each ``FIELD="VALUE"`` (or unquoted) with FIELD
 one of ``status``, ``tags``, ``id``, ``images``, ``trigger_id`` / ``build_trigger_id``;
@@ -278,6 +280,7 @@ class CloudBuildService:
             job.build.start_time = _now()
             self._persist(job)
             self.operations.update(job.operation, self._metadata(job))
+        job.log_flushed = time.monotonic()  # the first lines go out with the next flush
         timeout = job.build.timeout.total_seconds()
         job.timer = threading.Timer(timeout, self._time_out, args=(job, timeout))
         job.timer.daemon = True
@@ -309,9 +312,9 @@ class CloudBuildService:
             built: dict[str, str] = {}
             for index, step in enumerate(build.steps):
                 builder = self._run_step(job, index, step, workspace, builder, built)
-            self._simulated_latency(job, working)
             self._push(job, built)
         self._log(job, "DONE")
+        self._simulated_latency(job, working)
 
     def _fetch_source(self, job: _Job, storage: StorageAccess, workspace: Path) -> None:
         source = job.build.source
@@ -446,7 +449,6 @@ class CloudBuildService:
                 step.timing = cloudbuild_v1.TimeSpan(start_time=now)
             elif "timing" in step:
                 step.timing = cloudbuild_v1.TimeSpan(start_time=step.timing.start_time, end_time=now)
-            self._persist(job)
             self.operations.update(job.operation, self._metadata(job))
 
     def _log(self, job: _Job, line: str) -> None:
