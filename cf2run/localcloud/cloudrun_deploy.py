@@ -73,8 +73,7 @@ class Deployer:
 
     def stop(self) -> None:
         """Drop queued jobs; running ones finish without saving (the store is closed)."""
-        with self._store.lock:
-            self._store.closed = True
+        self._store.close()
         with self._workers_lock:
             workers = list(self._workers.values())
             self._workers.clear()

@@ -1,8 +1,11 @@
 """What the local Cloud Run keeps: services, revisions, IAM policies and URL ports, on disk.
 
 One JSON document (``STATE_DIR/state.json``), rewritten atomically (temp file + os.replace)
-after every change, so a restarted local cloud finds its services, and their URLs on the same
-ports. Messages are stored in their proto3 JSON form (`to_json` / `from_json`).
+after changes, so a restarted local cloud finds its services, and their URLs on the same
+ports. Messages are stored in their proto3 JSON form (`to_json` / `from_json`). The document is
+written behind (`Store`): a burst of changes (ten deploys at once make dozens) is one write,
+at most `SAVE_DELAY_S` after the first of them, and closing writes what is pending; only a
+local cloud killed outright (SIGKILL) can lose its last `SAVE_DELAY_S` of changes.
 
 Saving stays cheap with many services: each message's JSON text is kept beside its binary
 form (`_Rendered`) and made again only when that changed, so a save re-encodes what the change
@@ -26,6 +29,8 @@ from google.protobuf import json_format
 from cf2run.localcloud.cloudrun_rules import violation
 
 FILENAME = "state.json"
+#: How long a change waits for the ones after it before the state is written.
+SAVE_DELAY_S = 0.2
 T = TypeVar("T")
 
 
@@ -50,8 +55,8 @@ class CloudRunState:
     def revisions_of(self, service_name: str) -> list[run_v2.Revision]:
         return [r for r in self.revisions.values() if r.service == service_name]
 
-    def save(self, state_dir: Path) -> None:
-        state_dir.mkdir(parents=True, exist_ok=True)
+    def render(self) -> str:
+        """The state as its JSON document (hold the store's lock: it reads every message)."""
         render = self._rendered.start()
         services = [render(name, run_v2.Service, s) for name, s in self.services.items()]
         revisions = [render(name, run_v2.Revision, r) for name, r in self.revisions.items()]
@@ -59,13 +64,9 @@ class CloudRunState:
                      for name, t in self.templates.items()}
         policies = {name: render("policy " + name, None, p) for name, p in self.policies.items()}
         self._rendered.finish()
-        text = ('{"policies":' + _json_object(policies) + ',"ports":' + _compact(self.ports)
+        return ('{"policies":' + _json_object(policies) + ',"ports":' + _compact(self.ports)
                 + ',"revisions":[' + ",".join(revisions) + '],"services":[' + ",".join(services)
                 + '],"templates":' + _json_object(templates) + "}\n")
-        path = state_dir / FILENAME
-        tmp = path.with_name(f".{FILENAME}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
 
     @classmethod
     def load(cls, state_dir: Path) -> CloudRunState:
@@ -87,12 +88,13 @@ class CloudRunState:
 
 
 class Store:
-    """The state, the one lock that guards it, and saving it after each change.
+    """The state, the one lock that guards it, and writing it behind changes.
 
     Hold `lock` while reading or changing `state`, and call `save()` before letting go of it
-    after a change; never hold it while waiting on a process or a socket. Once `closed` (the
-    local cloud is stopping), nothing is saved any more: what shutting down does to revisions
-    is not a change a restart should see.
+    after a change; never hold it while waiting on a process or a socket. A writer thread
+    writes the state at most `SAVE_DELAY_S` after a change, one write for all the changes of
+    that time. `close()` (the local cloud is stopping) writes what is pending and saves nothing
+    after: what shutting down does to revisions is not a change a restart should see.
     """
 
     def __init__(self, state_dir: Path) -> None:
@@ -100,10 +102,54 @@ class Store:
         self.lock = threading.Lock()
         self.state = CloudRunState.load(self.dir)
         self.closed = False
+        self._pending = False
+        self._changed = threading.Condition(self.lock)
+        self._closing = threading.Event()
+        self._writer = threading.Thread(target=self._write_behind, name="cloudrun-state", daemon=True)
+        self._writer.start()
 
     def save(self) -> None:
+        """The state changed (call with `lock` held); it is written shortly."""
         if not self.closed:
-            self.state.save(self.dir)
+            self._pending = True
+            self._changed.notify()
+
+    def close(self) -> None:
+        """Write what is pending and stop saving (call without `lock`)."""
+        with self.lock:
+            self.closed = True
+            text = self.state.render() if self._pending else None
+            self._pending = False
+            self._changed.notify()
+        self._closing.set()
+        self._writer.join()
+        if text is not None:
+            write(self.dir, text)
+
+    def _write_behind(self) -> None:
+        while True:
+            with self.lock:
+                while not (self._pending or self.closed):
+                    self._changed.wait()
+                if self.closed:
+                    return  # close() writes what is pending
+            self._closing.wait(SAVE_DELAY_S)  # the changes that follow go in the same write
+            with self.lock:
+                if self.closed:
+                    return
+                self._pending = False
+                text = self.state.render()
+            write(self.dir, text)
+
+
+def write(state_dir: Path, text: str) -> None:
+    """Replace the state document with `text`, atomically (only the store's writer or its
+    `close()` writes, one after the other)."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / FILENAME
+    tmp = path.with_name(f".{FILENAME}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 class _Rendered:
