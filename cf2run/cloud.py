@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -52,6 +52,23 @@ class Backoff:
     def after(self, delay: float) -> float:
         """The wait after one of `delay`."""
         return min(delay * self.factor, self.maximum_s)
+
+    def schedule(self, expected_s: float | None = None, quick: int = 3) -> Iterator[float]:
+        """Seconds after the start at which to ask: the backoff's own times and, when the thing
+        is expected to end after `expected_s` (things like it did), one ask then and `quick`
+        more `first_s` apart, so an end there is noticed within 1.5 `first_s` rather than up
+        to `maximum_s` late. Of two asks closer than half `first_s`, only the later one is made."""
+        extra = [expected_s + i * self.first_s for i in range(quick + 1)] if expected_s else []
+        held: float | None = None
+        at, delay = 0.0, self.first_s
+        while True:
+            at += delay
+            delay = self.after(delay)
+            for when in sorted([*(t for t in extra if t < at), at]):
+                if held is not None and when - held >= self.first_s / 2:
+                    yield held
+                held = when
+            extra = [t for t in extra if t >= at]
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import statistics
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -162,21 +165,45 @@ def submit_pack_build(spec: FunctionSpec, target: Target, archive: SourceArchive
                       cached=False)
 
 
+class RecentBuilds:
+    """How long this process' last successful builds took, created to finished (Cloud Build's
+    clock): builds of one fleet take about as long as each other, so the next one is asked
+    about right when they ended, not up to a backoff step later (a step its build slot idles)."""
+
+    def __init__(self, keep: int = 16) -> None:
+        self._seconds: deque[float] = deque(maxlen=keep)
+        self._lock = threading.Lock()
+
+    def add(self, seconds: float) -> None:
+        with self._lock:
+            self._seconds.append(seconds)
+
+    def typical_s(self) -> float | None:
+        """The median of the recent durations; None before the first build ended."""
+        with self._lock:
+            return statistics.median(self._seconds) if self._seconds else None
+
+
+RECENT_BUILDS = RecentBuilds()
+
+
 def wait_for_build(cloud: Cloud, target: Target, build_id: str, function: str,
                    keep: Callable[[], None] = lambda: None) -> cloudbuild_v1.Build:
-    """Poll GetBuild at `cloud.polling.build` until the build ends (or its timeout passes);
-    `keep()` after every poll (the build slot renews its lease there)."""
+    """Poll GetBuild on `cloud.polling.build`'s schedule, with quick asks around the time this
+    process' recent builds took, until the build ends (or its timeout passes); `keep()` after
+    every poll (the build slot renews its lease there)."""
     name = f"projects/{target.project}/locations/{target.region}/builds/{build_id}"
-    deadline = time.monotonic() + target.build_timeout_s + 120
-    backoff = cloud.polling.build
-    delay = backoff.first_s
-    while True:
+    started = time.monotonic()
+    deadline = started + target.build_timeout_s + 120
+    for at in cloud.polling.build.schedule(RECENT_BUILDS.typical_s()):
         build = cloud.builds.get_build(name=name)  # the client retries UNAVAILABLE itself
         if build.status in TERMINAL:
+            if build.status == cloudbuild_v1.Build.Status.SUCCESS:
+                RECENT_BUILDS.add((build.finish_time - build.create_time).total_seconds())
             return build
         if time.monotonic() > deadline:
             raise BuildFailed(f"build {build_id} of {function} still {build.status.name} after "
                               f"{target.build_timeout_s}s (its timeout); log: {build.log_url}")
         keep()
-        time.sleep(delay)
-        delay = backoff.after(delay)
+        time.sleep(max(0.0, started + at - time.monotonic()))
+    raise AssertionError("a polling schedule never ends")
