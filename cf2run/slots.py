@@ -20,6 +20,7 @@ poll of what the slot guards), and:
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import sys
 import threading
@@ -73,10 +74,27 @@ class Slot:
             lease_id=self.lease_id, lease_duration=self.lease_s))
 
     def release(self) -> None:
-        """Give the slot back to the server (a failure is logged: the lease then runs out)."""
-        if self.lease_id is not None:
-            self._call("release", lambda client: client.release_concurrency_slots_with_lease(
-                lease_id=self.lease_id))
+        """Give the slot back to the server, in the background: the caller goes on at once (on
+        a server busy recording a fleet's task runs a release waits 0.2-0.8 s, and the last
+        builds of a fleet release theirs before their verify and deploy). `settle()` waits
+        until it is done; a failure is logged (the lease then runs out)."""
+        if self.lease_id is None:
+            return
+        lease_id = self.lease_id
+
+        def give_back() -> None:
+            try:
+                self._call("release", lambda client: client.release_concurrency_slots_with_lease(
+                    lease_id=lease_id))
+            finally:
+                with _releasing_lock:
+                    _releasing.discard(threading.current_thread())
+
+        releasing = threading.Thread(target=contextvars.copy_context().run, args=(give_back,),
+                                     name="cf2run-slot-release")
+        with _releasing_lock:
+            _releasing.add(releasing)
+        releasing.start()
 
     def _call(self, what: str, request: Callable[[Any], object]) -> None:
         try:
@@ -86,6 +104,20 @@ class Slot:
             _logger().warning("could not %s concurrency lease %s (%s); the server frees its slot "
                               "when the lease runs out, at most %.0f s from its last renewal",
                               what, self.lease_id, error, self.lease_s)
+
+
+_releasing: set[threading.Thread] = set()
+_releasing_lock = threading.Lock()
+
+
+def settle(timeout_s: float = 30.0) -> None:
+    """Wait until the slots given back so far are back on the server (call it before the flow
+    run whose API client they use ends)."""
+    with _releasing_lock:
+        pending = list(_releasing)
+    deadline = time.monotonic() + timeout_s
+    for releasing in pending:
+        releasing.join(max(0.0, deadline - time.monotonic()))
 
 
 class LocalQueue:

@@ -18,25 +18,21 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import Annotated, Any, cast
-from uuid import UUID
+from typing import Annotated, Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import (
-    create_markdown_artifact,
-    create_progress_artifact,
-    create_table_artifact,
-    update_progress_artifact,
-)
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 from pydantic import Field
 
 from cf2run.fleet import Fanout, load, migrate_here, migrate_on_a_worker
 from cf2run.fleet_plan import FunctionPlan, plan_function
+from cf2run.fleet_progress import FleetProgress
 from cf2run.fleet_report import FleetReport
 from cf2run.quotas import ensure_limits
 from cf2run.results import MigrationResult
+from cf2run.slots import settle
 from cf2run.spec import FunctionSpec, Manifest, Target
 
 #: Artifact keys (lowercase letters, digits, dashes): the latest fleet report is one click away.
@@ -83,7 +79,9 @@ def migrate_fleet(
         created = ensure_limits()
         if created:
             logger.info("created the quota limits %s with their defaults (cf2run setup)", created)
-    outcomes = _fan_out(fleet, max_parallel, dry_run, fanout)
+    progress = FleetProgress(len(fleet.functions), PROGRESS_EVERY_S)
+    outcomes = _fan_out(fleet, max_parallel, dry_run, fanout, progress.update)
+    settle()  # the build slots are back on the server before the flow run's client closes
     report = FleetReport(dry_run=dry_run, fanout=fanout, seconds=round(time.monotonic() - started, 3))
     if dry_run:
         report.plans = [_as_plan(spec, outcome)
@@ -91,30 +89,27 @@ def migrate_fleet(
     else:
         report.results = [_as_result(spec, outcome)
                           for spec, outcome in zip(fleet.functions, outcomes, strict=True)]
-    _publish(report)
+    _publish(report)  # while the progress artifact shows the last function done
+    progress.close()
     logger.info(report.summary)
     if report.failed:
         return Failed(message=report.summary, data=report)
     return Completed(message=report.summary, data=report)
 
 
-def _fan_out(fleet: Manifest, max_parallel: int, dry_run: bool, fanout: Fanout) -> list[Any]:
-    """Each function's outcome (or exception), in manifest order; a progress artifact meanwhile.
+def _fan_out(fleet: Manifest, max_parallel: int, dry_run: bool, fanout: Fanout,
+             progress: Callable[[int], None]) -> list[Any]:
+    """Each function's outcome (or exception), in manifest order; `progress(done)` meanwhile.
 
     At most `max_parallel` threads, each with a copy of this flow run's context, so the task
     runs a function's steps make are this flow run's (as Prefect's ThreadPoolTaskRunner does).
     """
-    specs, total = fleet.functions, len(fleet.functions)
-    progress = cast(UUID, create_progress_artifact(0.0, description=f"0 of {total} functions done"))
+    specs = fleet.functions
     one = _one_function(fleet.target, dry_run, fanout)
-    with ThreadPoolExecutor(max_workers=min(max_parallel, total), thread_name_prefix="fleet") as pool:
+    with ThreadPoolExecutor(max_workers=min(max_parallel, len(specs)), thread_name_prefix="fleet") as pool:
         futures = [pool.submit(contextvars.copy_context().run, one, spec) for spec in specs]
-        shown = time.monotonic()
         for done, _ in enumerate(as_completed(futures), start=1):
-            if done == total or time.monotonic() - shown >= PROGRESS_EVERY_S:
-                shown = time.monotonic()
-                update_progress_artifact(progress, 100.0 * done / total,
-                                         description=f"{done} of {total} functions done")
+            progress(done)
     return [future.exception() or future.result() for future in futures]
 
 

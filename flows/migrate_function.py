@@ -31,6 +31,7 @@ from cf2run import events
 from cf2run.errors import ImageVerificationError, SmokeTestFailed
 from cf2run.quotas import build_lane
 from cf2run.results import Deployment, MigrationResult, SmokeResult
+from cf2run.slots import settle
 from cf2run.spec import FunctionSpec, Target
 from tasks.build import submit_pack_build
 from tasks.deploy import deploy_service
@@ -68,6 +69,7 @@ class _Steps:
 def migrate_function(spec: FunctionSpec, target: Target | None = None) -> State[MigrationResult]:
     """Migrate one function: package, pack build, verify, deploy, smoke test, promote."""
     result = migrate(spec, target or Target())
+    settle()  # its build slot is back on the server before the flow run's client closes
     create_markdown_artifact(markdown=summary(result, events.missing_trigger_note(spec)),
                              key=_key(spec, "summary"), description=f"Migration of {spec.name}")
     _publish_link(spec, "build-log", result.build_log_url, "Cloud Build log")

@@ -13,7 +13,7 @@ import pytest
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 
-from cf2run.slots import LocalQueue, Slot, spend
+from cf2run.slots import LocalQueue, Slot, settle, spend
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -46,6 +46,7 @@ def test_a_slot_is_held_on_the_server_and_given_back_even_when_the_work_fails(
         assert slot.lease_id is not None
         assert active(client, limit) == 1, "other fleets and workers must see the slot taken"
         raise RuntimeError("the build broke")
+    settle()  # given back in the background
     assert active(client, limit) == 0
 
 
@@ -76,6 +77,7 @@ def test_a_thread_waiting_in_the_same_process_gets_the_lease_handed_on(
         thread.join(30)
     assert leases["second"] == leases["first"], "the lease should go to the waiting thread directly"
     assert leases["active while second holds it"] == 1
+    settle()
     assert active(client, limit) == 0, "with nobody waiting, the slot goes back to the server"
 
 
@@ -93,6 +95,7 @@ def test_a_slot_held_elsewhere_is_waited_for_until_given_back(client: SyncPrefec
     elsewhere.release()
     assert got_it.wait(40), "the slot given back elsewhere was never taken here"
     waiter.join(10)
+    settle()
     assert active(client, limit) == 0
 
 
@@ -104,6 +107,7 @@ def test_a_due_lease_is_renewed_and_a_lost_one_only_warns(
         slot.keep()
     assert not caplog.records, caplog.text
     slot.release()
+    settle()
     slot._renew_at = 0.0
     with caplog.at_level(logging.WARNING, logger="cf2run.slots"):
         slot.keep()
