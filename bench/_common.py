@@ -147,14 +147,10 @@ def write_section(name: str, body: str, path: Path = README) -> None:
 # -- added for bench/fleet.py: polling schedules, CPU and memory of processes ---------------------
 
 
-def backoff_sees(duration: float, backoff: Backoff) -> float:
-    """When a poller that asks at once, then on `backoff`'s schedule (cf2run.cloud), first sees
-    something that takes `duration` seconds to finish."""
-    at, delay = 0.0, backoff.first_s
-    while at < duration:
-        at += delay
-        delay = backoff.after(delay)
-    return at
+def backoff_sees(duration: float, backoff: Backoff, expected_s: float | None = None) -> float:
+    """When a poller that asks at once, then on `backoff.schedule(expected_s)` (cf2run.cloud),
+    first sees something that takes `duration` seconds to finish."""
+    return 0.0 if duration <= 0 else next(at for at in backoff.schedule(expected_s) if at >= duration)
 
 
 def cpu_ticks() -> tuple[int, int]:

@@ -84,9 +84,16 @@ class BuildTimes:
     def queued(self) -> float:
         return self.started - self.created
 
-    def seen(self, poll: Backoff) -> float:
-        """Seconds from CreateBuild until tasks/build.py's GetBuild backoff sees it finished (derived)."""
-        return backoff_sees(self.finished - self.created, poll)
+    def seen(self, poll: Backoff, builds: list[BuildTimes]) -> float:
+        """Seconds from CreateBuild until tasks/build.py's polling sees it finished (derived): the
+        backoff, with quick asks around the median of the (up to 16) `builds` that had finished
+        when this one was created, as `tasks.build.RecentBuilds` has them in the flow process."""
+        from tasks.build import RecentBuilds  # not at import: prefect must see PREFECT_HOME first
+
+        recent = RecentBuilds()
+        for earlier in sorted((b for b in builds if b.finished < self.created), key=lambda b: b.finished):
+            recent.add(earlier.finished - earlier.created)
+        return backoff_sees(self.finished - self.created, poll, recent.typical_s())
 
 
 @dataclass
@@ -111,6 +118,7 @@ class Figures:
     builds_each: int
     dry: Run | None  # (d) the dry run of --cached-n
     orchestration: Run | None = None  # (e) (a)'s shape in Prefect, steps that do nothing
+    fleet_walls: list[float] = field(default_factory=list)  # every run of (a); `fleet` is the median one
 
 
 def median(values: list[float]) -> float:
@@ -131,6 +139,14 @@ def report(f: Figures) -> str:
             f"Settings: {settings}.\n\n{table}\n\nWhere the time goes in (a):\n\n{profile(f)}\n")
 
 
+def runs_of_a(f: Figures) -> str:
+    """Which of (a)'s runs the figures are (the machine's noise: ±2 s between runs)."""
+    if len(f.fleet_walls) < 2:
+        return ""
+    walls = ", ".join(f"{wall:.1f}" for wall in sorted(f.fleet_walls))
+    return f"; the median of {len(f.fleet_walls)} runs of N new functions each ({walls} s)"
+
+
 def goal_rows(f: Figures) -> list[list[str]]:
     """(a), the ideal, (b) and (c), each against its goal."""
     waves, outside = math.ceil(f.n / f.q), median(f.each.outside_build())
@@ -143,8 +159,8 @@ def goal_rows(f: Figures) -> list[list[str]]:
     rerun_per_fn = f.rerun.wall_s / f.n
     return [
         ["(a) fleet flow: migrate_fleet, fanout local", seconds(a),
-         f"max_parallel {f.max_parallel}; {len(f.builds_fleet)} builds; {f.fleet.state}" + failures(f.fleet),
-         ""],
+         f"max_parallel {f.max_parallel}; {len(f.builds_fleet)} builds; {f.fleet.state}" + failures(f.fleet)
+         + runs_of_a(f), ""],
         ["ideal: ceil(N/Q)·B + D", seconds(ideal),
          f"{waves} x {f.b:g} s + D = {outside:.2f} s (median time a function of (b) spends outside its "
          "build: package, verify, deploy, smoke, promote)", ""],
@@ -245,19 +261,21 @@ def build_rows(f: Figures) -> list[list[str]]:
         return []
     p = f.poll
     step_s = {r["function"]: r["timings"].get("build", 0.0) for r in f.fleet.results}
+    seen = {x.function: x.seen(p, f.builds_fleet) for x in f.builds_fleet}
 
     def row(what: str, values: list[float]) -> list[str]:
         return [what, f"{median(values):.2f}", f"{max(values):.2f}", ""]
 
     return [
-        row("Cloud Build: WORKING per build (at least B, the real warm build included, then the push)",
+        row("Cloud Build: WORKING per build (at least B, the real warm build and push included)",
             [x.working for x in f.builds_fleet]),
         row("Cloud Build: QUEUED per build", [x.queued for x in f.builds_fleet]),
-        row(f"build seen by tasks/build.py's local GetBuild backoff (`LOCAL_POLLING.build`: {p.first_s:g} s "
-            f"x{p.factor:g} … {p.maximum_s:g} s) after finishing (derived)",
-            [x.seen(p) - (x.finished - x.created) for x in f.builds_fleet]),
+        row(f"build seen by tasks/build.py's local GetBuild polling (`LOCAL_POLLING.build`: {p.first_s:g} s "
+            f"x{p.factor:g} … {p.maximum_s:g} s, and {p.first_s:g} s apart around the median of the "
+            "builds done before) after finishing (derived)",
+            [seen[x.function] - (x.finished - x.created) for x in f.builds_fleet]),
         row("build step minus the build as polled = waiting for a `cf2run-cloud-build` slot, queueing "
-            "included (+ HEAD, CreateBuild)", [step_s[x.function] - x.seen(p) for x in f.builds_fleet
+            "included (+ HEAD, CreateBuild)", [step_s[x.function] - seen[x.function] for x in f.builds_fleet
                                                if x.function in step_s]),
     ]
 
@@ -270,7 +288,7 @@ def quota_use(f: Figures) -> str:
     builds = sorted(f.builds_fleet, key=lambda x: x.created)
     first, last_create = builds[0].created, builds[-1].created
     span = max(x.finished for x in builds) - first
-    seen = [x.seen(f.poll) for x in builds]
+    seen = [x.seen(f.poll, builds) for x in builds]
     busy = sum(x.working for x in builds) / (f.q * span) if span > 0 else 0.0
     held = sum(seen) / (f.q * span) if span > 0 else 0.0
     # Every function wants its build from the flow's start (max_parallel >= N), so until the last
