@@ -61,7 +61,7 @@ class LocalCloudSettings(BaseSettings):
 
     build_latency_s: float = Field(
         default=0.0, ge=0, description="Seconds every build stays WORKING at least, its real work "
-                                       "included (as a remote build of that length would).")
+                                       "and push included (as a remote build of that length would).")
     deploy_latency_s: float = Field(default=0.0, ge=0,
                                     description="Extra seconds every Cloud Run write takes.")
     max_concurrent_builds: int = Field(default=10, ge=1,
