@@ -15,7 +15,8 @@ flow runs in a fresh Python process (`--child`, as a worker's flow-run process w
 time is taken inside that process around the flow call (imports excluded). In one run:
 
 (a) `migrate_fleet(manifest, max_parallel=min(N, 500), fanout="local")`, wall time, `--fleet-runs`
-    times (default 3) on N new functions each, the median run reported; ratio to the ideal
+    times (default 3) on N new functions each (the services of all but the last deleted after
+    their run, so each starts on the same local cloud), the median run reported; ratio to the ideal
     ceil(N/Q)*B + D, with D the median time one function spends outside its
     build (package, verify, deploy, smoke, promote), measured in (b) -- see README;
 (c) the same fleet again, unchanged: ListBuilds and the revisions of every service
@@ -49,6 +50,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -153,7 +155,6 @@ def orchestration_only(names: list[str], max_parallel: int) -> None:
     fanout) runs six step task runs that return at once, uncached. What orchestrating a fleet
     costs before any step does any work."""
     import contextvars
-    from concurrent.futures import ThreadPoolExecutor
 
     from prefect import flow, task
     from prefect.cache_policies import NO_CACHE
@@ -290,6 +291,16 @@ def count_builds(cloud: Any) -> int:
     return sum(1 for _ in cloud.builds.list_builds(project_id=PROJECT))
 
 
+def delete_services(cloud: Any, prefix: str) -> int:
+    """Delete the local Cloud Run services of functions named `prefix`-*, so their revision
+    processes stop: the next measured run starts on the same local cloud as the one before."""
+    names = [s.name for s in cloud.services.list_services(parent=PARENT)
+             if s.name.rsplit("/", 1)[-1].startswith(prefix + "-")]
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        list(pool.map(lambda name: cloud.services.delete_service(name=name).result(timeout=120), names))
+    return len(names)
+
+
 def counts(cloud: Any) -> tuple[int, int]:
     """(builds, revisions of every service) in the local cloud."""
     revisions = sum(1 for _ in cloud.revisions.list_revisions(parent=f"{PARENT}/services/-"))
@@ -406,8 +417,9 @@ def measure(args: argparse.Namespace, root: Path, groups: dict[str, int], machin
         settings.build_latency_s = args.b
 
         runs: list[tuple[Run, list[BuildTimes]]] = []
-        for rep in range(args.fleet_runs):  # each on N new functions: every one is built
-            prefix = "fa" if rep == 0 else f"fa{rep + 1}"
+        for rep in range(args.fleet_runs):  # each on N new functions, so every one is built
+            last = rep == args.fleet_runs - 1
+            prefix = "fa" if last else f"fa{rep + 2}"  # the last run's fleet stays for (c)
             builds_before = count_builds(cloud)
             run = children.run("fleet", manifest(prefix, n), max_parallel=max_parallel)
             built = count_builds(cloud) - builds_before
@@ -415,6 +427,8 @@ def measure(args: argparse.Namespace, root: Path, groups: dict[str, int], machin
             if built != n:
                 print(f"  (a) submitted {built} builds for {n} functions (retries, or failures)", flush=True)
             runs.append((run, builds_of(cloud, prefix + "-")))
+            if not last:
+                delete_services(cloud, prefix)
         fleet, builds_fleet = sorted(runs, key=lambda run: run[0].wall_s)[len(runs) // 2]
         fleet_manifest = root / "fa" / "fleet.yaml"
 
