@@ -1,6 +1,6 @@
 """Fleet speed: cf2run's fleet flow against one function after another and the quota-bound ideal.
 
-    .venv/bin/python bench/fleet.py                          # N=100, Q=10, B=3 s (~45 min, 2 CPUs)
+    .venv/bin/python bench/fleet.py                          # N=100, Q=10, B=3 s (~20 min, 2 CPUs)
     .venv/bin/python bench/fleet.py --n 20 --q 5 --b 2 --cached-n 200 --no-readme
 
 N synthetic Python HTTP functions (a distinct two-line source each, so each needs its own
