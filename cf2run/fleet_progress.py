@@ -15,6 +15,7 @@ import time
 from typing import cast
 from uuid import UUID
 
+from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 
@@ -56,7 +57,11 @@ class FleetProgress:
                     self._changed.wait(due - time.monotonic())
                 done = self._done
             moved = time.monotonic()
-            update_progress_artifact(self._id, 100.0 * done / self.total, description=self._say(done))
+            try:
+                update_progress_artifact(self._id, 100.0 * done / self.total, description=self._say(done))
+            except Exception as error:  # a progress bar is no reason to fail or stall a fleet
+                get_run_logger().warning("could not move the fleet's progress artifact to %d of %d: %s",
+                                         done, self.total, error)
             self._shown = done
 
     def _say(self, done: int) -> str:

@@ -3,6 +3,7 @@ every `every_s`, but the last count at once."""
 
 from __future__ import annotations
 
+import logging
 import time
 from uuid import UUID
 
@@ -53,3 +54,18 @@ def test_progress_moves_at_most_every_so_often_and_shows_the_last_count_at_once(
     assert seen == {"created": ["0 of 50 functions done"],
                     "49 done, within the minute": ["0 of 50 functions done"],
                     "all done": ["50 of 50 functions done"]}
+
+
+def test_a_progress_update_the_server_refuses_only_warns(caplog: pytest.LogCaptureFixture) -> None:
+    @flow
+    def fleet() -> None:
+        progress = FleetProgress(total=2, every_s=0.0)
+        with get_client(sync_client=True) as client:
+            client.delete_artifact(progress._id)  # someone deleted it from the UI meanwhile
+        progress.update(2)
+        progress.close()
+
+    with caplog.at_level(logging.WARNING):
+        state = fleet(return_state=True)
+    assert state.is_completed()
+    assert "could not move the fleet's progress artifact to 2 of 2" in caplog.text
