@@ -11,7 +11,9 @@ poll of what the slot guards), and:
 - `LocalQueue`: the threads of one process queue for a limit locally, at most its size at a
   time, and a thread done with its slot hands the lease straight to a thread of the same
   process waiting for one (no round trip). A lease goes back to the server only when no
-  thread here waits for it, so the process never keeps a slot nobody uses. Other processes
+  thread here waits for it, so the process never keeps a slot nobody uses; that release runs
+  in the background (the thread goes on with its function), and `settle()` waits for the
+  releases before a flow run's API client closes. Other processes
   and workers get slots through the server as before: Prefect makes a refused caller poll
   again after a Retry-After of seconds, so a slot given back and taken again within
   milliseconds (what the threads here would do without the hand-over) went to this process
