@@ -420,8 +420,9 @@ def measure(args: argparse.Namespace, root: Path, groups: dict[str, int], machin
         for rep in range(args.fleet_runs):  # each on N new functions, so every one is built
             last = rep == args.fleet_runs - 1
             prefix = "fa" if last else f"fa{rep + 2}"  # the last run's fleet stays for (c)
+            fleet_manifest = manifest(prefix, n)
             builds_before = count_builds(cloud)
-            run = children.run("fleet", manifest(prefix, n), max_parallel=max_parallel)
+            run = children.run("fleet", fleet_manifest, max_parallel=max_parallel)
             built = count_builds(cloud) - builds_before
             print(f"(a) fleet flow, N={n}, run {rep + 1}: {seconds(run.wall_s)} ({built} builds)", flush=True)
             if built != n:
@@ -430,7 +431,6 @@ def measure(args: argparse.Namespace, root: Path, groups: dict[str, int], machin
             if not last:
                 delete_services(cloud, prefix)
         fleet, builds_fleet = sorted(runs, key=lambda run: run[0].wall_s)[len(runs) // 2]
-        fleet_manifest = root / "fa" / "fleet.yaml"
 
         rerun_before = counts(cloud)
         rerun = children.run("fleet", fleet_manifest, max_parallel=max_parallel)

@@ -84,16 +84,21 @@ class BuildTimes:
     def queued(self) -> float:
         return self.started - self.created
 
-    def seen(self, poll: Backoff, builds: list[BuildTimes]) -> float:
-        """Seconds from CreateBuild until tasks/build.py's polling sees it finished (derived): the
-        backoff, with quick asks around the median of the (up to 16) `builds` that had finished
-        when this one was created, as `tasks.build.RecentBuilds` has them in the flow process."""
-        from tasks.build import RecentBuilds  # not at import: prefect must see PREFECT_HOME first
 
-        recent = RecentBuilds()
-        for earlier in sorted((b for b in builds if b.finished < self.created), key=lambda b: b.finished):
-            recent.add(earlier.finished - earlier.created)
-        return backoff_sees(self.finished - self.created, poll, recent.typical_s())
+def polled(poll: Backoff, builds: list[BuildTimes]) -> dict[str, float]:
+    """Seconds from CreateBuild until tasks/build.py's polling sees each build finished, by
+    function (derived): the backoff, with quick asks around the median of the (up to 16) builds
+    that had finished when it was created, as `tasks.build.RecentBuilds` has them in the flow."""
+    from tasks.build import RecentBuilds  # not at import: prefect must see PREFECT_HOME first
+
+    seen, recent = {}, RecentBuilds()
+    done = sorted(builds, key=lambda b: b.finished)
+    for build in sorted(builds, key=lambda b: b.created):
+        while done and done[0].finished < build.created:
+            recent.add(done[0].finished - done[0].created)
+            done.pop(0)
+        seen[build.function] = backoff_sees(build.finished - build.created, poll, recent.typical_s())
+    return seen
 
 
 @dataclass
@@ -261,7 +266,7 @@ def build_rows(f: Figures) -> list[list[str]]:
         return []
     p = f.poll
     step_s = {r["function"]: r["timings"].get("build", 0.0) for r in f.fleet.results}
-    seen = {x.function: x.seen(p, f.builds_fleet) for x in f.builds_fleet}
+    seen = polled(p, f.builds_fleet)
 
     def row(what: str, values: list[float]) -> list[str]:
         return [what, f"{median(values):.2f}", f"{max(values):.2f}", ""]
@@ -288,7 +293,8 @@ def quota_use(f: Figures) -> str:
     builds = sorted(f.builds_fleet, key=lambda x: x.created)
     first, last_create = builds[0].created, builds[-1].created
     span = max(x.finished for x in builds) - first
-    seen = [x.seen(f.poll, builds) for x in builds]
+    by_function = polled(f.poll, builds)
+    seen = [by_function[x.function] for x in builds]
     busy = sum(x.working for x in builds) / (f.q * span) if span > 0 else 0.0
     held = sum(seen) / (f.q * span) if span > 0 else 0.0
     # Every function wants its build from the flow's start (max_parallel >= N), so until the last
