@@ -148,9 +148,9 @@ def write_section(name: str, body: str, path: Path = README) -> None:
 
 
 def backoff_sees(duration: float, backoff: Backoff, expected_s: float | None = None) -> float:
-    """When a poller that asks at once, then on `backoff.schedule(expected_s)` (cf2run.cloud),
-    first sees something that takes `duration` seconds to finish."""
-    return 0.0 if duration <= 0 else next(at for at in backoff.schedule(expected_s) if at >= duration)
+    """When a poller that asks on `backoff.schedule(expected_s)` (cf2run.cloud) first sees
+    something that takes `duration` seconds to finish."""
+    return next(at for at in backoff.schedule(expected_s) if at >= duration)
 
 
 def cpu_ticks() -> tuple[int, int]:

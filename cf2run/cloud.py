@@ -55,17 +55,20 @@ class Backoff:
 
     def schedule(self, expected_s: float | None = None, quick: int = 3) -> Iterator[float]:
         """Seconds after the start at which to ask: the backoff's own times and, when the thing
-        is expected to end after `expected_s` (things like it did), one ask then and `quick`
-        more `first_s` apart, so an end there is noticed within 1.5 `first_s` rather than up
-        to `maximum_s` late. Of two asks closer than half `first_s`, only the later one is made."""
-        extra = [expected_s + i * self.first_s for i in range(quick + 1)] if expected_s else []
+        is expected to end after `expected_s` (things like it did), asks every half `first_s`
+        from half a `first_s` before it to `quick` `first_s` after it, so an end there is
+        noticed within half a `first_s` rather than up to `maximum_s` late. Of two asks closer
+        than half `first_s`, only the later one is made."""
+        step = self.first_s / 2
+        extra = [expected_s + i * step for i in range(-1, 2 * quick + 1)] if expected_s else []
+        extra = [t for t in extra if t > 0]
         held: float | None = None
         at, delay = 0.0, self.first_s
         while True:
             at += delay
             delay = self.after(delay)
             for when in sorted([*(t for t in extra if t < at), at]):
-                if held is not None and when - held >= self.first_s / 2:
+                if held is not None and when - held >= step - 1e-9:
                     yield held
                 held = when
             extra = [t for t in extra if t >= at]

@@ -7,8 +7,11 @@ escaped, an explicit timeout, and tags naming the tool and the function.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import itertools
 import json
+import operator
 import statistics
 import threading
 import time
@@ -145,13 +148,14 @@ def submit_pack_build(spec: FunctionSpec, target: Target, archive: SourceArchive
 
     request = pack_build_request(spec, target, archive, image)
     with build_slot() as slot:  # the project's concurrent-builds quota, shared by every flow run
+        sent = time.monotonic()
         operation = cloud.builds.create_build(
             parent=f"projects/{target.project}/locations/{target.region}",
             project_id=target.project, build=request)
         build_id = operation.metadata.build.id
         logger.info("build %s started for %s: %s", build_id, spec.name,
                     operation.metadata.build.log_url)
-        build = wait_for_build(cloud, target, build_id, spec.name, keep=slot.keep)
+        build = wait_for_build(cloud, target, build_id, spec.name, sent, keep=slot.keep)
     if build.status != cloudbuild_v1.Build.Status.SUCCESS:
         raise BuildFailed(
             f"build {build_id} of {spec.name} ended {build.status.name}: "
@@ -187,15 +191,18 @@ class RecentBuilds:
 RECENT_BUILDS = RecentBuilds()
 
 
-def wait_for_build(cloud: Cloud, target: Target, build_id: str, function: str,
+def wait_for_build(cloud: Cloud, target: Target, build_id: str, function: str, sent: float,
                    keep: Callable[[], None] = lambda: None) -> cloudbuild_v1.Build:
-    """Poll GetBuild on `cloud.polling.build`'s schedule, with quick asks around the time this
-    process' recent builds took, until the build ends (or its timeout passes); `keep()` after
-    every poll (the build slot renews its lease there)."""
+    """Poll GetBuild on `cloud.polling.build`'s schedule from `sent` (monotonic time the build was
+    asked for), with quick asks around the time this process' recent builds took (known as soon
+    as one ended, also to the builds already running), until the build ends (or its timeout
+    passes); `keep()` after every poll (the build slot renews its lease there)."""
     name = f"projects/{target.project}/locations/{target.region}/builds/{build_id}"
-    started = time.monotonic()
-    deadline = started + target.build_timeout_s + 120
-    for at in cloud.polling.build.schedule(RECENT_BUILDS.typical_s()):
+    deadline = sent + target.build_timeout_s + 120
+    expected = RECENT_BUILDS.typical_s()
+    schedule = cloud.polling.build.schedule(expected)
+    while True:
+        time.sleep(max(0.0, sent + next(schedule) - time.monotonic()))
         build = cloud.builds.get_build(name=name)  # the client retries UNAVAILABLE itself
         if build.status in TERMINAL:
             if build.status == cloudbuild_v1.Build.Status.SUCCESS:
@@ -205,5 +212,6 @@ def wait_for_build(cloud: Cloud, target: Target, build_id: str, function: str,
             raise BuildFailed(f"build {build_id} of {function} still {build.status.name} after "
                               f"{target.build_timeout_s}s (its timeout); log: {build.log_url}")
         keep()
-        time.sleep(max(0.0, started + at - time.monotonic()))
-    raise AssertionError("a polling schedule never ends")
+        if expected is None and (expected := RECENT_BUILDS.typical_s()) is not None:
+            past = functools.partial(operator.ge, time.monotonic() - sent)  # asks before now
+            schedule = itertools.dropwhile(past, cloud.polling.build.schedule(expected))
