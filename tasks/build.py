@@ -177,10 +177,12 @@ class RecentBuilds:
     def __init__(self, keep: int = 16) -> None:
         self._seconds: deque[float] = deque(maxlen=keep)
         self._lock = threading.Lock()
+        self.known = threading.Event()  #: set once the first build ended
 
     def add(self, seconds: float) -> None:
         with self._lock:
             self._seconds.append(seconds)
+        self.known.set()
 
     def typical_s(self) -> float | None:
         """The median of the recent durations; None before the first build ended."""
@@ -194,15 +196,23 @@ RECENT_BUILDS = RecentBuilds()
 def wait_for_build(cloud: Cloud, target: Target, build_id: str, function: str, sent: float,
                    keep: Callable[[], None] = lambda: None) -> cloudbuild_v1.Build:
     """Poll GetBuild on `cloud.polling.build`'s schedule from `sent` (monotonic time the build was
-    asked for), with quick asks around the time this process' recent builds took (known as soon
-    as one ended, also to the builds already running), until the build ends (or its timeout
-    passes); `keep()` after every poll (the build slot renews its lease there)."""
+    asked for), with quick asks around the time this process' recent builds took, until the
+    build ends (or its timeout passes); `keep()` after every poll (the build slot renews its
+    lease there). Builds that started before any had ended (a fleet's first ones, which all
+    take about as long) switch to the quick asks as soon as the first one ends."""
     name = f"projects/{target.project}/locations/{target.region}/builds/{build_id}"
     deadline = sent + target.build_timeout_s + 120
     expected = RECENT_BUILDS.typical_s()
     schedule = cloud.polling.build.schedule(expected)
     while True:
-        time.sleep(max(0.0, sent + next(schedule) - time.monotonic()))
+        wait = max(0.0, sent + next(schedule) - time.monotonic())
+        if expected is not None:
+            time.sleep(wait)
+        elif RECENT_BUILDS.known.wait(wait):
+            expected = RECENT_BUILDS.typical_s()
+            past = functools.partial(operator.ge, time.monotonic() - sent)  # asks before now
+            schedule = itertools.dropwhile(past, cloud.polling.build.schedule(expected))
+            continue
         build = cloud.builds.get_build(name=name)  # the client retries UNAVAILABLE itself
         if build.status in TERMINAL:
             if build.status == cloudbuild_v1.Build.Status.SUCCESS:
@@ -212,6 +222,3 @@ def wait_for_build(cloud: Cloud, target: Target, build_id: str, function: str, s
             raise BuildFailed(f"build {build_id} of {function} still {build.status.name} after "
                               f"{target.build_timeout_s}s (its timeout); log: {build.log_url}")
         keep()
-        if expected is None and (expected := RECENT_BUILDS.typical_s()) is not None:
-            past = functools.partial(operator.ge, time.monotonic() - sent)  # asks before now
-            schedule = itertools.dropwhile(past, cloud.polling.build.schedule(expected))

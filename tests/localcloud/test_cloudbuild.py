@@ -6,10 +6,12 @@ tar.gz uploaded to the storage emulator, two `gcr.io/k8s-skaffold/pack` steps, `
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import re
 import tarfile
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -25,12 +27,13 @@ from google.api_core import exceptions as gexc
 from google.cloud import storage  # type: ignore[attr-defined]
 from google.cloud.devtools import cloudbuild_v1
 
-from cf2run.cloud import Cloud
+from cf2run.cloud import Backoff, Cloud, Polling
 from cf2run.localcloud.cloudbuild import CloudBuildService
 from cf2run.localcloud.cloudbuild_steps import PackBuild, PackConfig, StepNotSupported, parse_step, substitute
 from cf2run.localcloud.server import LocalCloud
 from cf2run.localcloud.settings import Fault, FaultInjector, LocalCloudSettings
 from cf2run.oci import ImageRef, RegistryClient
+from cf2run.spec import Target
 
 PROJECT = "demo-project"
 REGION = "us-central1"
@@ -383,3 +386,43 @@ def test_substitutions_follow_cloud_build() -> None:
     with pytest.raises(ValueError, match='"FOO" is not a valid built-in substitution'):
         substitute("$FOO", values)
     assert substitute("a$_MISSING", values, loose=True) == "a"
+
+
+# -- how the pipeline polls (tasks/build.py: wait_for_build) ------------------------------------------
+
+def test_builds_started_before_any_ended_poll_quickly_once_the_first_ends(
+        cb: Stack, cloud: Cloud, python_source: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fleet's first builds have no build length to go by, so they poll on the plain backoff;
+    when the first one ends, the others switch to quick asks around its length at once."""
+    from tasks import build as build_task
+
+    source = upload_source(cb.storage, python_source)
+    finished(cb, submit(cb, pack_build(source, image_name("learn-warm"), HELLO)))  # deps cached
+    monkeypatch.setattr(build_task, "RECENT_BUILDS", build_task.RecentBuilds())  # no history
+    backoff = Backoff(first_s=0.2, maximum_s=2.0, factor=2.0)  # asks at 0.2, 0.6, 1.4, 3.0 s ...
+    polled = copy.copy(cloud)
+    polled.polling = Polling(build=backoff, operation=cloud.polling.operation)
+    cb.settings.build_latency_s = 1.0
+    target = Target(project=PROJECT, region=REGION)
+    seen: dict[str, tuple[float, cloudbuild_v1.Build]] = {}
+
+    def build_and_wait(name: str) -> None:
+        sent = time.monotonic()
+        ident = build_id(submit(cb, pack_build(source, image_name(name), HELLO)))
+        build = build_task.wait_for_build(polled, target, ident, name, sent)
+        seen[name] = (time.monotonic() - sent, build)
+
+    first = threading.Thread(target=build_and_wait, args=("learn-first",))
+    first.start()
+    time.sleep(0.5)
+    build_and_wait("learn-second")
+    first.join()
+
+    def plain_backoff_sees(build: cloudbuild_v1.Build) -> float:
+        length = (build.finish_time - build.create_time).total_seconds()
+        return next(at for at in backoff.schedule(None) if at >= length)
+
+    (first_s, first_build), (second_s, second_build) = seen["learn-first"], seen["learn-second"]
+    assert first_build.status == second_build.status == Status.SUCCESS
+    assert first_s >= plain_backoff_sees(first_build) - 0.01, "the first had nothing to go by"
+    assert second_s < plain_backoff_sees(second_build) - 0.1, (second_s, seen)
