@@ -69,7 +69,7 @@ def ensure_limits(quotas: QuotaLimits | None = None, *, replace: Collection[str]
     if client is None:
         with get_client(sync_client=True) as own:
             return ensure_limits(quotas, replace=replace, client=own)
-    changed = []
+    changed, sizes = [], {}
     for limit in (quotas or QuotaLimits()).creates():
         if limit.name in replace:
             client.upsert_global_concurrency_limit_by_name(limit.name, limit.limit,
@@ -77,15 +77,18 @@ def ensure_limits(quotas: QuotaLimits | None = None, *, replace: Collection[str]
             changed.append(limit.name)
             continue
         try:
-            client.read_global_concurrency_limit_by_name(limit.name)
+            existing = client.read_global_concurrency_limit_by_name(limit.name)
+            sizes[limit.name] = existing.limit if existing.active else sys.maxsize
         except ObjectNotFound:
             try:
                 client.create_global_concurrency_limit(limit)
             except ObjectAlreadyExists:  # another fleet created it meanwhile
                 continue
             changed.append(limit.name)
-    with _queues_lock:  # this process' local queues follow what it changed
+            sizes[limit.name] = limit.limit
+    with _queues_lock:  # this process' local queues follow what it changed, and know what it read
         _queues.clear()
+        _queues.update((name, LocalQueue(size)) for name, size in sizes.items())
     return changed
 
 
@@ -109,6 +112,12 @@ def build_lane() -> AbstractContextManager[object]:
     CPUs, all packaging at once, started their first build after 2-4 s), and a function is
     packaged and waiting when a slot frees; the others wait here, idle."""
     return _queue_for(BUILD_LIMIT).lane()
+
+
+def build_turn() -> AbstractContextManager[object]:
+    """Hold one of this process' turns to prepare a build (package its source), inside a lane: as
+    many as the concurrent-builds limit, so the first builds' sources are ready soonest."""
+    return _queue_for(BUILD_LIMIT).turn()
 
 
 _queues: dict[str, LocalQueue] = {}

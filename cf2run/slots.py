@@ -17,7 +17,8 @@ poll of what the slot guards), and:
   and workers get slots through the server as before: Prefect makes a refused caller poll
   again after a Retry-After of seconds, so a slot given back and taken again within
   milliseconds (what the threads here would do without the hand-over) went to this process
-  anyway. Its lanes (`LocalQueue.lane()`) bound how many threads prepare for a slot at once.
+  anyway. Its lanes (`LocalQueue.lane()`) bound how many threads wait to use a slot, and its
+  turns (`LocalQueue.turn()`) how many of them prepare for one at once.
 """
 
 from __future__ import annotations
@@ -130,8 +131,11 @@ class LocalQueue:
 
     def __init__(self, size: int) -> None:
         self.size = size
+        unbounded = size == sys.maxsize
         self._lanes: AbstractContextManager[object] = (
-            nullcontext() if size == sys.maxsize else threading.BoundedSemaphore(self.LANES_PER_SLOT * size))
+            nullcontext() if unbounded else threading.BoundedSemaphore(self.LANES_PER_SLOT * size))
+        self._turns: AbstractContextManager[object] = (
+            nullcontext() if unbounded else threading.BoundedSemaphore(size))
         self._inside = 0  # threads holding a slot, or taking one from the server
         self._waiting = 0
         self._handed: list[Slot] = []  # slots given up by a thread for a waiting one
@@ -143,6 +147,13 @@ class LocalQueue:
         end of their use of it, so the first ones are ready soon and a ready one is waiting
         when a slot frees; the others wait here first, idle."""
         return self._lanes
+
+    def turn(self) -> AbstractContextManager[object]:
+        """Hold one of `size` turns to prepare (inside a lane): of the threads in the lanes, at
+        most as many as there are slots prepare at once, so the first of them are ready in
+        half the time it takes all of them (on 2 CPUs, twenty functions packaging at once
+        each took ~1 s; the first build waited for that) and the others by the time a slot frees."""
+        return self._turns
 
     @contextmanager
     def slot(self, take: Callable[[], Slot]) -> Iterator[Slot]:

@@ -29,7 +29,7 @@ from prefect.states import Completed, Failed, State
 
 from cf2run import events
 from cf2run.errors import ImageVerificationError, SmokeTestFailed
-from cf2run.quotas import build_lane
+from cf2run.quotas import build_lane, build_turn
 from cf2run.results import Deployment, MigrationResult, SmokeResult
 from cf2run.slots import settle
 from cf2run.spec import FunctionSpec, Target
@@ -105,7 +105,8 @@ def _migrate(spec: FunctionSpec, target: Target, leave_lane: Callable[[], None])
     if note:
         logger.warning(note)
     try:
-        archive = steps.run("package", package_source, spec, target)
+        with build_turn():
+            archive = steps.run("package", package_source, spec, target)
         built = steps.run("build", submit_pack_build, spec, target, archive)
         leave_lane()
         try:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 from prefect.client.orchestration import SyncPrefectClient, get_client
-from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
 
 from cf2run.slots import LocalQueue, Slot, settle, spend
 
@@ -139,12 +139,14 @@ def test_a_rate_limit_lets_a_burst_through_then_paces(client: SyncPrefectClient)
     assert paced >= 0.3, "the third write within a second of two went through unpaced"
 
 
-def test_lanes_let_twice_the_slots_prepare_at_once_and_the_rest_wait() -> None:
+@pytest.mark.parametrize(("hold", "at_once"), [("lane", 2 * LocalQueue.LANES_PER_SLOT), ("turn", 2)],
+                         ids=["lanes: twice the slots", "turns: as many as the slots"])
+def test_lanes_and_turns_let_so_many_threads_in_and_the_rest_wait(hold: str, at_once: int) -> None:
     queue, inside, most = LocalQueue(2), [0], [0]
     lock, go = threading.Lock(), threading.Event()
 
     def prepare() -> None:
-        with queue.lane():
+        with getattr(queue, hold)():
             with lock:
                 inside[0] += 1
                 most[0] = max(most[0], inside[0])
@@ -157,11 +159,24 @@ def test_lanes_let_twice_the_slots_prepare_at_once_and_the_rest_wait() -> None:
         thread.start()
     time.sleep(0.5)
     with lock:
-        assert inside[0] == 2 * LocalQueue.LANES_PER_SLOT, "not as many lanes as twice the size"
+        assert inside[0] == at_once, f"not {at_once} threads in at once"
     go.set()
     for thread in threads:
         thread.join(10)
-    assert most[0] == 4 and inside[0] == 0
+    assert most[0] == at_once and inside[0] == 0
+
+
+def test_the_queue_takes_its_size_from_what_ensure_limits_read(client: SyncPrefectClient, limit: str,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fleet reads the limits when it starts (ensure_limits); its first build does not ask again."""
+    from cf2run import quotas
+
+    client.update_global_concurrency_limit(limit, GlobalConcurrencyLimitUpdate(limit=3))
+    monkeypatch.setattr(quotas.QuotaLimits, "creates", lambda self: [
+        GlobalConcurrencyLimitCreate(name=limit, limit=10)])
+    assert quotas.ensure_limits() == [], "an existing limit is left as it is"
+    client.update_global_concurrency_limit(limit, GlobalConcurrencyLimitUpdate(limit=5))
+    assert quotas._queue_for(limit).size == 3, "read again instead of taken from ensure_limits"
 
 
 def test_threads_asking_together_share_one_queue_per_limit(limit: str) -> None:
