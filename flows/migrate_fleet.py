@@ -14,6 +14,7 @@ The run ends Completed when every function passed, Failed (with the count) other
 from __future__ import annotations
 
 import contextvars
+import functools
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -133,8 +134,16 @@ def _as_plan(spec: FunctionSpec, outcome: Any) -> FunctionPlan:
 
 
 def _publish(report: FleetReport) -> None:
+    """The table and the report artifacts, both at once (the server is still busy recording the
+    fleet's task runs: each call waits there)."""
     what = "dry run" if report.dry_run else "migration"
-    create_table_artifact(table=report.rows(), key=DRY_RUN_KEY if report.dry_run else TABLE_KEY,
-                          description=f"Fleet {what}: one row per function")
-    create_markdown_artifact(markdown=report.markdown(), key=REPORT_KEY,
-                             description=f"Fleet {what}: {report.summary}")
+    calls = [
+        functools.partial(create_table_artifact, table=report.rows(),
+                          key=DRY_RUN_KEY if report.dry_run else TABLE_KEY,
+                          description=f"Fleet {what}: one row per function"),
+        functools.partial(create_markdown_artifact, markdown=report.markdown(), key=REPORT_KEY,
+                          description=f"Fleet {what}: {report.summary}"),
+    ]
+    with ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="fleet-report") as pool:
+        for created in [pool.submit(contextvars.copy_context().run, call) for call in calls]:
+            created.result()
