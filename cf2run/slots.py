@@ -103,7 +103,8 @@ class Slot:
         try:
             with get_client(sync_client=True) as client:
                 request(client)
-        except httpx.HTTPError as error:
+        except Exception as error:  # HTTP errors, and a client closed meanwhile (RuntimeError):
+            # bookkeeping of a slot never fails the work it guards
             _logger().warning("could not %s concurrency lease %s (%s); the server frees its slot "
                               "when the lease runs out, at most %.0f s from its last renewal",
                               what, self.lease_id, error, self.lease_s)

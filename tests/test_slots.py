@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
+from prefect.context import SyncClientContext
 
 from cf2run.slots import LocalQueue, Slot, settle, spend
 
@@ -112,6 +113,21 @@ def test_a_due_lease_is_renewed_and_a_lost_one_only_warns(
     with caplog.at_level(logging.WARNING, logger="cf2run.slots"):
         slot.keep()
     assert "could not renew concurrency lease" in caplog.text
+
+
+def test_a_renewal_through_a_closed_client_only_warns(limit: str, caplog: pytest.LogCaptureFixture) -> None:
+    """What a slot kept or released after its flow run's API client closed meets (httpx raises
+    RuntimeError, not an HTTPError): a warning, never an exception in the build it guards."""
+    with SyncClientContext.get_or_create() as context:
+        slot = Slot.take(limit, LEASE_S)
+        context.client._client.close()
+        slot._renew_at = 0.0
+        with caplog.at_level(logging.WARNING, logger="cf2run.slots"):
+            slot.keep()
+    assert "could not renew concurrency lease" in caplog.text
+    assert "client has been closed" in caplog.text
+    slot.release()
+    settle()
 
 
 def test_a_missing_limit_is_not_waited_for_and_says_how_to_create_it(
