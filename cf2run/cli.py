@@ -298,7 +298,7 @@ def localcloud_add_secret(
     except OSError as error:
         raise typer.BadParameter(f"cannot read {data_file}: {error.strerror}",
                                  param_hint="--data-file") from error
-    store = SecretStore((state_dir or default_localcloud_dir()) / "secretmanager")
+    store = SecretStore.of(state_dir or default_localcloud_dir())
     try:
         version = store.add_version(project, secret, data)
     except InvalidSecretName as error:

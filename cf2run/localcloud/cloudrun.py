@@ -49,8 +49,8 @@ class CloudRunService:
 
     `runtime` runs revisions, `router` serves the URLs (and checks ID tokens with `tokens`,
     the authority it was made with: accepted here to keep the module contract, unused).
-    `secrets` (default: ``STATE_DIR/../secretmanager``) holds the secret versions that secret
-    environment variables and secret volumes name (see secretmanager.py).
+    `secrets` (default: the local cloud's, `SecretStore.of(STATE_DIR/..)`) holds the secret
+    versions that secret environment variables and secret volumes name (see secretmanager.py).
     """
 
     def __init__(self, state_dir: Path, settings: LocalCloudSettings, faults: FaultInjector,
@@ -60,7 +60,7 @@ class CloudRunService:
         self._ops = Operations()
         self._faults = faults
         self._runtime = runtime
-        self.secrets = secrets or SecretStore(Path(state_dir).parent / "secretmanager")
+        self.secrets = secrets or SecretStore.of(Path(state_dir).parent)
         self._deployer = Deployer(self._store, self._ops, settings, faults, runtime, router,
                                   self.secrets)
 

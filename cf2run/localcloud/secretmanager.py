@@ -12,7 +12,7 @@ Layout: ``STATE/secretmanager/PROJECT/SECRET/VERSION`` (version numbers from 1),
 Several processes may add versions at once (`cf2run localcloud add-secret` while the local cloud
 serves): a version file is created exclusively, and a number taken meanwhile is skipped.
 
-    store = SecretStore(localcloud.state_dir / "secretmanager")
+    store = SecretStore.of(localcloud.state_dir)
     store.add_version("local-project", "api-key", b"s3cret")   # -> 1
 """
 
@@ -41,6 +41,11 @@ class SecretStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self._lock = threading.Lock()
+
+    @classmethod
+    def of(cls, localcloud_dir: Path) -> SecretStore:
+        """The secrets of the local cloud whose state is in `localcloud_dir`."""
+        return cls(Path(localcloud_dir) / "secretmanager")
 
     def add_version(self, project: str, secret: str, data: bytes) -> int:
         """Store a new version of `secret` (created if needed); returns its number.
