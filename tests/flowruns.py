@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.objects import TaskRun
 
 from cf2run.results import MigrationResult
 from cf2run.spec import FunctionSpec, Target
@@ -12,6 +13,12 @@ from flows.migrate_function import migrate_function
 
 def migrate(spec: FunctionSpec, target: Target) -> tuple[MigrationResult, dict[str, int]]:
     """Run the flow; its result and each task run's run count by task run name."""
+    result, runs = migrate_with_task_runs(spec, target)
+    return result, {run.name: run.run_count for run in runs}
+
+
+def migrate_with_task_runs(spec: FunctionSpec, target: Target) -> tuple[MigrationResult, list[TaskRun]]:
+    """Run the flow; its result and the task runs Prefect recorded for it."""
     state = migrate_function(spec, target, return_state=True)
     result = state.result(raise_on_failure=False)
     assert isinstance(result, MigrationResult), result
@@ -20,4 +27,4 @@ def migrate(spec: FunctionSpec, target: Target) -> tuple[MigrationResult, dict[s
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
             id=FlowRunFilterId(any_=[flow_run_id])))
-    return result, {run.name: run.run_count for run in runs}
+    return result, runs

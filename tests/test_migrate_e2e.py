@@ -2,7 +2,8 @@
 
 What a user notices: the samples migrate and answer their smoke requests; a rerun builds
 nothing and creates no revision; a transient fault in any API is retried (visible as the task
-run's run count) and the migration still completes; a build failure stops the migration at the
+run's run count) and the migration still completes; each step's task run records the steps
+it takes its input from (the UI's graph); a build failure stops the migration at the
 build step with the builder's message, and nothing is deployed.
 """
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from flowruns import migrate
+from flowruns import migrate, migrate_with_task_runs
 from google.api_core import exceptions as api_exceptions
 from google.cloud.devtools import cloudbuild_v1
 
@@ -76,6 +77,21 @@ def test_sample_migrates_then_rerun_builds_and_deploys_nothing(
     assert (again.url, again.digest, again.revision) == (first.url, first.digest, first.revision)
     assert len(builds_of(cloud, target, name)) == 1, "the rerun submitted a build"
     assert revisions_of(cloud, target, name) == revisions, "the rerun created a revision"
+
+
+def test_each_step_records_the_steps_it_takes_its_input_from_as_the_ui_draws_them(
+        samples: dict[str, FunctionSpec], target: Target, tmp_path: Path) -> None:
+    """The flow run's graph in the Prefect UI: package -> build -> verify -> deploy -> smoke,
+    promote (the steps hand each other their results, which Prefect records as task inputs)."""
+    spec = fresh_copy(samples["hello-python"], tmp_path)
+    result, runs = migrate_with_task_runs(spec, target)
+    assert result.status == "succeeded", result.message
+    names = {run.id: run.name.removesuffix(f"[{spec.name}]") for run in runs}
+    upstream = {names[run.id]: {names[given.id] for inputs in run.task_inputs.values()
+                                for given in inputs if given.input_type == "task_run"}
+                for run in runs}
+    assert upstream == {"package": set(), "build": {"package"}, "verify": {"build"},
+                        "deploy": {"package", "verify"}, "smoke": {"deploy"}, "promote": {"deploy"}}
 
 
 @pytest.mark.parametrize(("fault", "step"), [
