@@ -208,14 +208,16 @@ def archive_object_name(spec: FunctionSpec, sha256: str) -> str:
 def upload_archive(client: Client, bucket_name: str, object_name: str,
                    tarball: Tarball) -> SourceArchive:
     """Reuse the object when it is there already (a rerun: one call), else write it
-    (`if_generation_match=0`, creating the bucket when missing)."""
+    (`if_generation_match=0`: two calls), creating the bucket when the write finds it missing."""
     blob = client.bucket(bucket_name).blob(object_name)
     try:
         _reload_same(blob, bucket_name, tarball)
     except NotFound:  # the object, or its bucket, is missing
-        blob = _ensure_bucket(client, bucket_name).blob(object_name)
         try:
-            blob.upload_from_string(tarball.data, content_type="application/gzip", if_generation_match=0)
+            _write_new(blob, tarball)
+        except NotFound:  # the bucket: once per project
+            blob = _ensure_bucket(client, bucket_name).blob(object_name)
+            _write_new(blob, tarball)
         except PreconditionFailed:  # written meanwhile by a concurrent run
             _reload_same(blob, bucket_name, tarball)
     if blob.generation is None:
@@ -223,6 +225,13 @@ def upload_archive(client: Client, bucket_name: str, object_name: str,
     return SourceArchive(uri=f"gs://{bucket_name}/{object_name}", bucket=bucket_name,
                          object_name=object_name, generation=int(blob.generation),
                          sha256=tarball.sha256, files=tarball.files, bytes=tarball.size)
+
+
+def _write_new(blob: Blob, tarball: Tarball) -> None:
+    try:
+        blob.upload_from_string(tarball.data, content_type="application/gzip", if_generation_match=0)
+    except Forbidden as error:
+        raise _no_access(blob.bucket.name, error) from None
 
 
 def _reload_same(blob: Blob, bucket_name: str, tarball: Tarball) -> None:
