@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from uuid import UUID
+
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import TaskRun
@@ -24,7 +28,25 @@ def migrate_with_task_runs(spec: FunctionSpec, target: Target) -> tuple[Migratio
     assert isinstance(result, MigrationResult), result
     flow_run_id = state.state_details.flow_run_id
     assert flow_run_id is not None
+    return result, recorded_task_runs(flow_run_id, steps=len(result.timings))
+
+
+def recorded_task_runs(flow_run_id: UUID, steps: int) -> list[TaskRun]:
+    """The flow run's task runs, at least `steps` of them, as the server records them (`settled`)."""
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
-            id=FlowRunFilterId(any_=[flow_run_id])))
-    return result, runs
+        return settled(lambda: client.read_task_runs(flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=[flow_run_id]))), at_least=steps)
+
+
+def settled(read: Callable[[], list[TaskRun]], at_least: int = 0, timeout_s: float = 30.0) -> list[TaskRun]:
+    """`read()` again until it gives at least `at_least` task runs, each in a final state (or the
+    timeout passed). The server records task runs from the events the flow sent, a moment after
+    the flow returned: read at once, a retried step could still show its first run only."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        runs = read()
+        if len(runs) >= at_least and all(run.state and run.state.is_final() for run in runs):
+            return runs
+        if time.monotonic() > deadline:
+            return runs
+        time.sleep(0.2)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from flowruns import settled
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.filters import (
     ArtifactFilter,
@@ -86,9 +87,10 @@ class PrefectStack:
                 parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id])))
 
     def task_runs(self, runs: list[FlowRun]) -> list[TaskRun]:
+        """The task runs of these (ended) flow runs, once the server recorded their final states."""
         with self.client() as client:
-            return client.read_task_runs(flow_run_filter=FlowRunFilter(
-                id=FlowRunFilterId(any_=[run.id for run in runs])), limit=200)
+            return settled(lambda: client.read_task_runs(flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[run.id for run in runs])), limit=200))
 
     def artifacts(self, run: FlowRun) -> list[Artifact]:
         with self.client() as client:
