@@ -19,12 +19,13 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
-from prefect import flow, get_run_logger
+from prefect import Task, flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
+from prefect.utilities.annotations import opaque
 from pydantic import Field
 
 from cf2run.fleet import Fanout, load, migrate_here, migrate_on_a_worker
@@ -117,10 +118,20 @@ def _fan_out(fleet: Manifest, max_parallel: int, dry_run: bool, fanout: Fanout,
 def _one_function(target: Target, dry_run: bool, fanout: Fanout) -> Callable[[FunctionSpec], Any]:
     """What a fleet does with each function: its plan, its migration here, or on a worker."""
     if dry_run:
-        return lambda spec: plan_function(spec, target, return_state=True).result(raise_on_failure=False)
+        return _task_run_of(plan_function, target)
     if fanout == "local":
         return lambda spec: migrate_here(spec, target)
-    return lambda spec: migrate_on_a_worker(spec, target, return_state=True).result(raise_on_failure=False)
+    return _task_run_of(migrate_on_a_worker, target)
+
+
+def _task_run_of(step: Task[..., Any], target: Target) -> Callable[[FunctionSpec], Any]:
+    """`step(spec, target)` as a task run of the fleet's flow run: its result, or its exception.
+    The arguments go in `opaque`, as the migration's steps' do (flows/migrate_function.py)."""
+    def run(spec: FunctionSpec) -> Any:
+        state = cast("State[Any]", step(opaque(spec), opaque(target), return_state=True))
+        return state.result(raise_on_failure=False)
+
+    return run
 
 
 def _as_result(spec: FunctionSpec, outcome: Any) -> MigrationResult:

@@ -20,9 +20,11 @@ from typing import Any
 
 import pytest
 from fleet_samples import write_fleet
+from flowruns import recorded_task_runs
 from google.cloud.devtools import cloudbuild_v1
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.settings import PREFECT_API_URL
+from prefect.states import State
 
 from cf2run.cloud import Cloud
 from cf2run.errors import Cf2RunError, SpecError
@@ -45,11 +47,11 @@ def names(count: int) -> list[str]:
     return [f"fleet-{run}-{i}" for i in range(count)]
 
 
-def run_fleet(manifest: Path, **options: Any) -> tuple[str | None, FleetReport]:
+def run_fleet(manifest: Path, **options: Any) -> tuple[State[Any], FleetReport]:
     state = migrate_fleet(manifest, return_state=True, **options)
     report = state.result(raise_on_failure=False)
     assert isinstance(report, FleetReport), report
-    return state.name, report
+    return state, report
 
 
 def builds_of(cloud: Cloud, function: str) -> list[cloudbuild_v1.Build]:
@@ -84,7 +86,11 @@ def test_dry_run_changes_nothing_and_after_a_migration_finds_everything_cached_a
     manifest = write_fleet(tmp_path, functions, localcloud_dir=localcloud.state_dir)
 
     outcome, before = run_fleet(manifest, dry_run=True)
-    assert outcome == "Completed", before.summary
+    assert outcome.name == "Completed", before.summary
+    assert outcome.state_details.flow_run_id is not None
+    plans = recorded_task_runs(outcome.state_details.flow_run_id, steps=len(functions))
+    assert sorted(run.name for run in plans) == [f"plan[{fn}]" for fn in functions], \
+        "each function's plan is a task run named after it"
     assert [(p.function, p.build, p.deploy) for p in before.plans] == \
         [(fn, "needed", "create") for fn in functions]
     assert not any(builds_of(cloud, fn) for fn in functions), "a dry run submitted a build"
@@ -92,7 +98,7 @@ def test_dry_run_changes_nothing_and_after_a_migration_finds_everything_cached_a
                 if s.name.rsplit("/", 1)[-1] in functions], "a dry run created a service"
 
     outcome, migrated = run_fleet(manifest)
-    assert outcome == "Completed", migrated.summary
+    assert outcome.name == "Completed", migrated.summary
 
     _, after = run_fleet(manifest, dry_run=True)
     assert [(p.build, p.deploy) for p in after.plans] == [("cached", "unchanged")] * 2
@@ -109,7 +115,7 @@ def test_builds_never_exceed_the_concurrent_builds_limit(
 
     outcome, report = run_fleet(manifest, max_parallel=3)
 
-    assert outcome == "Completed", report.summary
+    assert outcome.name == "Completed", report.summary
     spans = sorted((b.start_time, b.finish_time) for fn in functions for b in builds_of(cloud, fn))
     assert len(spans) == 3
     assert all(earlier[1] <= later[0] for earlier, later in pairwise(spans)), spans

@@ -116,7 +116,7 @@ def test_fanout_over_deployments_runs_each_function_on_the_workers_with_the_same
     assert all(child.infrastructure_pid and child.infrastructure_pid != run.infrastructure_pid
                for child in children), "each function must run in its own worker process"
     names = step_task_runs(stack, run)
-    assert {f"{step}[{fn}]" for fn in functions for step in STEPS} <= names, names
+    assert {f"{step}[{fn}]" for fn in functions for step in [*STEPS, "function"]} <= names, names
     remote = table_rows(stack, run)
 
     local = stack.run_deployment_like_the_ui(FLEET, {"manifest": str(manifest), "fanout": "local"})
