@@ -214,10 +214,7 @@ def upload_archive(client: Client, bucket_name: str, object_name: str,
         _reload_same(blob, bucket_name, tarball)
     except NotFound:  # the object, or its bucket, is missing
         try:
-            _write_new(blob, tarball)
-        except NotFound:  # the bucket: once per project
-            blob = _ensure_bucket(client, bucket_name).blob(object_name)
-            _write_new(blob, tarball)
+            _write_new(client, blob, tarball)
         except PreconditionFailed:  # written meanwhile by a concurrent run
             _reload_same(blob, bucket_name, tarball)
     if blob.generation is None:
@@ -227,7 +224,17 @@ def upload_archive(client: Client, bucket_name: str, object_name: str,
                          sha256=tarball.sha256, files=tarball.files, bytes=tarball.size)
 
 
-def _write_new(blob: Blob, tarball: Tarball) -> None:
+def _write_new(client: Client, blob: Blob, tarball: Tarball) -> None:
+    """Write the archive as a new object (PreconditionFailed when one exists); the bucket is
+    created when the write finds it missing (once per project)."""
+    try:
+        _upload(blob, tarball)
+    except NotFound:
+        _ensure_bucket(client, blob.bucket.name)
+        _upload(blob, tarball)
+
+
+def _upload(blob: Blob, tarball: Tarball) -> None:
     try:
         blob.upload_from_string(tarball.data, content_type="application/gzip", if_generation_match=0)
     except Forbidden as error:
