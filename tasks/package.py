@@ -23,7 +23,7 @@ from typing import Literal
 
 import pathspec
 from google.api_core.exceptions import Conflict, Forbidden, NotFound, PreconditionFailed
-from google.cloud.storage import Blob, Bucket, Client
+from google.cloud.storage import Blob, Client
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -253,17 +253,15 @@ def _reload_same(blob: Blob, bucket_name: str, tarball: Tarball) -> None:
                           hint="delete that object; cf2run names archives by their sha256")
 
 
-def _ensure_bucket(client: Client, name: str) -> Bucket:
-    """The staging bucket, created when missing (as gcloud creates PROJECT_cloudbuild)."""
+def _ensure_bucket(client: Client, name: str) -> None:
+    """Create the staging bucket when missing (as gcloud creates PROJECT_cloudbuild)."""
     try:
-        bucket = client.lookup_bucket(name)
-        if bucket is None:
-            bucket = client.create_bucket(name)
+        if client.lookup_bucket(name) is None:
+            client.create_bucket(name)
     except Conflict:  # created meanwhile by a concurrent run
-        bucket = client.bucket(name)
+        pass
     except Forbidden as error:
         raise _no_access(name, error) from None
-    return bucket
 
 
 def _no_access(bucket_name: str, error: Forbidden) -> Cf2RunError:
