@@ -19,13 +19,12 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
 from prefect import Task, flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
-from prefect.utilities.annotations import opaque
 from pydantic import Field
 
 from cf2run.fleet import Fanout, load, migrate_here, migrate_on_a_worker
@@ -36,6 +35,7 @@ from cf2run.quotas import ensure_limits
 from cf2run.results import MigrationResult
 from cf2run.slots import settle
 from cf2run.spec import FunctionSpec, Manifest, Target
+from flows.migrate_function import run_step
 
 #: Artifact keys (lowercase letters, digits, dashes): the latest fleet report is one click away.
 TABLE_KEY, REPORT_KEY, DRY_RUN_KEY = "migrate-fleet", "migrate-fleet-report", "migrate-fleet-dry-run"
@@ -125,13 +125,8 @@ def _one_function(target: Target, dry_run: bool, fanout: Fanout) -> Callable[[Fu
 
 
 def _task_run_of(step: Task[..., Any], target: Target) -> Callable[[FunctionSpec], Any]:
-    """`step(spec, target)` as a task run of the fleet's flow run: its result, or its exception.
-    The arguments go in `opaque`, as the migration's steps' do (flows/migrate_function.py)."""
-    def run(spec: FunctionSpec) -> Any:
-        state = cast("State[Any]", step(opaque(spec), opaque(target), return_state=True))
-        return state.result(raise_on_failure=False)
-
-    return run
+    """`step(spec, target)` as a task run of the fleet's flow run: its result, or its exception."""
+    return lambda spec: run_step(step, spec, target).result(raise_on_failure=False)
 
 
 def _as_result(spec: FunctionSpec, outcome: Any) -> MigrationResult:

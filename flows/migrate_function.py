@@ -44,12 +44,17 @@ from tasks.verify import verify_image
 T = TypeVar("T")
 
 
-class _Steps:
-    """Runs tasks in order, timing each and remembering which one runs and which came from cache.
+def run_step(step: Task[..., T], *args: Any) -> State[T]:
+    """`step(*args)` as a task run of the caller's flow run, its final state.
 
     The arguments go in `opaque`: Prefect takes each for what it is (the task run still records
     an argument another step returned as its input) without walking every field of every
     nested model three times per task run, which was a seventh of a fleet process' CPU."""
+    return cast("State[T]", step(*map(opaque, args), return_state=True))
+
+
+class _Steps:
+    """Runs tasks in order, timing each and remembering which one runs and which came from cache."""
 
     def __init__(self) -> None:
         self.current: str | None = None
@@ -62,7 +67,7 @@ class _Steps:
         try:
             if refresh:
                 step = step.with_options(refresh_cache=True)
-            state = cast("State[T]", step(*map(opaque, args), return_state=True))
+            state = run_step(step, *args)
             self.cached[name] = state.name == "Cached"
             return state.result()
         finally:
