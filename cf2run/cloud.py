@@ -9,7 +9,6 @@ Clients are never task parameters (they would break Prefect's cache keys).
 
 from __future__ import annotations
 
-import base64
 import functools
 import os
 from collections.abc import Callable, Iterator
@@ -17,10 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import google.auth.transport.requests
 import grpc
-import httpx
 from google.api_core.client_options import ClientOptions
-from google.auth.credentials import AnonymousCredentials, Credentials
+from google.auth.credentials import Credentials
+from google.auth.transport.grpc import AuthMetadataPlugin
 from google.cloud import run_v2
 from google.cloud.devtools import cloudbuild_v1
 from google.cloud.devtools.cloudbuild_v1.services.cloud_build.transports import (
@@ -29,15 +29,16 @@ from google.cloud.devtools.cloudbuild_v1.services.cloud_build.transports import 
 from google.cloud.run_v2.services.revisions.transports import RevisionsGrpcTransport
 from google.cloud.run_v2.services.services.transports import ServicesGrpcTransport
 from google.cloud.storage import Client as StorageClient
+from google.oauth2 import service_account
 
+from cf2run.credentials import IdTokens, application_default, from_block, kind_of, resolve
 from cf2run.errors import Cf2RunError
+from cf2run.localcloud.accounts import route_google_auth
 from cf2run.localcloud.endpoints import Endpoints
-from cf2run.oci import RegistryClient
+from cf2run.oci import RegistryClient, basic_access_token
 
 if TYPE_CHECKING:
     from cf2run.spec import Target
-
-CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
 
 
 @dataclass(frozen=True)
@@ -97,153 +98,141 @@ def default_localcloud_dir() -> Path:
 
 class Cloud:
     """Clients for one project, on GCP or on the local cloud, and how often to poll them
-    (`polling`). Thread-safe, built lazily."""
+    (`polling`). Thread-safe, built lazily.
 
-    def __init__(self, *, project: str, storage_client: Callable[[], StorageClient],
-                 channel: Callable[[str], grpc.Channel | None], credentials: Callable[[], Credentials],
-                 registry: Callable[[], RegistryClient], id_token: Callable[[str], str],
-                 polling: Polling, endpoints: Endpoints | None = None) -> None:
+    Both clouds authenticate the same way, with google-auth's own classes (cf2run/credentials.py):
+    only the endpoints differ. `endpoints` None means Google's."""
+
+    def __init__(self, *, project: str, credentials: Callable[[], Credentials], polling: Polling,
+                 endpoints: Endpoints | None = None) -> None:
         self.project = project
         self.polling = polling
         self.endpoints = endpoints
-        self._make_storage = storage_client
-        self._channel = channel
-        self._credentials = credentials
-        self._make_registry = registry
-        self._id_token = id_token
+        self._credentials = functools.cache(credentials)
 
     # -- constructors -------------------------------------------------------------------
 
     @classmethod
-    def local(cls, endpoints: Endpoints, project: str = "local-project") -> Cloud:
-        """Clients for the embedded local cloud: insecure loopback channels, no credentials."""
-        http = httpx.Client(timeout=30)
-
-        def id_token(audience: str) -> str:
-            answer = http.get(
-                f"{endpoints.metadata}/computeMetadata/v1/instance/service-accounts/default/identity",
-                params={"audience": audience}, headers={"Metadata-Flavor": "Google"})
-            answer.raise_for_status()
-            return answer.text
-
-        return cls(
-            project=project,
-            endpoints=endpoints,
-            storage_client=lambda: StorageClient(
-                project=project, credentials=AnonymousCredentials(),
-                client_options=ClientOptions(api_endpoint=endpoints.storage)),
-            channel=lambda service: grpc.insecure_channel(getattr(endpoints, service)),
-            credentials=AnonymousCredentials,
-            registry=lambda: RegistryClient(resolve=lambda host: f"http://{endpoints.registry}"),
-            id_token=id_token,
-            polling=LOCAL_POLLING,
-        )
+    def local(cls, endpoints: Endpoints, project: str = "local-project",
+              base: Callable[[], Credentials] | None = None, impersonate: str | None = None) -> Cloud:
+        """Clients for the embedded local cloud: loopback endpoints, and (unless `base` says otherwise)
+        the local cloud's own service-account key (`endpoints.credentials`) through google-auth."""
+        route_google_auth(endpoints.accounts)
+        own_key = functools.partial(service_account.Credentials.from_service_account_file,
+                                    endpoints.credentials)
+        return cls(project=project, endpoints=endpoints, polling=LOCAL_POLLING,
+                   credentials=functools.partial(resolve, base or own_key, impersonate))
 
     @classmethod
-    def gcp(cls, project: str, credentials_block: str | None = None) -> Cloud:
-        """Clients for real Google Cloud: a prefect-gcp GcpCredentials block, else ADC."""
-
-        @functools.cache
-        def credentials() -> Credentials:
-            if credentials_block:
-                from prefect_gcp import GcpCredentials
-
-                block = GcpCredentials.load(credentials_block)
-                return block.get_credentials_from_service_account()  # type: ignore[no-any-return]
-            import google.auth
-
-            creds, _ = google.auth.default(scopes=[CLOUD_PLATFORM])
-            return creds  # type: ignore[no-any-return]
-
-        def registry_auth() -> str:
-            import google.auth.transport.requests
-
-            creds = credentials()
-            if not creds.valid:
-                creds.refresh(google.auth.transport.requests.Request())
-            basic = base64.b64encode(f"oauth2accesstoken:{creds.token}".encode()).decode()
-            return f"Basic {basic}"
-
-        def id_token(audience: str) -> str:
-            import google.auth.transport.requests
-            import google.oauth2.id_token
-            from google.oauth2 import service_account
-
-            request = google.auth.transport.requests.Request()
-            creds = credentials()
-            if isinstance(creds, service_account.Credentials):
-                signer = service_account.IDTokenCredentials(
-                    creds.signer, creds.service_account_email, creds._token_uri,
-                    target_audience=audience)
-                signer.refresh(request)
-                return str(signer.token)
-            token = google.oauth2.id_token.fetch_id_token(request, audience)
-            return str(token)
-
-        return cls(
-            project=project,
-            storage_client=lambda: StorageClient(project=project, credentials=credentials()),
-            channel=lambda service: None,
-            credentials=credentials,
-            registry=lambda: RegistryClient(auth=registry_auth),
-            id_token=id_token,
-            polling=GCP_POLLING,
-        )
+    def gcp(cls, project: str, base: Callable[[], Credentials] | None = None,
+            impersonate: str | None = None) -> Cloud:
+        """Clients for real Google Cloud (credentials: `base`, else ADC)."""
+        return cls(project=project, polling=GCP_POLLING,
+                   credentials=functools.partial(resolve, base or application_default, impersonate))
 
     @classmethod
     def for_target(cls, target: Target) -> Cloud:
-        """The (process-wide, cached) clients for a target."""
+        """The (process-wide, cached) clients for a target: its credentials block, else ADC on GCP and
+        the local cloud's own key locally; impersonating the target's impersonate_service_account."""
         if target.kind == "local":
             directory = target.localcloud_dir or default_localcloud_dir()
-            return _cached_local(Endpoints.read(Path(directory)), target.project)
-        return _cached_gcp(target.project, target.credentials_block)
+            return _cached_local(Endpoints.read(Path(directory)), target.project, target.credentials_block,
+                                 target.impersonate_service_account)
+        return _cached_gcp(target.project, target.credentials_block, target.impersonate_service_account)
+
+    # -- credentials --------------------------------------------------------------------
+
+    @property
+    def credentials(self) -> Credentials:
+        """The target's credentials (CredentialsMissing when there are none)."""
+        return self._credentials()
+
+    @functools.cached_property
+    def _id_tokens(self) -> IdTokens:
+        return IdTokens.for_credentials(self.credentials)
+
+    def check_identity(self) -> None:
+        """Cf2RunError, naming the kind of credentials and what to do, when they cannot call the APIs
+        (none found) or cannot get the smoke test's ID token. No network call."""
+        self._id_tokens  # noqa: B018 - building it is the check
+
+    def id_token(self, audience: str) -> str:
+        """An ID token whose audience is `audience` (a Cloud Run URL), for private services."""
+        try:
+            return self._id_tokens(audience)
+        except Cf2RunError:
+            raise
+        except Exception as error:  # google-auth raises many kinds
+            hint = "check that these credentials may mint ID tokens (to impersonate an account: " \
+                   "roles/iam.serviceAccountTokenCreator on it)"
+            raise Cf2RunError(f"cannot get an ID token for {audience} with {kind_of(self.credentials)}: "
+                              f"{error}", hint=hint) from error
+
+    def _access_token(self) -> str:
+        """A current OAuth access token of the credentials (refreshed when needed)."""
+        found = self.credentials
+        if not found.valid:
+            found.refresh(google.auth.transport.requests.Request())
+        return str(found.token)
+
+    def _channel(self, service: str) -> grpc.Channel | None:
+        """An authenticated loopback channel to a local service (None on Google: the client makes its own)."""
+        if self.endpoints is None:
+            return None
+        plugin = AuthMetadataPlugin(self.credentials, google.auth.transport.requests.Request())
+        # Call credentials need a secure channel; gRPC's local credentials are one over loopback TCP.
+        return grpc.secure_channel(getattr(self.endpoints, service), grpc.composite_channel_credentials(
+            grpc.local_channel_credentials(), grpc.metadata_call_credentials(plugin)))
 
     # -- clients ------------------------------------------------------------------------
 
     @functools.cached_property
     def storage(self) -> StorageClient:
-        return self._make_storage()
+        if self.endpoints is None:
+            return StorageClient(project=self.project, credentials=self.credentials)
+        return StorageClient(project=self.project, credentials=self.credentials,
+                             client_options=ClientOptions(api_endpoint=self.endpoints.storage))
 
     @functools.cached_property
     def builds(self) -> cloudbuild_v1.CloudBuildClient:
         channel = self._channel("cloudbuild")
         if channel is None:
-            return cloudbuild_v1.CloudBuildClient(credentials=self._credentials())
+            return cloudbuild_v1.CloudBuildClient(credentials=self.credentials)
         return cloudbuild_v1.CloudBuildClient(transport=CloudBuildGrpcTransport(channel=channel))
 
     @functools.cached_property
     def services(self) -> run_v2.ServicesClient:
         channel = self._channel("cloudrun")
         if channel is None:
-            return run_v2.ServicesClient(credentials=self._credentials())
+            return run_v2.ServicesClient(credentials=self.credentials)
         return run_v2.ServicesClient(transport=ServicesGrpcTransport(channel=channel))
 
     @functools.cached_property
     def revisions(self) -> run_v2.RevisionsClient:
         channel = self._channel("cloudrun")
         if channel is None:
-            return run_v2.RevisionsClient(credentials=self._credentials())
+            return run_v2.RevisionsClient(credentials=self.credentials)
         return run_v2.RevisionsClient(transport=RevisionsGrpcTransport(channel=channel))
 
     @functools.cached_property
     def registry(self) -> RegistryClient:
-        return self._make_registry()
-
-    def id_token(self, audience: str) -> str:
-        """An ID token whose audience is `audience` (a Cloud Run URL), for private services."""
-        try:
-            return self._id_token(audience)
-        except Exception as error:  # google-auth and httpx raise many kinds
-            raise Cf2RunError(f"cannot get an ID token for {audience}: {error}",
-                              hint="on GCP use service-account credentials or ADC that can "
-                                   "mint ID tokens") from error
+        """Artifact Registry: Basic ``oauth2accesstoken:ACCESS_TOKEN`` exchanged for a Bearer token."""
+        auth = lambda: basic_access_token(self._access_token())  # noqa: E731
+        if self.endpoints is None:
+            return RegistryClient(auth=auth)
+        address = self.endpoints.registry
+        return RegistryClient(resolve=lambda host: f"http://{address}", auth=auth)
 
 
-@functools.cache
-def _cached_local(endpoints: Endpoints, project: str) -> Cloud:
-    return Cloud.local(endpoints, project)
+def _block(name: str | None) -> Callable[[], Credentials] | None:
+    return functools.partial(from_block, name) if name else None
 
 
 @functools.cache
-def _cached_gcp(project: str, credentials_block: str | None) -> Cloud:
-    return Cloud.gcp(project, credentials_block)
+def _cached_local(endpoints: Endpoints, project: str, block: str | None, impersonate: str | None) -> Cloud:
+    return Cloud.local(endpoints, project, _block(block), impersonate)
+
+
+@functools.cache
+def _cached_gcp(project: str, block: str | None, impersonate: str | None) -> Cloud:
+    return Cloud.gcp(project, _block(block), impersonate)

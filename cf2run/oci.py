@@ -12,6 +12,7 @@ Debian's ``docker-registry`` speak it too. Image references stay GCP-shaped ever
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -196,6 +197,12 @@ def _parse_bearer_challenge(header: str) -> _Challenge | None:
     params = {k.lower(): v for k, v in re.findall(r'(\w+)="([^"]*)"', rest)}
     realm = params.pop("realm", None)
     return _Challenge(realm, params) if realm else None
+
+
+def basic_access_token(token: str) -> str:
+    """The Basic credentials Artifact Registry's token exchange takes: user ``oauth2accesstoken``,
+    an OAuth access token as the password (cloud.google.com/artifact-registry/docs/docker/authentication)."""
+    return "Basic " + base64.b64encode(f"oauth2accesstoken:{token}".encode()).decode()
 
 
 class RegistryClient:

@@ -472,7 +472,12 @@ class Target(_Model):
     build_timeout_s: int = Field(default=1200, ge=60, le=86400, description="Cloud Build timeout in seconds.")
     credentials_block: str | None = Field(
         default=None,
-        description="Name of a prefect-gcp GcpCredentials block; unset = Application Default Credentials.")
+        description="Name of a prefect-gcp GcpCredentials block (key file, key info, or neither = ADC); "
+                    "unset = Application Default Credentials (kind 'local': the local cloud's own key).")
+    impersonate_service_account: str | None = Field(
+        default=None,
+        description="Service account to act as, like gcloud's --impersonate-service-account: the "
+                    "credentials need roles/iam.serviceAccountTokenCreator on it.")
     localcloud_dir: Path | None = Field(
         default=None,
         description="For kind 'local': directory holding the local cloud's endpoints.json; unset = "
@@ -500,6 +505,14 @@ class Target(_Model):
             raise ValueError(f"{repository!r} is not an Artifact Registry repository id; use lowercase "
                              "letters, digits and '-', starting with a letter")
         return repository
+
+    @field_validator("impersonate_service_account")
+    @classmethod
+    def _service_account(cls, email: str | None) -> str | None:
+        if email is not None and not SERVICE_ACCOUNT_RE.match(email):
+            raise ValueError(f"{email!r} is not a service account email; write it like "
+                             "NAME@PROJECT.iam.gserviceaccount.com")
+        return email
 
     @field_validator("staging_bucket")
     @classmethod

@@ -29,6 +29,7 @@ from prefect.states import Completed, Failed, State
 from prefect.utilities.annotations import opaque
 
 from cf2run import events
+from cf2run.cloud import Cloud
 from cf2run.errors import ImageVerificationError, SmokeTestFailed
 from cf2run.quotas import build_lane, build_turn
 from cf2run.results import Deployment, MigrationResult, SmokeResult
@@ -115,6 +116,8 @@ def _migrate(spec: FunctionSpec, target: Target, leave_lane: Callable[[], None])
     if note:
         logger.warning(note)
     try:
+        steps.current = "credentials"  # checked before anything is changed: no ID token, no migration
+        Cloud.for_target(target).check_identity()
         with build_turn():
             archive = steps.run("package", package_source, spec, target)
         built = steps.run("build", submit_pack_build, spec, target, archive)

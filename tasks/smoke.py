@@ -19,7 +19,7 @@ from prefect.cache_policies import NO_CACHE
 
 from cf2run import events
 from cf2run.cloud import Cloud
-from cf2run.errors import Cf2RunError, SmokeTestFailed
+from cf2run.errors import SmokeTestFailed
 from cf2run.results import Deployment, SmokeResult
 from cf2run.spec import FunctionSpec, SmokeRequest, Target
 
@@ -161,16 +161,10 @@ def _retry_after(response: httpx.Response | None) -> float:
 def smoke_token(cloud: Cloud, spec: FunctionSpec, deployment: Deployment,
                 log: Callable[[str], None] = lambda line: None) -> str | None:
     """An ID token for the smoke request, whose audience is the service URL (Cloud Run accepts
-    it on the service's tag URLs too). Every service gets one: a public service is made public
-    only after its smoke test passes. Only a public service may go without, when no token can
-    be had (e.g. user credentials on GCP)."""
-    try:
-        return cloud.id_token(deployment.url)
-    except Cf2RunError as error:
-        if not spec.allow_unauthenticated:
-            raise
-        log(f"no ID token ({error.message}); calling the service without one")
-        return None
+    it on the service's tag URLs too). Every service gets one, whatever the credentials
+    (cf2run/credentials.py): a public service is made public only after its smoke test passes, so
+    a call without one would be refused."""
+    return cloud.id_token(deployment.url)
 
 
 def request_for(spec: FunctionSpec, target: Target) -> tuple[SmokeRequest, bool]:

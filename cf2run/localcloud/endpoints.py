@@ -14,8 +14,10 @@ FILENAME = "endpoints.json"
 class Endpoints:
     """Addresses of a running local cloud.
 
-    `storage` and `metadata` are ``http://host:port`` URLs (HTTP APIs); `registry`,
-    `cloudbuild` and `cloudrun` are ``host:port`` (OCI registry and gRPC services).
+    `storage`, `metadata` and `accounts` (Google's token services) are ``http://host:port`` URLs
+    (HTTP APIs); `registry`, `cloudbuild` and `cloudrun` are ``host:port`` (OCI registry and gRPC
+    services). `credentials` is the path of the local cloud's own service-account key, what a local
+    target authenticates with unless told otherwise.
     """
 
     storage: str
@@ -23,6 +25,11 @@ class Endpoints:
     cloudbuild: str
     cloudrun: str
     metadata: str
+    accounts: str
+    credentials: str
+
+    #: The fields that are listeners (their ports are reused after a restart).
+    SERVICES = ("storage", "registry", "cloudbuild", "cloudrun", "metadata", "accounts")
 
     def write(self, state_dir: Path) -> Path:
         path = state_dir / FILENAME
@@ -43,6 +50,13 @@ class Endpoints:
                 f"no local cloud found: {path} does not exist",
                 hint="start one with `cf2run localcloud serve --state-dir DIR` and point the "
                      "target's localcloud_dir (or CF2RUN_LOCALCLOUD_DIR) at DIR") from None
+        missing = [key for key in cls.__dataclass_fields__ if key not in data]
+        if missing:
+            from cf2run.errors import Cf2RunError
+
+            raise Cf2RunError(f"{path} was written by an older cf2run (no {', '.join(missing)})",
+                              hint="restart the local cloud: `cf2run localcloud serve --state-dir "
+                                   f"{state_dir}`")
         return cls(**{key: data[key] for key in cls.__dataclass_fields__})
 
     def port(self, service: str) -> int:

@@ -8,7 +8,7 @@ talk to it unchanged, and applies the fault knobs to every call.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent import futures
 from typing import Any
 
@@ -78,9 +78,11 @@ def _guarded(method: str, func: Callable[[Any], Any],
     return call
 
 
-def serve(handlers: list[grpc.GenericRpcHandler], port: int = 0) -> tuple[grpc.Server, int]:
+def serve(handlers: list[grpc.GenericRpcHandler], port: int = 0,
+          interceptors: Sequence[grpc.ServerInterceptor] = ()) -> tuple[grpc.Server, int]:
     """Start a gRPC server on 127.0.0.1 (never 0.0.0.0); returns it and its port."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="grpc"))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="grpc"),
+                         interceptors=list(interceptors))
     server.add_generic_rpc_handlers(handlers)
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
     if bound == 0:

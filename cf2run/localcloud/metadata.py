@@ -37,7 +37,11 @@ DEFAULT_EMAIL = "local-caller@local-project.iam.gserviceaccount.com"
 DEFAULT_PROJECT = "local-project"
 TOKEN_LIFETIME_S = 3600
 CLOCK_SKEW_S = 60
+CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 _HEADER = {"alg": "HS256", "typ": "JWT", "kid": "cf2run-localcloud"}
+#: Google's access tokens start with ``ya29.``; ours say they are local, so one is never mistaken
+#: for the other in a log.
+ACCESS_PREFIX = "ya29.local."
 
 
 def _b64encode(data: bytes) -> str:
@@ -64,10 +68,28 @@ class TokenAuthority:
         self._key = _load_or_create_key(Path(state_dir) / "metadata" / "signing.key")
 
     def mint(self, audience: str, email: str = DEFAULT_EMAIL) -> str:
-        """An ID token for `audience` (a service or tag URL), valid for one hour."""
+        """An ID token for `audience` (a service or tag URL, or an OAuth client id), valid for one hour."""
         now = int(time.time())
-        claims = {"iss": ISSUER, "aud": audience, "azp": email, "sub": email, "email": email,
-                  "email_verified": True, "iat": now, "exp": now + TOKEN_LIFETIME_S}
+        return self._seal({"iss": ISSUER, "aud": audience, "azp": email, "sub": email, "email": email,
+                           "email_verified": True, "iat": now, "exp": now + TOKEN_LIFETIME_S})
+
+    def mint_access(self, email: str, scopes: Iterable[str], lifetime_s: int = TOKEN_LIFETIME_S
+                    ) -> tuple[str, int]:
+        """(an OAuth 2.0 access token of `email` for `scopes`, its lifetime in seconds). Like
+        Google's ``ya29.`` tokens it is opaque to callers; only the local cloud reads it."""
+        now = int(time.time())
+        claims = {"iss": ISSUER, "typ": "access", "sub": email, "scope": " ".join(scopes), "iat": now,
+                  "exp": now + lifetime_s}
+        return ACCESS_PREFIX + self._seal(claims), lifetime_s
+
+    def access(self, token: str) -> dict[str, Any] | None:
+        """The claims of one of our unexpired access tokens (``sub``, ``scope``), else None."""
+        if not token.startswith(ACCESS_PREFIX):
+            return None
+        claims = self.claims(token.removeprefix(ACCESS_PREFIX))
+        return claims if claims is not None and claims.get("typ") == "access" else None
+
+    def _seal(self, claims: dict[str, Any]) -> str:
         signing_input = ".".join(_b64encode(json.dumps(part, separators=(",", ":")).encode())
                                  for part in (_HEADER, claims))
         return f"{signing_input}.{self._sign(signing_input)}"
@@ -79,6 +101,8 @@ class TokenAuthority:
             return False
         wanted = [audiences] if isinstance(audiences, str) else list(audiences)
         aud = claims.get("aud")
+        if claims.get("typ") == "access":
+            return False
         return isinstance(aud, str) and any(_same_audience(aud, a) for a in wanted)
 
     def claims(self, token: str) -> dict[str, Any] | None:
@@ -236,11 +260,17 @@ class MetadataServer:
                 if not audience:
                     return 400, "text/html", "non-empty audience parameter required"
                 return 200, "text/plain", self.tokens.mint(audience, self.email)
+            if attribute == "token":  # what compute_engine.Credentials refresh from
+                asked = (query.get("scopes") or [""])[0]
+                token, lifetime = self.tokens.mint_access(self.email, asked.split(",") if asked
+                                                          else [CLOUD_PLATFORM_SCOPE])
+                return 200, "application/json", json.dumps(
+                    {"access_token": token, "expires_in": lifetime, "token_type": "Bearer"})
             if attribute == "email":
                 return 200, "application/text", self.email
             if attribute == "":
                 info = {"aliases": ["default"], "email": self.email,
-                        "scopes": ["https://www.googleapis.com/auth/cloud-platform"]}
+                        "scopes": [CLOUD_PLATFORM_SCOPE]}
                 return 200, "application/json", json.dumps(info)
         return 404, "text/html", google_error_page(404, path)
 
@@ -258,11 +288,14 @@ def _metadata_handler(server: MetadataServer) -> type[QuietHandler]:
 
 
 def google_error_page(status: int, path: str, detail: str = "") -> str:
-    """The HTML error page Google's front ends answer 403 and 404 with."""
+    """The HTML error page Google's front ends answer 401, 403 and 404 with."""
     code = f"<code>{html.escape(path)}</code>"
     if status == 403:
         reason = "Forbidden"
         what = f"Your client does not have permission to get URL {code} from this server."
+    elif status == 401:  # Cloud Run, a refused ID token (google/adk-python#3814)
+        reason = "Unauthorized"
+        what = f"Your client does not have permission to the requested URL {code}."
     else:
         reason, what = "Not Found", f"The requested URL {code} was not found on this server."
     return (f"<html><head>\n<meta http-equiv=\"content-type\" content=\"text/html;charset=utf-8\">\n"

@@ -2,8 +2,8 @@
 
 Each service URL and each tag URL is its own HTTP listener on 127.0.0.1 (the caller keeps the
 port, so the URL survives a restart). A request is checked as Cloud Run's front end does
-(private: an ID token whose audience is the URL, else 403), sent to one of the route's ready
-revisions, weighted by their traffic percent, and proxied over HTTP/1.1:
+(private: an ID token whose audience is the URL, else 403, or 401 for a token it refuses), sent to
+one of the route's ready revisions, weighted by their traffic percent, and proxied over HTTP/1.1:
 
     router = Router(tokens, resolve=runtime.address)
     url = router.open("svc", port=0)
@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from cf2run.localcloud.accounts import GCLOUD_CLIENT_IDS
 from cf2run.localcloud.metadata import LoopbackServer, QuietHandler, TokenAuthority, google_error_page
 
 log = logging.getLogger(__name__)
@@ -137,8 +138,10 @@ class _ProxyHandler(QuietHandler):
             self._fail(503, "Service Unavailable: nothing is deployed at this URL yet.\n")
             return
         forwarded = self._forwarded_headers()
-        if not route.public and not self._authorize(route, forwarded):
-            self._fail(403, google_error_page(403, self.path.split("?")[0]), "text/html; charset=UTF-8")
+        refused = None if route.public else self._authorize(route, forwarded)
+        if refused is not None:
+            self._fail(refused, google_error_page(refused, self.path.split("?")[0]),
+                       "text/html; charset=UTF-8")
             return
         address = self.router.pick(route)
         if address is None:
@@ -155,19 +158,25 @@ class _ProxyHandler(QuietHandler):
 
     # -- access --------------------------------------------------------------------------------
 
-    def _authorize(self, route: Route, headers: list[tuple[str, str]]) -> bool:
-        """Check the bearer token (X-Serverless-Authorization first, as Cloud Run does); the
-        revision receives it without its signature."""
-        audiences = route.audiences or (self.router.url(self.key) or "",)
+    def _authorize(self, route: Route, headers: list[tuple[str, str]]) -> int | None:
+        """None when a bearer ID token lets the caller in (X-Serverless-Authorization first, as Cloud
+        Run does; the revision receives it without its signature). Else the status Cloud Run answers:
+        403 without a token, 401 with one it refuses (expired, not Google's, another audience: the
+        "401 Unauthorized" page of google/adk-python#3814). Besides the URL, Cloud Run takes user ID
+        tokens issued to gcloud's OAuth clients (accounts.GCLOUD_CLIENT_IDS)."""
+        audiences = (*(route.audiences or (self.router.url(self.key) or "",)), *GCLOUD_CLIENT_IDS)
+        refused = 403
         for header in ("x-serverless-authorization", "authorization"):
             for i, (name, value) in enumerate(headers):
                 scheme, _, token = value.partition(" ")
                 token = token.strip()
-                if (name.lower() == header and scheme.lower() == "bearer"
-                        and self.router.tokens.verify(token, audiences)):
+                if name.lower() != header or scheme.lower() != "bearer":
+                    continue
+                if self.router.tokens.verify(token, audiences):
                     headers[i] = (name, f"{scheme} {token.rsplit('.', 1)[0]}.{REMOVED_SIGNATURE}")
-                    return True
-        return False
+                    return None
+                refused = 401
+        return refused
 
     # -- request -------------------------------------------------------------------------------
 

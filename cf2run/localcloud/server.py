@@ -12,6 +12,7 @@ URLs. No process outlives `close()`.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import shutil
 import tempfile
@@ -21,19 +22,23 @@ from types import TracebackType
 
 import grpc
 
+from cf2run.localcloud.accounts import Accounts, AccountsServer, bearer_error
 from cf2run.localcloud.cloudbuild import CloudBuildService
 from cf2run.localcloud.cloudrun import CloudRunService
 from cf2run.localcloud.endpoints import FILENAME, Endpoints
 from cf2run.localcloud.grpcapi import serve
-from cf2run.localcloud.metadata import MetadataServer, TokenAuthority
+from cf2run.localcloud.grpcauth import RequireAccessToken
+from cf2run.localcloud.metadata import CLOUD_PLATFORM_SCOPE, MetadataServer, TokenAuthority
 from cf2run.localcloud.registry import RegistryServer
 from cf2run.localcloud.router import Router
 from cf2run.localcloud.runtime import Runtime
 from cf2run.localcloud.settings import FaultInjector, LocalCloudSettings
 from cf2run.localcloud.storage import StorageServer
-from cf2run.oci import RegistryClient
+from cf2run.oci import RegistryClient, basic_access_token
 
 log = logging.getLogger(__name__)
+#: Who the local Cloud Build pushes and the local Cloud Run pulls images as.
+SERVICE_AGENT = "service-000000000000@gcp-sa-cloudbuild.iam.gserviceaccount.com"
 
 
 class LocalCloud:
@@ -71,12 +76,23 @@ class LocalCloud:
         storage.start()
         stack.callback(storage.stop)
 
-        registry = RegistryServer(state / "registry", self.faults, port=previous.get("registry", 0))
+        tokens = TokenAuthority(state)
+        accounts = AccountsServer(Accounts(state, tokens), port=previous.get("accounts", 0))
+        accounts.start()
+        stack.callback(accounts.stop)
+
+        # Artifact Registry's token exchange takes an OAuth access token as the Basic password of
+        # user oauth2accesstoken (https://cloud.google.com/artifact-registry/docs/docker/authentication).
+        registry = RegistryServer(
+            state / "registry", self.faults, port=previous.get("registry", 0),
+            auth=lambda user, password: user == "oauth2accesstoken" and not bearer_error(password, tokens))
         registry.start()
         stack.callback(registry.stop)
-        registry_client = RegistryClient(resolve=lambda host: f"http://{registry.address}")
+        # Cloud Build pushes and Cloud Run pulls as Google's own service agents do: with a token.
+        registry_client = RegistryClient(resolve=lambda host: f"http://{registry.address}",
+                                         auth=lambda: basic_access_token(tokens.mint_access(
+                                             SERVICE_AGENT, [CLOUD_PLATFORM_SCOPE])[0]))
 
-        tokens = TokenAuthority(state)
         metadata = MetadataServer(tokens, port=previous.get("metadata", 0))
         metadata.start()
         stack.callback(metadata.stop)
@@ -94,16 +110,18 @@ class LocalCloud:
                                             storage.url, registry_client)
         stack.callback(self.cloudbuild.stop)
 
-        build_server, build_port = serve(self.cloudbuild.handlers(), previous.get("cloudbuild", 0))
+        front_end = [RequireAccessToken(tokens)]
+        build_server, build_port = serve(self.cloudbuild.handlers(), previous.get("cloudbuild", 0), front_end)
         stack.callback(_stopper(build_server))
-        run_server, run_port = serve(self.cloudrun.handlers(), previous.get("cloudrun", 0))
+        run_server, run_port = serve(self.cloudrun.handlers(), previous.get("cloudrun", 0), front_end)
         stack.callback(_stopper(run_server))
         self.cloudrun.restore()
 
         self._endpoints = Endpoints(
             storage=storage.url, registry=registry.address,
             cloudbuild=f"127.0.0.1:{build_port}", cloudrun=f"127.0.0.1:{run_port}",
-            metadata=metadata.url)
+            metadata=metadata.url, accounts=accounts.url,
+            credentials=str(accounts.accounts.default_key_file()))
         self._endpoints.write(state)  # kept after close: a restart reuses its ports
 
     def id_token(self, audience: str) -> str:
@@ -137,7 +155,9 @@ def _stopper(server: grpc.Server) -> Callable[[], None]:
 
 def _previous_ports(state_dir: Path) -> dict[str, int]:
     """Ports of the last run in this state dir, so URLs stay the same after a restart."""
-    if not (state_dir / FILENAME).exists():
+    try:
+        recorded = json.loads((state_dir / FILENAME).read_text())
+    except (OSError, ValueError):
         return {}
-    endpoints = Endpoints.read(state_dir)
-    return {name: endpoints.port(name) for name in Endpoints.__dataclass_fields__}
+    return {name: int(str(recorded[name]).rsplit(":", 1)[1]) for name in Endpoints.SERVICES
+            if name in recorded}
