@@ -9,6 +9,7 @@
     cf2run localcloud serve [--state-dir DIR]
     cf2run localcloud logs SERVICE [--state-dir DIR]
     cf2run localcloud token AUDIENCE [--state-dir DIR]
+    cf2run localcloud credentials KIND --out FILE [--account SA] [--state-dir DIR]
     cf2run localcloud add-secret SECRET --data-file FILE|- [--project P] [--state-dir DIR]
 """
 
@@ -32,6 +33,7 @@ from cf2run.cloud import default_localcloud_dir
 from cf2run.errors import SpecError
 
 if TYPE_CHECKING:
+    from cf2run.cloud import Cloud
     from cf2run.spec import Manifest, Target
 
 app = typer.Typer(help="Migrate Google Cloud Functions to Cloud Run with buildpacks, on Prefect.",
@@ -60,6 +62,7 @@ def migrate(
     from cf2run.report import migrate_each, print_results
 
     loaded = _load(manifest, only, target)
+    _connect(loaded.target)
     results = migrate_each(loaded.functions, loaded.target)
     print_results(results, f"cf2run migrate {manifest}")
     raise typer.Exit(0 if all(r.status == "succeeded" for r in results) else 1)
@@ -114,6 +117,8 @@ def fleet(
     except SpecError as error:
         typer.secho(f"error: {manifest}: {error}", fg="red", err=True)
         raise typer.Exit(2) from error
+    if fanout == "local":  # with deployments, the workers' credentials are the ones that count
+        _connect(loaded.target)
     state = migrate_fleet(loaded, max_parallel=max_parallel, dry_run=dry_run,
                           fanout=fanout, return_state=True)  # type: ignore[arg-type]
     report = state.result(raise_on_failure=False)
@@ -184,11 +189,10 @@ def plan(
         "--target", help="Override the manifest's target kind: local or gcp.")] = None,
 ) -> None:
     """Show what a migration would change per function (service, diff, build cached?); change nothing."""
-    from cf2run.cloud import Cloud
     from cf2run.plan import plan_function, render
 
     loaded = _load(manifest, only, target)
-    cloud = Cloud.for_target(loaded.target)
+    cloud = _connect(loaded.target)
     plans = [plan_function(spec, loaded.target, cloud) for spec in loaded.functions]
     typer.echo(render(plans), nl=False)
     raise typer.Exit(0 if all(p.ok for p in plans) else 1)
@@ -209,13 +213,12 @@ def rollback(
     region: Annotated[str | None, typer.Option("--region", help="Cloud Run region.")] = None,
 ) -> None:
     """Move all of a service's traffic back to the revision that served before (no new revision)."""
-    from cf2run.cloud import Cloud
     from cf2run.errors import Cf2RunError
     from cf2run.rollback import rollback as do_rollback
 
     chosen = _target(manifest, target, project, region)
+    cloud = _connect(chosen)
     try:
-        cloud = Cloud.for_target(chosen)
         moved = do_rollback(cloud, chosen, service, to)
     except Cf2RunError as error:
         typer.secho(f"error: {error}", fg="red", err=True)
@@ -225,6 +228,21 @@ def rollback(
                    f"{', '.join(moved.serving)} at {moved.url}")
     else:
         typer.echo(f"{service}: already serves {', '.join(moved.serving)}; nothing moved")
+
+
+def _connect(target: Target) -> Cloud:
+    """The target's clients, once its credentials are known to do the whole job, the smoke test's ID
+    token included (no network call); otherwise one line naming the fix, exit 2, nothing changed."""
+    from cf2run.cloud import Cloud
+    from cf2run.errors import Cf2RunError
+
+    try:
+        cloud = Cloud.for_target(target)
+        cloud.check_identity()
+    except Cf2RunError as error:
+        typer.secho(f"error: {error}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    return cloud
 
 
 def _target(manifest: Path | None, kind: str | None, project: str | None, region: str | None
@@ -279,6 +297,34 @@ def localcloud_token(audience: Annotated[str, typer.Argument(help="The service U
     from cf2run.localcloud.metadata import TokenAuthority
 
     typer.echo(TokenAuthority(state_dir or default_localcloud_dir()).mint(audience))
+
+
+@localcloud_app.command("credentials")
+def localcloud_credentials(
+    kind: Annotated[str, typer.Argument(
+        help="service_account | authorized_user | impersonated_service_account | external_account")],
+    out: Annotated[Path, typer.Option("--out", help="Where to write the credentials file (mode 0600).")],
+    account: Annotated[str, typer.Option(
+        help="The service account (its key, or the one impersonated).")] = "cf2run-local@local-project"
+                                                                           ".iam.gserviceaccount.com",
+    state_dir: StateDir = None,
+) -> None:
+    """Write a credentials file of KIND whose token URLs are the running local cloud's, to rehearse a
+    credential type: GOOGLE_APPLICATION_CREDENTIALS=FILE and a target credentials_block without a key."""
+    import json
+
+    from cf2run.errors import Cf2RunError
+    from cf2run.localcloud.accounts import KINDS, Accounts, write_private
+
+    if kind not in KINDS:
+        raise typer.BadParameter(f"must be one of {', '.join(KINDS)}", param_hint="KIND")
+    try:
+        accounts = Accounts.of(state_dir or default_localcloud_dir())
+    except Cf2RunError as error:
+        typer.secho(f"error: {error}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    write_private(out, json.dumps(accounts.credentials_info(kind, account), indent=2))  # type: ignore[arg-type]
+    typer.echo(f"wrote {kind} credentials to {out}")
 
 
 @localcloud_app.command("add-secret")

@@ -18,8 +18,10 @@ impersonation, workload identity federation (``token_url``, ``service_account_im
 google-auth does not read every URL from the file: it compiles ``oauth2.googleapis.com/token`` into
 user credentials (google/oauth2/credentials.py ``from_authorized_user_info``: "always overrides") and
 ``iamcredentials.googleapis.com`` into impersonation (google/auth/iam.py ``_IAM_ENDPOINT``,
-``_IAM_IDTOKEN_ENDPOINT``; impersonated_credentials.py takes only the account from the file's URL).
-`route_google_auth` points those three at a local cloud: the only change cf2run's local target makes
+``_IAM_IDTOKEN_ENDPOINT``; impersonated_credentials.py takes only the account from the file's URL),
+and google.auth.default looks up a federated credential's project at ``cloudresourcemanager.googleapis.com``
+(external_account.py ``_CLOUD_RESOURCE_MANAGER``; served here as ``GET /v1/projects/NUMBER``).
+`route_google_auth` points those at a local cloud: the only change cf2run's local target makes
 to google-auth, and only in a process that uses a local target.
 
 Error answers are Google's: the token endpoint's ``{"error": "invalid_grant" | "invalid_scope", ...}``
@@ -103,11 +105,19 @@ def bearer_error(token: str | None, tokens: TokenAuthority, scopes: tuple[str, .
 class Accounts:
     """The token services' logic (no HTTP here): keys, refresh tokens, and the answers."""
 
-    def __init__(self, state_dir: Path, tokens: TokenAuthority) -> None:
+    def __init__(self, state_dir: Path, tokens: TokenAuthority, url: str = "") -> None:
         self.dir = Path(state_dir) / "accounts"
         self.tokens = tokens
-        self.url = ""  # set by AccountsServer.start()
+        self.url = url  # where the token services listen (AccountsServer.start() sets it)
         self._lock = threading.Lock()
+
+    @classmethod
+    def of(cls, state_dir: Path) -> Accounts:
+        """The accounts of the local cloud serving from `state_dir` (Cf2RunError when none is)."""
+        from cf2run.localcloud.endpoints import Endpoints
+
+        url = Endpoints.read(Path(state_dir)).accounts
+        return cls(Path(state_dir), TokenAuthority(Path(state_dir)), url)
 
     # -- credential files ------------------------------------------------------------------------
 
@@ -141,7 +151,7 @@ class Accounts:
                 return path
         except (OSError, ValueError, KeyError):
             pass
-        _write_private(path, json.dumps(self._service_account_key(DEFAULT_ACCOUNT), indent=2))
+        write_private(path, json.dumps(self._service_account_key(DEFAULT_ACCOUNT), indent=2))
         return path
 
     def _service_account_key(self, email: str) -> dict[str, Any]:
@@ -163,7 +173,7 @@ class Accounts:
         with self._lock:
             users = self._users()
             users[refresh_token] = {"email": email, "client_id": ADC_CLIENT_ID, "scopes": list(ADC_SCOPES)}
-            _write_private(self.dir / "users.json", json.dumps(users, indent=2))
+            write_private(self.dir / "users.json", json.dumps(users, indent=2))
         return {"type": "authorized_user", "client_id": ADC_CLIENT_ID, "client_secret": "local-secret",
                 "refresh_token": refresh_token, "quota_project_id": DEFAULT_PROJECT,
                 "universe_domain": "googleapis.com"}
@@ -292,6 +302,18 @@ class Accounts:
         return 200, {"accessToken": token, "expireTime": expires.strftime("%Y-%m-%dT%H:%M:%SZ")}
 
 
+    # -- cloudresourcemanager.googleapis.com/v1/projects/NUMBER ----------------------------------------
+
+    def project(self, caller: str | None, number: str) -> Answer:
+        """What google.auth.default asks of federated credentials: the project of the pool's number."""
+        refused = bearer_error(caller, self.tokens)
+        if refused is not None:
+            status, code, message = refused
+            return status, {"error": {"code": status, "message": message, "status": code}}
+        return 200, {"projectNumber": number, "projectId": DEFAULT_PROJECT, "lifecycleState": "ACTIVE",
+                     "name": DEFAULT_PROJECT}
+
+
 class AccountsServer:
     """`Accounts` over HTTP on 127.0.0.1 (see the module doc for the paths)."""
 
@@ -316,6 +338,18 @@ class AccountsServer:
 
 def _handler(accounts: Accounts) -> type[QuietHandler]:
     class Handler(QuietHandler):
+        def do_GET(self) -> None:
+            path = urllib.parse.urlsplit(self.path).path
+            if path.startswith("/v1/projects/") and path.count("/") == 3:
+                status, answer = accounts.project(self._bearer(), path.rsplit("/", 1)[1])
+            else:
+                status, answer = 404, {"error": {"code": 404, "message": "Not Found", "status": "NOT_FOUND"}}
+            self.send_body(status, json.dumps(answer).encode(), "application/json; charset=utf-8")
+
+        def _bearer(self) -> str | None:
+            scheme, _, token = self.headers.get("Authorization", "").partition(" ")
+            return token.strip() if scheme.lower() == "bearer" else None
+
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length).decode() if length else ""
@@ -326,7 +360,6 @@ def _handler(accounts: Accounts) -> type[QuietHandler]:
                 status, answer = accounts.exchange(_form(raw))
             elif path.startswith("/v1/projects/-/serviceAccounts/") and ":" in path:
                 account, _, method = path.removeprefix("/v1/projects/-/serviceAccounts/").rpartition(":")
-                scheme, _, token = self.headers.get("Authorization", "").partition(" ")
                 try:
                     body = json.loads(raw or "{}")
                 except ValueError:
@@ -335,9 +368,8 @@ def _handler(accounts: Accounts) -> type[QuietHandler]:
                     status, answer = 400, {"error": {"code": 400, "message": "Invalid JSON payload received.",
                                                      "status": "INVALID_ARGUMENT"}}
                 else:
-                    status, answer = accounts.impersonate(
-                        token.strip() if scheme.lower() == "bearer" else None,
-                        urllib.parse.unquote(account), method, body)
+                    status, answer = accounts.impersonate(self._bearer(), urllib.parse.unquote(account),
+                                                          method, body)
             else:
                 status, answer = 404, {"error": {"code": 404, "message": "Not Found", "status": "NOT_FOUND"}}
             self.send_body(status, json.dumps(answer).encode(), "application/json; charset=utf-8")
@@ -347,6 +379,7 @@ def _handler(accounts: Accounts) -> type[QuietHandler]:
 
 def route_google_auth(url: str) -> None:
     """Point the token hosts google-auth compiles in (see the module doc) at the local cloud at `url`."""
+    import google.auth.external_account
     import google.auth.iam
     import google.oauth2.credentials
 
@@ -356,6 +389,8 @@ def route_google_auth(url: str) -> None:
     google.auth.iam._IAM_IDTOKEN_ENDPOINT = base + ":generateIdToken"
     google.auth.iam._IAM_SIGN_ENDPOINT = base + ":signBlob"
     google.auth.iam._IAM_SIGNJWT_ENDPOINT = base + ":signJwt"
+    # google.auth.default asks Resource Manager for a federated credential's project.
+    google.auth.external_account._CLOUD_RESOURCE_MANAGER = f"{url}/v1/projects/"
 
 
 def _form(raw: str) -> dict[str, str]:
@@ -366,7 +401,7 @@ def _b64decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def _write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str) -> None:
     """Write a file only its owner may read (keys and refresh tokens), replacing it atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")

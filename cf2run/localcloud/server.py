@@ -77,7 +77,8 @@ class LocalCloud:
         stack.callback(storage.stop)
 
         tokens = TokenAuthority(state)
-        accounts = AccountsServer(Accounts(state, tokens), port=previous.get("accounts", 0))
+        self.accounts = Accounts(state, tokens)
+        accounts = AccountsServer(self.accounts, port=previous.get("accounts", 0))
         accounts.start()
         stack.callback(accounts.stop)
 
@@ -121,7 +122,7 @@ class LocalCloud:
             storage=storage.url, registry=registry.address,
             cloudbuild=f"127.0.0.1:{build_port}", cloudrun=f"127.0.0.1:{run_port}",
             metadata=metadata.url, accounts=accounts.url,
-            credentials=str(accounts.accounts.default_key_file()))
+            credentials=str(self.accounts.default_key_file()))
         self._endpoints.write(state)  # kept after close: a restart reuses its ports
 
     def id_token(self, audience: str) -> str:

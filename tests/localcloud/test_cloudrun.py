@@ -73,14 +73,14 @@ class Env:
     services: run_v2.ServicesClient
     revisions: run_v2.RevisionsClient
     settings: LocalCloudSettings
-    registry: str
+    registry: RegistryClient
     id_token: Callable[[str], str]
     logs: Callable[[str], str]
 
     def push_app(self, source: str) -> str:
         """Push an image whose web process runs `source` with python3; returns its reference."""
         ref = ImageRef.parse(f"us-central1-docker.pkg.dev/local-project/apps/app-{uuid.uuid4().hex[:8]}:v1")
-        RegistryClient(resolve=lambda host: f"http://{self.registry}").push_image(
+        self.registry.push_image(
             ref, json.dumps(_image_config()).encode(), [Layer(data=_layer({"workspace/app.py": source}))])
         return str(ref)
 
@@ -88,7 +88,7 @@ class Env:
 def env_of(localcloud: LocalCloud, clients: Cloud | None = None) -> Env:
     clients = clients or Cloud.local(localcloud.endpoints)
     return Env(clients.services, clients.revisions, localcloud.settings,
-               localcloud.endpoints.registry, localcloud.id_token, localcloud.logs)
+               clients.registry, localcloud.id_token, localcloud.logs)
 
 
 @contextlib.contextmanager
@@ -430,7 +430,7 @@ def test_private_service_needs_a_token_until_all_users_may_invoke(
         env: Env, hello_v1: str) -> None:
     service = create(env, unique("private"), service_of(hello_v1))
     assert get(service.uri).status_code == 403
-    assert get(service.uri, env.id_token("http://127.0.0.1:1")).status_code == 403
+    assert get(service.uri, env.id_token("http://127.0.0.1:1")).status_code == 401  # a refused token
     assert get(service.uri, env.id_token(service.uri)).status_code == 200
 
     policy = env.services.get_iam_policy(request={"resource": service.name})

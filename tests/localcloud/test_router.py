@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from cf2run.localcloud.accounts import GCLOUD_CLIENT_IDS
 from cf2run.localcloud.metadata import LoopbackServer, MetadataServer, QuietHandler, TokenAuthority
 from cf2run.localcloud.router import Router
 
@@ -88,9 +89,22 @@ def test_private_url_needs_a_token_for_its_own_audience(router: Router, tokens: 
         assert anonymous.status_code == 403
         assert "Your client does not have permission to get URL <code>/hello</code>" in anonymous.text
 
+        # A token Cloud Run refuses (another audience, not Google's, an access token) is 401, not 403
+        # (the "401 Unauthorized" page of google/adk-python#3814).
         other = tokens.mint("http://127.0.0.1:1")
-        assert client.get(url, headers={"Authorization": f"Bearer {other}"}).status_code == 403
-        assert client.get(url, headers={"Authorization": "Bearer not.a.token"}).status_code == 403
+        refused = client.get(f"{url}/hello", headers={"Authorization": f"Bearer {other}"})
+        assert refused.status_code == 401
+        assert "Your client does not have permission to the requested URL <code>/hello</code>" in refused.text
+        assert client.get(url, headers={"Authorization": "Bearer not.a.token"}).status_code == 401
+        access, _ = tokens.mint_access("someone@example.com", ["https://www.googleapis.com/auth/cloud-platform"])
+        assert client.get(url, headers={"Authorization": f"Bearer {access}"}).status_code == 401
+
+        # User ID tokens issued to gcloud's OAuth clients are taken (GoogleCloudPlatform/cloud-run-proxy#8).
+        for client_id in GCLOUD_CLIENT_IDS:
+            user = tokens.mint(client_id, "developer@example.com")
+            assert client.get(url, headers={"Authorization": f"Bearer {user}"}).status_code == 200
+        assert client.get(url, headers={"Authorization": f"Bearer {tokens.mint('other-client')}"}
+                          ).status_code == 401
 
         token = tokens.mint(url)
         answer = client.get(f"{url}/hello", headers={"Authorization": f"Bearer {token}"})

@@ -93,7 +93,7 @@ def test_restart_brings_services_back_on_the_same_urls(serve: Serve, tmp_path: P
                                             service=service).result(timeout=120)
     token = cloud.id_token(created.uri)
     assert "hello from python" in get(created.uri, token).text
-    assert get(created.uri, "not-a-token").status_code == 403
+    assert get(created.uri, "not-a-token").status_code == 401  # a refused token (router.py)
 
     # What a user reaches for from a shell: a token for the URL, and the revision's output.
     printed = cf2run("localcloud", "token", created.uri, "--state-dir", str(serve.state_dir))
