@@ -464,7 +464,8 @@ class Target(_Model):
     staging_bucket: str | None = Field(
         default=None,
         description="Cloud Storage bucket for source archives; unset = PROJECT_cloudbuild as gcloud "
-                    "uses (':' and '.' in the project become '_').")
+                    "uses (':' and '.' in the project become '_', 'google' becomes 'elgoog'), "
+                    "refused when another project owns a bucket of that name.")
     builder: str = Field(
         default=DEFAULT_BUILDER,
         description="Buildpacks builder image, pinned to a tag or digest (e.g. "
@@ -529,10 +530,16 @@ class Target(_Model):
 
     @property
     def bucket(self) -> str:
-        """Bucket for source archives: `staging_bucket`, else gcloud's ``PROJECT_cloudbuild``."""
+        """Bucket for source archives: `staging_bucket`, else gcloud's ``PROJECT_cloudbuild``.
+
+        gcloud's default (googlecloudsdk/command_lib/builds/staging_bucket_util.py,
+        ``GetDefaultStagingBucket``): ':' and '.' become '_', and 'google', which bucket names
+        cannot contain, becomes 'elgoog' (``google.com:proj`` -> ``elgoog_com_proj_cloudbuild``).
+        """
         if self.staging_bucket:
             return self.staging_bucket
-        return self.project.replace(":", "_").replace(".", "_") + "_cloudbuild"
+        safe_project = self.project.replace(":", "_").replace(".", "_").replace("google", "elgoog")
+        return safe_project + "_cloudbuild"
 
     @property
     def registry_host(self) -> str:
