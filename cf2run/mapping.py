@@ -22,6 +22,11 @@ EGRESS = {
     "all-traffic": run_v2.VpcAccess.VpcEgress.ALL_TRAFFIC,
 }
 APPSPOT = "appspot.gserviceaccount.com"
+#: gen1's max instances when none is set: "If you don't specify a limit, Cloud Run functions sets
+#: a default of 3000" (cloud.google.com/functions/1stgendocs/configuring/max-instances).
+GEN1_DEFAULT_MAX_INSTANCES = 3000
+#: Cloud Run's when `scaling.max_instance_count` is unset (run_v2 RevisionScaling docs).
+CLOUD_RUN_DEFAULT_MAX_INSTANCES = 100
 VOLUME_PREFIX = "secret"
 
 
@@ -34,6 +39,29 @@ def service_account(spec: FunctionSpec, target: Target) -> str:
         return spec.service_account
     domain, _, project = target.project.rpartition(":")
     return f"{project}.{domain}@{APPSPOT}" if domain else f"{project}@{APPSPOT}"
+
+
+def max_instances(spec: FunctionSpec) -> int:
+    """`template.scaling.max_instance_count`: `spec.max_instances`, else gen1's default 3000.
+
+    Never left unset: Cloud Run would make it 100, a 30th of what the function could scale to
+    on gen1. Cloud Run caps it by the project's regional CPU and memory quotas
+    (cloud.google.com/run/docs/configuring/max-instances-limits) and refuses a value above
+    ("maxScale may not exceed N"); cf2run then fails the deploy naming `max_instances` rather
+    than lower it silently.
+    """
+    return GEN1_DEFAULT_MAX_INSTANCES if spec.max_instances is None else spec.max_instances
+
+
+def max_instances_note(spec: FunctionSpec) -> str | None:
+    """What `cf2run plan` says about a function without `max_instances` (None when it has one)."""
+    if spec.max_instances is not None:
+        return None
+    return (f"max instances {GEN1_DEFAULT_MAX_INSTANCES}: max_instances is unset, so the function "
+            f"keeps gen1's default (Cloud Run's own default would be "
+            f"{CLOUD_RUN_DEFAULT_MAX_INSTANCES}); Cloud Run refuses it where the project's "
+            f"regional quota allows fewer for cpu {spec.effective_cpu} and memory {spec.memory}: "
+            "set max_instances then")
 
 
 def secret_name(secret: str, project: str | None, target: Target) -> str:

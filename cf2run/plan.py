@@ -18,6 +18,7 @@ from google.api_core import exceptions as api_exceptions
 from google.cloud import run_v2
 from pydantic import BaseModel, ConfigDict, Field
 
+from cf2run import mapping
 from cf2run.cloud import Cloud
 from cf2run.errors import Cf2RunError
 from cf2run.events import eventarc_command
@@ -67,6 +68,7 @@ class ServicePlan(BaseModel):
     revision: str | None = Field(default=None, description="Revision the deploy would create.")
     changes: list[Change] = Field(default_factory=list)
     eventarc: str | None = Field(default=None, description="The Eventarc trigger to create.")
+    notes: list[str] = Field(default_factory=list, description="Settings cf2run chose, and why.")
 
 
 def settings_view(service: run_v2.Service, public: bool | None) -> dict[str, str]:
@@ -83,8 +85,9 @@ def settings_view(service: run_v2.Service, public: bool | None) -> dict[str, str
     limits = dict(container.resources.limits)
     view.update({f"limits.{key}": value for key, value in sorted(limits.items())})
     view["scaling.min_instances"] = str(template.scaling.min_instance_count)
-    if template.scaling.max_instance_count:
-        view["scaling.max_instances"] = str(template.scaling.max_instance_count)
+    view["scaling.max_instances"] = (str(template.scaling.max_instance_count)
+                                     if template.scaling.max_instance_count
+                                     else f"{mapping.CLOUD_RUN_DEFAULT_MAX_INSTANCES} (Cloud Run's default)")
     view["scaling.concurrency"] = str(template.max_instance_request_concurrency or 80)
     view["timeout"] = f"{int(template.timeout.total_seconds()) if 'timeout' in template else 300}s"
     view["service_account"] = template.service_account or "(Cloud Run's compute default)"
@@ -130,8 +133,10 @@ def _plan(spec: FunctionSpec, target: Target, cloud: Cloud) -> ServicePlan:
         wanted.template.containers[0].image = ""  # unknown until the build runs
     name = service_path(target, spec.name)
     existing = get_service(cloud.services, name, step="plan")
+    note = mapping.max_instances_note(spec)
     result = ServicePlan(function=spec.name, build=built.build, image=image, service=name,
-                         revision=built.revision, eventarc=eventarc_command(spec, target))
+                         revision=built.revision, eventarc=eventarc_command(spec, target),
+                         notes=[note] if note else [])
     wanted_view = settings_view(wanted, spec.allow_unauthenticated)
     if existing is None:
         result.action = "create"
@@ -163,6 +168,7 @@ def render(plans: list[ServicePlan]) -> str:
             body = ["  no changes"]
         if plan.eventarc:
             body.append(f"  eventarc trigger to create: {plan.eventarc}")
+        body += [f"  note: {note}" for note in plan.notes]
         blocks.append("\n".join(head + body))
     return "\n\n".join(blocks) + "\n"
 

@@ -18,6 +18,7 @@ import re
 import types
 import typing
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -60,6 +61,9 @@ GEN1_CPU_BY_MEMORY_MIB = {128: "0.083", 256: "0.167", 512: "0.333", 1024: "0.583
 #: Cloud Run's minimum vCPU above a memory size (MiB): REFERENCE §4 plus Cloud Run's memory limits.
 MIN_CPU_ABOVE_MEMORY_MIB = ((512, 0.5), (1024, 1.0), (4096, 2.0), (8192, 4.0), (16384, 6.0),
                             (24576, 8.0))
+#: The memory (MiB) Cloud Run needs at least for a cpu (cloud.google.com/run/docs/configuring/
+#: services/cpu: "4 2 GiB, 6 4 GiB, 8 4 GiB").
+MIN_MEMORY_FOR_CPU_MIB = ((8.0, 4096), (6.0, 4096), (4.0, 2048))
 MEMORY_MIB_RANGE = (128, 32768)
 CPU_RANGE = (0.08, 8.0)
 WHOLE_CPUS_ABOVE_ONE = (2.0, 4.0, 6.0, 8.0)
@@ -209,7 +213,11 @@ class FunctionSpec(_Model):
                     "1 needs at least 1 vCPU.")
     min_instances: int = Field(default=0, ge=0, le=1000, description="Minimum number of instances kept warm.")
     max_instances: int | None = Field(
-        default=None, ge=1, le=1000, description="Maximum number of instances; unset = Cloud Run's default.")
+        default=None, ge=1,
+        description="Maximum number of instances; unset = 3000, gen1's default (Cloud Run's own "
+                    "default, 100, is not used). Cloud Run refuses more than the project's regional "
+                    "CPU and memory quotas allow for this cpu and memory ('maxScale may not exceed "
+                    "N'): then set it to at most N, or ask for more quota.")
     service_account: str | None = Field(
         default=None,
         description="Service account email the service runs as; unset = gen1's runtime account "
@@ -324,6 +332,9 @@ class FunctionSpec(_Model):
         if not low <= cores <= high or (cores > 1 and cores not in WHOLE_CPUS_ABOVE_ONE):
             raise ValueError(f"cpu {cpu!r} is not a Cloud Run CPU limit; use a value from 0.08 to 1, "
                              "or 2, 4, 6 or 8")
+        if cores < 1 and Decimal(str(cores)) != Decimal(str(cores)).quantize(Decimal("0.001")):
+            raise ValueError(f"cpu {cpu!r}: below 1, Cloud Run takes cpu in steps of 0.001 (e.g. "
+                             f"'{round(cores, 3):g}')")
         return cpu
 
     @field_validator("service_account")
@@ -421,6 +432,11 @@ class FunctionSpec(_Model):
                 raise ValueError(f"memory {self.memory} with {shown}: Cloud Run needs at least "
                                  f"{needed:g} vCPU above {above_mib}Mi; set cpu: '{needed:g}' or "
                                  "lower memory")
+        least = next((need for at, need in MIN_MEMORY_FOR_CPU_MIB if cores >= at), 0)
+        if mib < least:
+            raise ValueError(f"cpu {self.effective_cpu} with memory {self.memory}: Cloud Run needs at "
+                             f"least {least // 1024}Gi of memory for {cores:g} vCPU; set memory: "
+                             f"{least // 1024}Gi or more, or lower cpu")
         return self
 
     @property
@@ -464,7 +480,8 @@ class Target(_Model):
     staging_bucket: str | None = Field(
         default=None,
         description="Cloud Storage bucket for source archives; unset = PROJECT_cloudbuild as gcloud "
-                    "uses (':' and '.' in the project become '_').")
+                    "uses (':' and '.' in the project become '_', 'google' becomes 'elgoog'), "
+                    "refused when another project owns a bucket of that name.")
     builder: str = Field(
         default=DEFAULT_BUILDER,
         description="Buildpacks builder image, pinned to a tag or digest (e.g. "
@@ -542,10 +559,16 @@ class Target(_Model):
 
     @property
     def bucket(self) -> str:
-        """Bucket for source archives: `staging_bucket`, else gcloud's ``PROJECT_cloudbuild``."""
+        """Bucket for source archives: `staging_bucket`, else gcloud's ``PROJECT_cloudbuild``.
+
+        gcloud's default (googlecloudsdk/command_lib/builds/staging_bucket_util.py,
+        ``GetDefaultStagingBucket``): ':' and '.' become '_', and 'google', which bucket names
+        cannot contain, becomes 'elgoog' (``google.com:proj`` -> ``elgoog_com_proj_cloudbuild``).
+        """
         if self.staging_bucket:
             return self.staging_bucket
-        return self.project.replace(":", "_").replace(".", "_") + "_cloudbuild"
+        safe_project = self.project.replace(":", "_").replace(".", "_").replace("google", "elgoog")
+        return safe_project + "_cloudbuild"
 
     @property
     def registry_host(self) -> str:

@@ -91,20 +91,20 @@ def _pack_step(*args: str) -> cloudbuild_v1.BuildStep:
 
 def pack_build_request(spec: FunctionSpec, target: Target, archive: SourceArchive,
                        image: str) -> cloudbuild_v1.Build:
-    """The Build `gcloud builds submit --pack image=IMAGE,env=...` creates (REFERENCE §1).
+    """The Build `gcloud builds submit --pack image=IMAGE,builder=BUILDER,env=...` creates.
 
-    Steps: ``pack config default-builder BUILDER``, then ``pack build IMAGE --network
-    cloudbuild --env K=V ... --builder BUILDER``; source pinned to the archive's generation;
+    One step, ``pack build IMAGE --network cloudbuild --env K=V ... --builder BUILDER``: gcloud
+    adds the ``pack config default-builder`` step only when no builder is given
+    (googlecloudsdk/command_lib/builds/submit_util.py, ``_SetBuildSteps``; REFERENCE §7), and
+    cf2run always gives the pinned one. Source pinned to the archive's generation;
     ``images: [IMAGE]`` so Cloud Build pushes it and reports its digest.
     """
     env_args = [arg for name, value in pack_env(spec) for arg in ("--env", f"{name}={value}")]
     return cloudbuild_v1.Build(
         source=cloudbuild_v1.Source(storage_source=cloudbuild_v1.StorageSource(
             bucket=archive.bucket, object_=archive.object_name, generation=archive.generation)),
-        steps=[
-            _pack_step("config", "default-builder", target.builder),
-            _pack_step("build", image, "--network", "cloudbuild", *env_args, "--builder", target.builder),
-        ],
+        steps=[_pack_step("build", image, "--network", "cloudbuild", *env_args, "--builder",
+                          target.builder)],
         images=[image],
         timeout=duration_pb2.Duration(seconds=target.build_timeout_s),
         tags=build_tags(spec),

@@ -104,9 +104,8 @@ def service_for(spec: FunctionSpec, target: Target, image: VerifiedImage,
             limits={"cpu": spec.effective_cpu, "memory": spec.memory}, cpu_idle=True),
         volume_mounts=mapping.volume_mounts(spec),
     )
-    scaling = run_v2.RevisionScaling(min_instance_count=spec.min_instances)
-    if spec.max_instances is not None:
-        scaling.max_instance_count = spec.max_instances
+    scaling = run_v2.RevisionScaling(min_instance_count=spec.min_instances,
+                                     max_instance_count=mapping.max_instances(spec))
     template = run_v2.RevisionTemplate(
         labels=labels,
         containers=[container],
@@ -173,6 +172,11 @@ def api_step(what: str, hint: str | None = None, step: str = "deploy_service") -
 def _hint_for(error: api_exceptions.GoogleAPICallError) -> str:
     if isinstance(error, api_exceptions.PermissionDenied | api_exceptions.Unauthenticated):
         return "the credentials need roles/run.admin (and iam.serviceAccountUser on the runtime account)"
+    if isinstance(error, api_exceptions.InvalidArgument) and "maxScale may not exceed" in str(error):
+        return (f"the project's Cloud Run quota in this region allows fewer instances than the "
+                f"function's max_instances (unset = gen1's {mapping.GEN1_DEFAULT_MAX_INSTANCES}) for "
+                "its cpu and memory: set max_instances in the manifest to at most the number Google "
+                "names, or request a quota increase (https://cloud.google.com/run/quotas)")
     if isinstance(error, api_exceptions.InvalidArgument | api_exceptions.FailedPrecondition):
         return "fix the function's settings in the manifest (the message names the field)"
     return "check the Cloud Run service in the console, then run the migration again"

@@ -16,6 +16,7 @@ import io
 import os
 import stat
 import tarfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,10 +206,16 @@ def archive_object_name(spec: FunctionSpec, sha256: str) -> str:
     return f"source/{spec.name}-{sha256[:16]}.tgz"
 
 
-def upload_archive(client: Client, bucket_name: str, object_name: str,
-                   tarball: Tarball) -> SourceArchive:
+def upload_archive(client: Client, bucket_name: str, object_name: str, tarball: Tarball,
+                   owner_project: str | None = None) -> SourceArchive:
     """Reuse the object when it is there already (a rerun: one call), else write it
-    (`if_generation_match=0`: two calls), creating the bucket when the write finds it missing."""
+    (`if_generation_match=0`: two calls), creating the bucket when the write finds it missing.
+
+    `owner_project`: for gcloud's default bucket name, the project that must own the bucket
+    when it exists (`check_owner`, before anything is read or written).
+    """
+    if owner_project is not None:
+        check_owner(client, bucket_name, owner_project)
     blob = client.bucket(bucket_name).blob(object_name)
     try:
         _reload_same(blob, bucket_name, tarball)
@@ -264,6 +271,43 @@ def _ensure_bucket(client: Client, name: str) -> None:
         raise _no_access(name, error) from None
 
 
+#: Default buckets this process found owned by their project: checked once, not per archive.
+_OWNED: set[tuple[str, str]] = set()
+_OWNED_LOCK = threading.Lock()
+
+
+def check_owner(client: Client, bucket_name: str, project: str) -> None:
+    """Refuse gcloud's default bucket name when another project owns a bucket of that name.
+
+    Bucket names are global, so anyone may create ``PROJECT_cloudbuild`` first and receive your
+    source. gcloud checks it as cf2run does here (googlecloudsdk/api_lib/storage/storage_api.py,
+    ``CreateBucketIfNotExists(check_ownership=True)``, called by command_lib/builds/
+    submit_util.py for the default bucket): a bucket that exists must be among the project's
+    own (``buckets.list(project=P, prefix=NAME)``); a missing one is created in the project
+    later by the write. gcloud then says "A bucket with name NAME already exists and is owned
+    by another project. Specify a bucket using --gcs-source-staging-dir."
+    """
+    with _OWNED_LOCK:
+        if (project, bucket_name) in _OWNED:
+            return
+    try:
+        if client.lookup_bucket(bucket_name) is None:
+            return  # created in `project` by the write (_ensure_bucket)
+        owned = any(bucket.name == bucket_name
+                    for bucket in client.list_buckets(project=project, prefix=bucket_name))
+    except Forbidden as error:
+        raise _no_access(bucket_name, error) from None
+    if not owned:
+        raise Cf2RunError(
+            f"staging bucket gs://{bucket_name} (gcloud's default name for project {project}) "
+            f"already exists and is owned by another project; cf2run does not upload your source "
+            "into it",
+            hint="set target.staging_bucket to a bucket your project owns (gcloud asks for "
+                 "--gcs-source-staging-dir in this case)")
+    with _OWNED_LOCK:
+        _OWNED.add((project, bucket_name))
+
+
 def _no_access(bucket_name: str, error: Forbidden) -> Cf2RunError:
     return Cf2RunError(f"no access to staging bucket gs://{bucket_name}: {error.message}",
                        hint="set target.staging_bucket to a bucket your project owns, or grant "
@@ -277,4 +321,6 @@ def package_source(spec: FunctionSpec, target: Target) -> SourceArchive:
     """Tar the function's source deterministically and upload it to the staging bucket."""
     tarball = make_tarball(spec.source)
     client = Cloud.for_target(target).storage
-    return upload_archive(client, target.bucket, archive_object_name(spec, tarball.sha256), tarball)
+    owner = None if target.staging_bucket else target.project  # gcloud checks its default only
+    return upload_archive(client, target.bucket, archive_object_name(spec, tarball.sha256), tarball,
+                          owner_project=owner)

@@ -47,13 +47,14 @@ def test_build_equals_the_gcloud_pack_build_field_by_field() -> None:
     assert build.source.storage_source == cloudbuild_v1.StorageSource(
         bucket="local-project_cloudbuild", object_=f"source/hello-node-{SHA[:16]}.tgz",
         generation=1716400000123456)
-    # "1. name `gcr.io/k8s-skaffold/pack`, entrypoint `pack`, args `config default-builder B`"
-    #  (with the builder pinned instead of `:latest`: "Pin the builder").
-    assert build.steps[0] == pack_step("config", "default-builder", "gcr.io/buildpacks/builder:google-22")
-    # "2. name `gcr.io/k8s-skaffold/pack`, entrypoint `pack`, args `build IMAGE --network
-    #  cloudbuild --env K=V ...` (`--builder B` is appended when one is given; no `--path`,
-    #  no `--publish`)." Build env: REFERENCE §2 (target, signature type, runtime, version).
-    assert build.steps[1] == pack_step(
+    # One step: gcloud's googlecloudsdk/command_lib/builds/submit_util.py, `_SetBuildSteps`, adds
+    # the `pack config default-builder gcr.io/buildpacks/builder:latest` step only in the `else`
+    # of `if builder is not None:`; with a builder it appends `--builder B` to the one
+    # `gcr.io/k8s-skaffold/pack` step, entrypoint `pack`, args `build IMAGE --network cloudbuild
+    # --env K=V ...` (no `--path`, no `--publish`). REFERENCE §1 (step 2) and §7.
+    # Build env: REFERENCE §2 (target, signature type, runtime, version).
+    assert len(build.steps) == 1
+    assert build.steps[0] == pack_step(
         "build", image, "--network", "cloudbuild",
         "--env", "GOOGLE_FUNCTION_TARGET=helloHttp",
         "--env", "GOOGLE_FUNCTION_SIGNATURE_TYPE=http",
@@ -62,8 +63,7 @@ def test_build_equals_the_gcloud_pack_build_field_by_field() -> None:
         "--env", "GOOGLE_LABEL_TEAM=samples",   # then build_env, sorted by name
         "--env", "NODE_ENV=production",
         "--builder", "gcr.io/buildpacks/builder:google-22")
-    assert len(build.steps) == 2
-    assert "--path" not in build.steps[1].args and "--publish" not in build.steps[1].args
+    assert "--path" not in build.steps[0].args and "--publish" not in build.steps[0].args
     # "`images: [IMAGE]` — Cloud Build pushes it after the steps".
     assert list(build.images) == [image]
     assert image.startswith("us-central1-docker.pkg.dev/local-project/cf2run/hello-node:")
@@ -81,7 +81,7 @@ def test_build_equals_the_gcloud_pack_build_field_by_field() -> None:
     # The whole message, as one golden value.
     assert build == cloudbuild_v1.Build(
         source=cloudbuild_v1.Source(storage_source=build.source.storage_source),
-        steps=[build.steps[0], build.steps[1]], images=[image],
+        steps=[build.steps[0]], images=[image],
         timeout=duration_pb2.Duration(seconds=1200), tags=["cf2run", "fn-hello-node"])
 
 
@@ -91,21 +91,21 @@ def test_python_cloudevent_env_and_builder_from_target() -> None:
         "entry_point": "on_event", "signature_type": "cloudevent"})
     target = Target(builder="gcr.io/buildpacks/builder:google-24", build_timeout_s=900)
     build = pack_build_request(spec, target, archive(), "img:x")
-    assert list(build.steps[1].args) == [
+    [step] = build.steps  # a builder is given: no `pack config default-builder` step (submit_util.py)
+    assert list(step.args) == [
         "build", "img:x", "--network", "cloudbuild",
         "--env", "GOOGLE_FUNCTION_TARGET=on_event",
         "--env", "GOOGLE_FUNCTION_SIGNATURE_TYPE=cloudevent",
         "--env", "GOOGLE_RUNTIME=python",
         "--env", "GOOGLE_RUNTIME_VERSION=3.12.x",
         "--builder", "gcr.io/buildpacks/builder:google-24"]
-    assert list(build.steps[0].args) == ["config", "default-builder", "gcr.io/buildpacks/builder:google-24"]
     assert build.timeout == timedelta(seconds=900)
 
 
 def test_dollar_signs_are_escaped_for_cloud_build_substitutions() -> None:
     # "`$` in build args is a substitution: escape as `$$`."
     spec = node_spec(entry_point="$handler", build_env={"PRICE": "$5", "REF": "${PROJECT_ID}"})
-    args = list(pack_build_request(spec, Target(), archive(), "img:x").steps[1].args)
+    args = list(pack_build_request(spec, Target(), archive(), "img:x").steps[0].args)
     assert "GOOGLE_FUNCTION_TARGET=$$handler" in args
     assert "PRICE=$$5" in args
     assert "REF=$${PROJECT_ID}" in args

@@ -77,7 +77,9 @@ def test_gen1_defaults_become_cloud_run_fields(source: Path) -> None:
     assert template.max_instance_request_concurrency == 1
     assert template.timeout == timedelta(seconds=60)
     assert template.scaling.min_instance_count == 0
-    assert "max_instance_count" not in template.scaling
+    # gen1's default max instances is 3000 (functions/1stgendocs/configuring/max-instances);
+    # left unset, Cloud Run would make it 100 (run_v2 RevisionScaling docs).
+    assert template.scaling.max_instance_count == 3000
     assert template.service_account == "local-project@appspot.gserviceaccount.com"  # gen1's, not compute's
 
 

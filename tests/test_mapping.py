@@ -65,7 +65,8 @@ def test_gen1_defaults(source: Path) -> None:
     """One request per instance, 60 s, scale from 0, gen1's runtime service account."""
     golden = template(source)
     assert {key: golden[key] for key in golden if key not in ("revision", "labels", "containers")} == {
-        "scaling": {},  # min_instance_count 0 is proto3's default: not printed
+        # min_instance_count 0 is proto3's default: not printed; max: gen1's 3000, not Cloud Run's 100
+        "scaling": {"max_instance_count": 3000},
         "timeout": "60s",
         "service_account": "local-project@appspot.gserviceaccount.com",
         "max_instance_request_concurrency": 1,

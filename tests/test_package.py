@@ -8,14 +8,18 @@ import os
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
-from google.cloud.storage import Client
+from google.cloud.storage import Bucket, Client
 
 from cf2run.errors import Cf2RunError, SourceError
 from cf2run.localcloud.storage import StorageServer
+from cf2run.results import SourceArchive
+from cf2run.spec import FunctionSpec, Target
+from tasks import package
 from tasks.package import make_tarball, upload_archive
 
 
@@ -192,3 +196,56 @@ def test_an_object_with_other_content_under_the_name_is_an_error(tmp_path: Path,
     gcs.create_bucket("clash-bucket").blob("source/clash.tgz").upload_from_string(b"other")
     with pytest.raises(Cf2RunError, match="exists with other content"):
         upload_archive(gcs, "clash-bucket", "source/clash.tgz", tarball)
+
+
+# -- gcloud's default bucket must be the project's own --------------------------------------------
+
+
+class ProjectListing(Client):
+    """The storage client, with `list_buckets(project=P)` listing only the buckets P owns.
+
+    A stand-in for one thing the local cloud cannot show: fake-gcs-server keeps no bucket owner
+    (it lists every bucket for any project), while Google's buckets.list answers the project's
+    own. Everything else goes to the real fake-gcs-server.
+    """
+
+    owned: set[str]
+
+    def list_buckets(self, *args: object, **kwargs: object) -> Iterator[Bucket]:  # type: ignore[override]
+        return (bucket for bucket in super().list_buckets(*args, **kwargs)  # type: ignore[arg-type]
+                if bucket.name in self.owned)
+
+
+def migrate_package(tmp_path: Path, client: Client, monkeypatch: pytest.MonkeyPatch,
+                    project: str) -> object:
+    spec = FunctionSpec(name="fn", source=tree(tmp_path / "src", {"main.py": "x = 1\n"}),
+                        runtime="python312", entry_point="f")
+    monkeypatch.setattr(package.Cloud, "for_target", lambda target: SimpleNamespace(storage=client))
+    return package.package_source.fn(spec, Target(project=project))
+
+
+def test_default_bucket_owned_by_another_project_is_refused(
+        tmp_path: Path, gcs: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Never upload a user's source into a stranger's bucket: gcloud's storage_api.py
+    CreateBucketIfNotExists(check_ownership=True) lists the project's buckets and refuses a
+    default bucket that exists but is not among them."""
+    squatted = "victim-proj_cloudbuild"
+    gcs.create_bucket(squatted)  # created first by someone else
+    client = ProjectListing(project="victim-proj", credentials=AnonymousCredentials(),
+                            client_options=ClientOptions(api_endpoint=gcs._connection.API_BASE_URL))
+    client.owned = set()
+    with pytest.raises(Cf2RunError, match="owned by another project") as raised:
+        migrate_package(tmp_path, client, monkeypatch, "victim-proj")
+    assert "target.staging_bucket" in (raised.value.hint or "")
+    assert list(gcs.list_blobs(squatted)) == []  # nothing was uploaded
+
+
+def test_default_bucket_owned_by_the_project_or_missing_is_used(
+        tmp_path: Path, gcs: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    client = ProjectListing(project="owner-proj", credentials=AnonymousCredentials(),
+                            client_options=ClientOptions(api_endpoint=gcs._connection.API_BASE_URL))
+    client.owned = {"owner-proj_cloudbuild"}
+    archive = migrate_package(tmp_path, client, monkeypatch, "owner-proj")  # missing: created
+    assert isinstance(archive, SourceArchive) and archive.bucket == "owner-proj_cloudbuild"
+    again = migrate_package(tmp_path, client, monkeypatch, "owner-proj")  # exists, owned
+    assert again == archive

@@ -57,6 +57,10 @@ def test_plan_shows_create_then_nothing_then_a_readable_diff(
     assert "+ env.MODE: 'dev'" in before
     assert "+ limits.cpu: 0.167" in before and "+ limits.memory: 256Mi" in before
     assert "+ scaling.concurrency: 1" in before
+    # gen1's default max instances (3000) kept, not Cloud Run's 100, and the plan says why.
+    assert "+ scaling.max_instances: 3000" in before
+    assert ("note: max instances 3000: max_instances is unset, so the function keeps gen1's default "
+            "(Cloud Run's own default would be 100)") in before
     assert "+ service_account: local-project@appspot.gserviceaccount.com" in before
     assert "+ iam: private (ID token needed)" in before
     listed = cloud.services.list_services(parent="projects/local-project/locations/us-central1")
@@ -77,7 +81,7 @@ def test_plan_shows_create_then_nothing_then_a_readable_diff(
     assert "build: cached (image exists)" in diff, "only service settings changed: no new build"
     for line in ("~ env.MODE: 'dev' -> 'prod'", "+ env.API_KEY: secret api-key:latest",
                  "~ limits.memory: 256Mi -> 512Mi", "~ limits.cpu: 0.167 -> 0.333",
-                 "+ scaling.max_instances: 5",
+                 "~ scaling.max_instances: 3000 -> 5",
                  "~ iam: private (ID token needed) -> public (allUsers may invoke)"):
         assert line in diff, diff
     assert "image" not in diff.split("build:")[1].split("\n", 1)[1], "the image did not change"

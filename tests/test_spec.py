@@ -103,6 +103,12 @@ def test_target_defaults_bucket_and_image_repository() -> None:
     assert Target(staging_bucket="gs://mine").bucket == "mine"
 
 
+def test_default_bucket_of_a_google_domain_project_says_elgoog() -> None:
+    """gcloud's staging_bucket_util.py, GetDefaultStagingBucket: "The string 'google' is not
+    allowed in bucket names", so it becomes 'elgoog' (REFERENCE §7)."""
+    assert Target(project="google.com:my-proj").bucket == "elgoog_com_my-proj_cloudbuild"
+
+
 def test_target_kind_override(tmp_path: Path) -> None:
     data = {"target": {"project": "my-proj-123"}, "functions": [function()]}
     path = write_manifest(tmp_path, data)

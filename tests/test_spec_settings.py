@@ -74,6 +74,15 @@ VOLUME = {"mount_path": "/etc/secrets", "secret": "db-creds"}
     ({"vpc_connector": "conn", "vpc_egress": "all"}, ".vpc_egress",
      "'private-ranges-only' or 'all-traffic'"),
     ({"memory": "16Gi"}, "functions[0] (orders-api)", "above gen1's 8Gi tier"),
+    # cloud.google.com/run/docs/configuring/services/cpu: 4 vCPU need >= 2 GiB, 6 and 8 >= 4 GiB.
+    ({"cpu": "4", "memory": "1Gi", "concurrency": 10}, "functions[0] (orders-api)",
+     "cpu 4 with memory 1Gi: Cloud Run needs at least 2Gi of memory for 4 vCPU; set memory: 2Gi"),
+    ({"cpu": "6", "memory": "2Gi"}, "functions[0] (orders-api)",
+     "cpu 6 with memory 2Gi: Cloud Run needs at least 4Gi of memory for 6 vCPU; set memory: 4Gi"),
+    ({"cpu": "8", "memory": "3Gi"}, "functions[0] (orders-api)",
+     "cpu 8 with memory 3Gi: Cloud Run needs at least 4Gi of memory for 8 vCPU"),
+    # ... "between 0.08 and 1, in increments of 0.001" (configuring/jobs/cpu; the local rules too)
+    ({"cpu": "0.0805"}, ".cpu", "below 1, Cloud Run takes cpu in steps of 0.001"),
     ({"timeout_s": 0}, ".timeout_s", "greater than or equal to 1"),
     ({"min_instances": -1}, ".min_instances", "greater than or equal to 0"),
     ({"signature_type": "event", "trigger": {"event_type": "google.pubsub.topic.publish"}},

@@ -22,6 +22,7 @@ import random
 import secrets
 import string
 import uuid
+from decimal import Decimal
 from pathlib import Path
 
 import grpc
@@ -58,6 +59,7 @@ class CloudRunService:
                  secrets: SecretStore | None = None) -> None:
         self._store = Store(Path(state_dir))
         self._ops = Operations()
+        self._settings = settings
         self._faults = faults
         self._runtime = runtime
         self.secrets = secrets or SecretStore.of(Path(state_dir).parent)
@@ -131,6 +133,8 @@ class CloudRunService:
                 rules.check_etag(given.etag, current.etag, f"service {name}")
             existing = {status.short_name(r.name) for r in state.revisions_of(name)}
             targets = rules.check_service(given, service_id, existing, f"{where}.service")
+            rules.check_instance_quota(given.template, Decimal(str(self._settings.run_cpu_quota)),
+                                       int(self._settings.run_memory_quota_gib * 2**30))
             template = rules.with_defaults(given.template)
             revision, new = self._revision_for(name, current, template, where)
             service = status.accepted(name, given, current, template)

@@ -14,8 +14,23 @@ field of its request to fix. The texts quote what Cloud Run answers where it is 
   CreateServiceRequest.service.template.annotations[autoscaling.knative.dev/maxScale]: system
   annotations are not supported in Cloud Run API v2.").
 - cpu/concurrency: nearform/slack-knowledgebase-chatgpt-responder#980 ("Invalid value specified
-  for cpu. Total cpu < 1 is not supported with concurrency > 1."); memory ranges per cpu:
-  GoogleCloudPlatform/community#2105 and Cloud Run's "Configure CPU limits" page.
+  for cpu. Total cpu < 1 is not supported with concurrency > 1."); cpu below 1 with CPU always
+  allocated (v2: `cpu_idle` false): world-federation-of-advertisers/cross-media-measurement#3832
+  ("Invalid value specified for cpu. Total cpu < 1 is not supported with cpu always allocated
+  (unthrottled)."); memory ranges per cpu (4 vCPU needs 2 GiB, 6 and 8 need 4 GiB; at most
+  4, 8, 16, 24, 32 GiB for 1, 2, 4, 6, 8): https://cloud.google.com/run/docs/configuring/
+  services/cpu and .../services/memory-limits; the text: google/osv.dev#2800 ("Invalid value
+  specified for container memory. For 1.0 CPU, memory must be between 128Mi and 4Gi
+  inclusive.\nFor more troubleshooting guidance, see https://cloud.google.com/run/docs/
+  configuring/memory-limits"; GoogleCloudPlatform/community#2105 has the older wording).
+- max instances above the region's quota: firebase/friendlyeats-web#291 (a v2 CreateService's
+  audit log: INVALID_ARGUMENT "template.containers.resources.limits.cpu: Invalid value
+  specified for cpu. For the specified value, maxScale may not exceed 10.\nConsider running
+  ..."), googlecodelabs/feedback#1210 (the memory form). The bound is the regional CPU quota
+  / the cpu limit and the memory quota / the memory limit
+  (https://cloud.google.com/run/docs/configuring/max-instances-limits); an unset
+  max_instance_count is Cloud Run's default 100 (run_v2 `RevisionScaling` docs), which counts
+  too (nitrictech/nitric#547: refused with the default configuration).
 - scaling: goblet/goblet#287 ("...scaling.max_instance_count: must be greater or equal than
   min_instance_count.").
 - traffic tags: firebase/firebase-tools#6137 ("traffic tag 'x' and service name 'y' together
@@ -81,6 +96,13 @@ _MEMORY_FOR_CPU = (
     (Decimal("0.08"), 128 * _MI, 512 * _MI),
 )
 _WHOLE_CPUS = (Decimal(1), Decimal(2), Decimal(4), Decimal(6), Decimal(8))
+#: Cloud Run's max instances when `scaling.max_instance_count` is unset (run_v2 RevisionScaling).
+DEFAULT_MAX_INSTANCES = 100
+_QUOTA_ADVICE = ("Consider running your workload in a region with greater capacity, decreasing your "
+                 "requested {per_instance}, or requesting an increase in quota for this region if "
+                 "you are seeing sustained usage near this limit, see "
+                 "https://cloud.google.com/run/quotas. Your project may gain access to further "
+                 "scaling by adding billing information to your account.")
 
 
 def violation(field: str, description: str,
@@ -204,8 +226,15 @@ def _memory_text(amount: int) -> str:
     return f"{amount // _GI}Gi" if amount % _GI == 0 else f"{amount // _MI}Mi"
 
 
-def check_resources(limits: dict[str, str], concurrency: int, field: str) -> None:
-    """cpu and memory limits, and what they allow together and with `concurrency`."""
+def _cpu_text(cpu: Decimal) -> str:
+    """A cpu as Google prints it in messages: ``1.0``, ``4.0``, ``0.5``."""
+    return str(float(cpu))
+
+
+def check_resources(limits: dict[str, str], concurrency: int, field: str,
+                    cpu_idle: bool = True) -> None:
+    """cpu and memory limits, and what they allow together, with `concurrency` and with CPU
+    always allocated (`cpu_idle` false)."""
     for key in limits:
         if key not in ("cpu", "memory", "nvidia.com/gpu"):
             raise violation(f"{field}[{key}]", "only 'cpu', 'memory' and 'nvidia.com/gpu' "
@@ -217,11 +246,39 @@ def check_resources(limits: dict[str, str], concurrency: int, field: str) -> Non
                                          f"supported with concurrency > 1 (concurrency is "
                                          f"{concurrency}; set max_instance_request_concurrency "
                                          "to 1 or cpu to at least 1).")
+    if cpu < 1 and not cpu_idle:
+        raise violation(f"{field}[cpu]", "Invalid value specified for cpu. Total cpu < 1 is not "
+                                         "supported with cpu always allocated (unthrottled).")
     _, low, high = next(row for row in _MEMORY_FOR_CPU if cpu >= row[0])
     if not low <= memory <= high:
         raise violation(f"{field}[memory]",
-                        f"Invalid value specified for memory. For {cpu.normalize()} CPU, memory "
-                        f"must be between {_memory_text(low)} and {_memory_text(high)} inclusive.")
+                        f"Invalid value specified for container memory. For {_cpu_text(cpu)} CPU, "
+                        f"memory must be between {_memory_text(low)} and {_memory_text(high)} "
+                        "inclusive.\nFor more troubleshooting guidance, see "
+                        "https://cloud.google.com/run/docs/configuring/memory-limits")
+
+
+def check_instance_quota(template: run_v2.RevisionTemplate, cpu_quota: Decimal,
+                         memory_quota: int) -> None:
+    """Max instances within what the region's quotas allow for one instance's cpu and memory.
+
+    `template` has passed `check_template`; `cpu_quota` in vCPU, `memory_quota` in bytes. The
+    message is Google's, field path included, as a v2 CreateService answers it.
+    """
+    wanted = template.scaling.max_instance_count or DEFAULT_MAX_INSTANCES
+    limits = template.containers[0].resources.limits
+    per_instance = (("cpu", cpu_quota / parse_cpu(limits.get("cpu", DEFAULT_CPU), "cpu"),
+                     "cpu-per-instance"),
+                    ("memory", Decimal(memory_quota) / parse_memory(limits.get("memory", DEFAULT_MEMORY),
+                                                                    "memory"),
+                     "memory-per-instances"))
+    for resource, allowed, what in per_instance:
+        most = int(allowed)
+        if wanted > most:
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"template.containers.resources.limits.{resource}: Invalid value "
+                           f"specified for {resource}. For the specified value, maxScale may not "
+                           f"exceed {most}.\n" + _QUOTA_ADVICE.format(per_instance=what))
 
 
 # -- the revision template -----------------------------------------------------------------
@@ -261,7 +318,8 @@ def check_container(container: run_v2.Container, concurrency: int, field: str,
         if not 0 <= port.container_port <= 65535:
             raise violation(f"{field}.ports[{i}].container_port",
                             "must be between 1 and 65535.")
-    check_resources(dict(container.resources.limits), concurrency, f"{field}.resources.limits")
+    check_resources(dict(container.resources.limits), concurrency, f"{field}.resources.limits",
+                    cpu_idle=container.resources.cpu_idle or "resources" not in container)
 
 
 def check_template(template: run_v2.RevisionTemplate, service_id: str, field: str) -> None:

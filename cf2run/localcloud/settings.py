@@ -72,6 +72,13 @@ class LocalCloudSettings(BaseSettings):
         default=None, description="Regex on the image name: matching builds fail (FAILURE).")
     never_ready_matching: str | None = Field(
         default=None, description="Regex on the service name: its new revisions never get ready.")
+    run_cpu_quota: float = Field(
+        default=1000, gt=0, description="vCPU of the region's Cloud Run CPU quota: a service's max "
+                                        "instances x its cpu may not exceed it (Google's example "
+                                        "baseline; real projects differ, new ones have less).")
+    run_memory_quota_gib: float = Field(
+        default=2000, gt=0, description="GiB of the region's Cloud Run memory quota: max instances x "
+                                        "memory may not exceed it (Google's example baseline).")
     faults: list[Fault] = Field(default_factory=list, description="Injected RPC failures.")
     fork_server: bool = Field(
         default=True, description="Fork Python revisions from a zygote that imported their dependency set "

@@ -202,6 +202,24 @@ def test_nodejs_pack_build_pushes_the_image(cb: Stack, node_source: Path) -> Non
     assert "npm ci" in build_log(cb, build)
 
 
+def test_one_step_pack_build_with_a_builder_runs(cb: Stack, python_source: Path) -> None:
+    """gcloud's `--pack image=I,builder=B` is ONE step, `pack build I --network cloudbuild
+    --builder B` (googlecloudsdk/command_lib/builds/submit_util.py, `_SetBuildSteps`)."""
+    image = image_name("py-one-step")
+    step = cloudbuild_v1.BuildStep(name="gcr.io/k8s-skaffold/pack", entrypoint="pack", args=[
+        "build", image, "--network", "cloudbuild", "--env", "GOOGLE_FUNCTION_TARGET=hello",
+        "--builder", BUILDER])
+    build = submit(cb, cloudbuild_v1.Build(
+        source=cloudbuild_v1.Source(storage_source=upload_source(cb.storage, python_source)),
+        steps=[step], images=[image], timeout=timedelta(seconds=1200))).result(timeout=600)
+
+    assert build.status == Status.SUCCESS
+    assert [s.status for s in build.steps] == [Status.SUCCESS]
+    head = cb.registry.head_manifest(ImageRef.parse(image))
+    assert head is not None and build.results.images[0].digest == head.digest
+    assert f"Step #0: Builder {BUILDER}" in build_log(cb, build)
+
+
 # -- builds that fail -----------------------------------------------------------------------------------
 
 def test_undefined_target_fails_with_the_builders_message(cb: Stack, python_source: Path) -> None:

@@ -227,8 +227,8 @@ def invalid_cases() -> list[tuple[str, str, run_v2.Service, type[Exception], str
          "resources.limits[cpu]: Invalid value specified for cpu. Total cpu < 1 is not supported "
          "with concurrency > 1"),
         ("svc", PARENT, limits(cpu="1", memory="8Gi"), exceptions.InvalidArgument,
-         "resources.limits[memory]: Invalid value specified for memory. For 1 CPU, memory must be "
-         "between 128Mi and 4Gi inclusive."),
+         "resources.limits[memory]: Invalid value specified for container memory. For 1.0 CPU, "
+         "memory must be between 128Mi and 4Gi inclusive."),
         ("svc", PARENT, service_of(image, max_instance_request_concurrency=1001),
          exceptions.InvalidArgument, "service.template.max_instance_request_concurrency"),
         ("svc", PARENT, service_of(image, timeout=timedelta(seconds=3601)),
@@ -269,6 +269,26 @@ def test_invalid_services_are_rejected_naming_the_field(
         env.services.create_service(parent=parent, service=service, service_id=service_id)
     assert says in str(raised.value)
     assert "Violation in CreateServiceRequest." in str(raised.value)
+
+
+def test_max_instances_above_the_regional_quota_are_refused(env: Env) -> None:
+    """3000 instances x the default 1 vCPU exceed the region's CPU quota (the local cloud's
+    knob run_cpu_quota, 1000 vCPU): INVALID_ARGUMENT with Google's text (friendlyeats-web#291);
+    nothing is created."""
+    service_id = unique("quota")
+    service = service_of("us-central1-docker.pkg.dev/p/r/img:v1",
+                         scaling=run_v2.RevisionScaling(max_instance_count=3000))
+    with pytest.raises(exceptions.InvalidArgument) as raised:
+        env.services.create_service(parent=PARENT, service=service, service_id=service_id)
+    assert raised.value.message == (
+        "template.containers.resources.limits.cpu: Invalid value specified for cpu. For the "
+        "specified value, maxScale may not exceed 1000.\nConsider running your workload in a region "
+        "with greater capacity, decreasing your requested cpu-per-instance, or requesting an "
+        "increase in quota for this region if you are seeing sustained usage near this limit, see "
+        "https://cloud.google.com/run/quotas. Your project may gain access to further scaling by "
+        "adding billing information to your account.")
+    with pytest.raises(exceptions.NotFound):
+        env.services.get_service(name=f"{PARENT}/services/{service_id}")
 
 
 def test_existing_missing_and_stale_services_are_refused(env: Env, hello_v1: str) -> None:

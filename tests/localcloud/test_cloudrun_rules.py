@@ -23,9 +23,10 @@ REVISION = rules.REVISION
 
 
 def template(cpu: str | None = None, memory: str | None = None, concurrency: int = 0,
-             **fields: object) -> run_v2.RevisionTemplate:
+             cpu_idle: bool = True, **fields: object) -> run_v2.RevisionTemplate:
     limits = {k: v for k, v in (("cpu", cpu), ("memory", memory)) if v is not None}
-    container = run_v2.Container(image=IMAGE, resources=run_v2.ResourceRequirements(limits=limits))
+    container = run_v2.Container(image=IMAGE, resources=run_v2.ResourceRequirements(
+        limits=limits, cpu_idle=cpu_idle))
     return run_v2.RevisionTemplate(containers=[container], max_instance_request_concurrency=concurrency,
                                    **fields)
 
@@ -151,8 +152,57 @@ def test_memory_per_cpu(cpu: str, memory: str, ok: bool) -> None:
         rules.check_template(tpl, "svc", "S")
     else:
         message = refused(rules.check_template, tpl, "svc", "S")
-        assert "S.containers[0].resources.limits[memory]: Invalid value specified for memory. For " \
-               f"{Decimal(cpu).normalize()} CPU, memory must be between" in message
+        # Google's text (google/osv.dev#2800): "For 1.0 CPU, memory must be between ..."
+        assert "S.containers[0].resources.limits[memory]: Invalid value specified for container " \
+               f"memory. For {float(cpu)} CPU, memory must be between" in message
+        assert message.endswith("inclusive.\nFor more troubleshooting guidance, see "
+                                "https://cloud.google.com/run/docs/configuring/memory-limits")
+
+
+@pytest.mark.parametrize(("cpu", "memory", "says"), [
+    ("4", "1Gi", "For 4.0 CPU, memory must be between 2Gi and 16Gi inclusive."),
+    ("6", "2Gi", "For 6.0 CPU, memory must be between 4Gi and 24Gi inclusive."),
+    ("8", "3Gi", "For 8.0 CPU, memory must be between 4Gi and 32Gi inclusive."),
+])
+def test_many_cpus_need_memory(cpu: str, memory: str, says: str) -> None:
+    """cloud.google.com/run/docs/configuring/services/cpu: 4 vCPU need 2 GiB, 6 and 8 need 4 GiB."""
+    assert says in refused(rules.check_template, template(cpu=cpu, memory=memory, concurrency=1),
+                           "svc", "S")
+
+
+def test_cpu_below_one_needs_cpu_only_during_requests() -> None:
+    """v2 `cpu_idle` false (set resources without it) = CPU always allocated: refused below 1 vCPU."""
+    assert refused(rules.check_template, template(cpu="0.5", concurrency=1, cpu_idle=False), "svc", "S") \
+        == ("Violation in S.containers[0].resources.limits[cpu]: Invalid value specified for cpu. "
+            "Total cpu < 1 is not supported with cpu always allocated (unthrottled).")
+    rules.check_template(template(cpu="1", concurrency=1, cpu_idle=False), "svc", "S")
+
+
+@pytest.mark.parametrize(("cpu", "memory", "max_instances", "refusal"), [
+    ("1", "512Mi", 1000, None),
+    ("1", "512Mi", 1001, "limits.cpu: Invalid value specified for cpu. For the specified value, "
+                         "maxScale may not exceed 1000."),
+    ("2", "1Gi", 0, None),   # unset = Cloud Run's default 100, within the quota
+    ("0.167", "256Mi", 3000, None),   # gen1's default for its default tier fits the baseline
+    ("1", "2Gi", 3000, "limits.cpu: Invalid value specified for cpu. For the specified value, "
+                       "maxScale may not exceed 1000."),
+    ("1", "4Gi", 600, "limits.memory: Invalid value specified for memory. For the specified value, "
+                      "maxScale may not exceed 500."),
+])
+def test_max_instances_within_the_regional_quota(cpu: str, memory: str, max_instances: int,
+                                                 refusal: str | None) -> None:
+    """max-instances-limits: at most quota / cpu and quota / memory instances; Google's text from
+    firebase/friendlyeats-web#291 (cpu) and googlecodelabs/feedback#1210 (memory)."""
+    tpl = template(cpu=cpu, memory=memory, concurrency=1,
+                   scaling=run_v2.RevisionScaling(max_instance_count=max_instances))
+    rules.check_template(tpl, "svc", "S")
+    if refusal is None:
+        rules.check_instance_quota(tpl, Decimal(1000), 2000 * 2**30)
+        return
+    message = refused(rules.check_instance_quota, tpl, Decimal(1000), 2000 * 2**30)
+    assert message.startswith(f"template.containers.resources.{refusal}\nConsider running your "
+                              "workload in a region with greater capacity")
+    assert "see https://cloud.google.com/run/quotas" in message
 
 
 def test_unknown_resource_limits_are_refused() -> None:
