@@ -25,6 +25,7 @@ import yaml
 from pydantic import (
     BaseModel,
     Field,
+    StrictBool,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -148,6 +149,11 @@ class SmokeRequest(_Model):
     deadline_s: float = Field(
         default=60, gt=0, le=3600,
         description="Seconds to keep retrying connection errors, 429 and 5xx (cold starts) before failing.")
+    accept_unreachable: StrictBool = Field(
+        default=False,
+        description="When the service's ingress (internal-only, internal-and-gclb) keeps the worker "
+                    "out (it runs outside the service's VPC network), skip the smoke test and report "
+                    "it as unreachable instead of failing; nothing is then tested before promote.")
 
     @field_validator("path")
     @classmethod
