@@ -223,7 +223,9 @@ class FunctionSpec(_Model):
                     "compute default).")
     ingress: Ingress = Field(
         default="all",
-        description="Who may reach the service: 'all', 'internal-only' or 'internal-and-gclb'.")
+        description="Who may reach the service: 'all', 'internal-only' or 'internal-and-gclb' "
+                    "(callers outside the VPC get 404). A service setting: a candidate runs under the "
+                    "service's current ingress, a change takes effect at promote.")
     labels: dict[str, str] = Field(
         default_factory=dict,
         description="Labels on the service (keys: lowercase letter first, then lowercase letters, "
