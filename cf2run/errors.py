@@ -43,6 +43,15 @@ class SmokeTestFailed(Cf2RunError):
     """The deployed service did not answer the smoke request as expected."""
 
 
+class SmokeRefused(SmokeTestFailed):
+    """Google's front end, not the function, answered the smoke request with its 404 page (what
+    a service whose ingress keeps the caller out answers). `attempts`: requests made."""
+
+    def __init__(self, message: str, *, hint: str | None = None, attempts: int = 1) -> None:
+        super().__init__(message, hint=hint)
+        self.attempts = attempts
+
+
 class TransientError(Cf2RunError):
     """A failure that is expected to go away on retry (network, 429, 5xx, UNAVAILABLE)."""
 

@@ -13,6 +13,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 
+from cf2run import mapping
 from cf2run.cloud import Cloud
 from cf2run.oci import ImageRef
 from cf2run.results import VerifiedImage
@@ -72,6 +73,8 @@ def plan(spec: FunctionSpec, target: Target, cloud: Cloud) -> FunctionPlan:
         result.cloud_run_writes = 1 + spec.allow_unauthenticated
     elif result.deploy == "update":  # the candidate revision, then promoting it
         result.cloud_run_writes = 2
+    elif existing is not None and existing.ingress != mapping.INGRESS[spec.ingress]:
+        result.cloud_run_writes = 1  # promote changes the ingress alone (tasks/deploy.py)
     return result
 
 

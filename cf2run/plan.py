@@ -177,6 +177,8 @@ def _action_text(plan: ServicePlan) -> str:
     if plan.action == "create":
         return f"create service {plan.service}"
     if plan.action == "unchanged":
+        if any(change.key == "ingress" for change in plan.changes):
+            return "no new revision: the service serves this image; promote changes its ingress"
         return "unchanged: the service already serves this image and these settings"
     return ("update: new revision as a candidate (no traffic, tag URL), smoke-tested, then promoted"
             + (f" (revision {plan.revision})" if plan.revision else ""))

@@ -100,6 +100,9 @@ class SmokeResult(_Result):
     latency_s: float = Field(description="Seconds the final request took.")
     excerpt: str = Field(description="Beginning of the response body.")
     attempts: int = Field(description="Requests made until the answer (cold starts retry).")
+    unreachable: bool = Field(
+        default=False, description="True when the service's ingress kept this worker out and the "
+                                   "manifest accepts that (smoke.accept_unreachable): nothing was tested.")
 
 
 class MigrationResult(_Result):

@@ -26,6 +26,7 @@ import yaml
 from pydantic import (
     BaseModel,
     Field,
+    StrictBool,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -152,6 +153,11 @@ class SmokeRequest(_Model):
     deadline_s: float = Field(
         default=60, gt=0, le=3600,
         description="Seconds to keep retrying connection errors, 429 and 5xx (cold starts) before failing.")
+    accept_unreachable: StrictBool = Field(
+        default=False,
+        description="When the service's ingress (internal-only, internal-and-gclb) keeps the worker "
+                    "out (it runs outside the service's VPC network), skip the smoke test and report "
+                    "it as unreachable instead of failing; nothing is then tested before promote.")
 
     @field_validator("path")
     @classmethod
@@ -225,7 +231,9 @@ class FunctionSpec(_Model):
                     "compute default).")
     ingress: Ingress = Field(
         default="all",
-        description="Who may reach the service: 'all', 'internal-only' or 'internal-and-gclb'.")
+        description="Who may reach the service: 'all', 'internal-only' or 'internal-and-gclb' "
+                    "(callers outside the VPC get 404). A service setting: a candidate runs under the "
+                    "service's current ingress, a change takes effect at promote.")
     labels: dict[str, str] = Field(
         default_factory=dict,
         description="Labels on the service (keys: lowercase letter first, then lowercase letters, "

@@ -156,7 +156,9 @@ def _migrate(spec: FunctionSpec, target: Target, leave_lane: Callable[[], None])
         promoted = steps.run("promote", promote_revision, spec, target, deployment)
         result.serving = promoted.serving
         result.status = "succeeded"
-        result.message = f"smoke {smoke.status} in {smoke.latency_s:.2f}s"
+        result.message = ("smoke not run: the service's ingress keeps this worker out "
+                          "(accepted by smoke.accept_unreachable)" if smoke.unreachable
+                          else f"smoke {smoke.status} in {smoke.latency_s:.2f}s")
         if promoted.changed:
             result.message += f"; traffic moved from {', '.join(promoted.previous)}"
     except Exception as error:

@@ -12,6 +12,11 @@
   promote step (tasks/promote.py) moves it. Updates carry the etag they were read with. It
   waits for the operation and the Ready condition and reports Google's reason when the
   revision fails (the previous revisions keep serving: Cloud Run routes to Ready revisions).
+- Ingress is the service's, not a revision's (Cloud Run applies it to every revision and tag
+  URL at once): a candidate is deployed under the service's *current* ingress, and the
+  manifest's takes effect when promote moves the traffic (a discarded candidate changes
+  nothing). It is left out of the revision name, so an ingress-only change makes no revision:
+  the service already serves it, and promote changes the ingress alone.
 - `deploy_service` is the Prefect task, cached across flow runs on digest + settings + target.
 - The ``allUsers`` invoker binding (`ensure_invoker`), only for ``allow_unauthenticated``
   services, is set by the promote step, after the smoke test.
@@ -128,11 +133,14 @@ def revision_name(name: str, service: run_v2.Service) -> str:
     """``NAME-<hash>``: the hash of every field of `service` that is set (revision and traffic aside).
 
     Only set fields count, so a newer google-cloud-run with new proto fields gives the same names.
+    Ingress is not a revision's setting: it counts as 'all' whatever it is (names made before
+    ingress was left out stay the same for the services that have 'all').
     The result is a valid revision id: service-name prefix, lowercase hex, at most 63 characters.
     """
     settings = run_v2.Service(service)
     settings.template.revision = ""
     settings.traffic = []
+    settings.ingress = run_v2.IngressTraffic(mapping.INGRESS["all"])
     text = run_v2.Service.to_json(settings, sort_keys=True, indent=None, use_integers_for_enums=False,
                                   always_print_fields_with_no_presence=False)
     digest = str(hash_objects(REVISION_SCHEME, json.loads(text), raise_on_failure=True))
@@ -141,7 +149,8 @@ def revision_name(name: str, service: run_v2.Service) -> str:
 
 
 def serves(existing: run_v2.Service, wanted: run_v2.Service) -> bool:
-    """Whether `existing` runs `wanted`'s revision, Ready, with all traffic, same ingress and labels."""
+    """Whether `existing` runs `wanted`'s revision, Ready, with all traffic and its labels (the
+    ingress is promote's to change: see the module docstring)."""
     revision = wanted.template.revision
     latest_ready = short_name(existing.latest_ready_revision)
     on_revision = sum(
@@ -150,7 +159,6 @@ def serves(existing: run_v2.Service, wanted: run_v2.Service) -> bool:
     return (existing.template.revision == revision
             and existing.terminal_condition.state == SUCCEEDED
             and on_revision == 100
-            and existing.ingress == wanted.ingress
             and all(existing.labels.get(key) == value for key, value in wanted.labels.items()))
 
 
@@ -201,12 +209,15 @@ def deploy(cloud: Cloud, spec: FunctionSpec, target: Target, image: VerifiedImag
     existing = get_service(cloud.services, name)
     if existing is not None and serves(existing, wanted):
         logger.info("%s already serves %s (%s): nothing to deploy", spec.name, revision, image.digest)
+        if existing.ingress != wanted.ingress:
+            logger.info("%s: its ingress becomes %s at promote", spec.name, spec.ingress)
         return Deployment(service=name, revision=revision, digest=image.digest, url=existing.uri,
                           changed=False, previous=[revision])
     previous = serving(existing) if existing is not None else []
     tag = candidate_tag(spec.name) if previous else None
     if existing is not None:
         wanted.annotations = dict(existing.annotations)  # cf2run's promotion history, and others'
+        wanted.ingress = existing.ingress  # the manifest's ingress waits for promote
     if tag is not None:
         assert existing is not None
         wanted.traffic = with_candidate(existing, revision, tag)

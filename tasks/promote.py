@@ -1,7 +1,9 @@
 """promote / discard: after the smoke test, move the service's traffic (or do not).
 
 - `promote`: the tested revision gets 100% of the traffic and the candidate tag goes (a first
-  deploy already has all the traffic: nothing moves). Then, and only then, a service the spec
+  deploy already has all the traffic: nothing moves), and in the same update the service gets
+  the manifest's ingress (a service setting: the candidate ran under the one the service had,
+  tasks/deploy.py; an ingress-only change is an update of its own). Then, and only then, a service the spec
   makes public gets its ``allUsers`` invoker binding: nobody outside could reach a revision
   before it passed its smoke test. The promoted revision is added to the history that
   `cf2run rollback` reads (cf2run/traffic.py).
@@ -22,6 +24,7 @@ from google.cloud import run_v2
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from cf2run import mapping
 from cf2run.cloud import Cloud
 from cf2run.errors import DeployFailed, TransientError
 from cf2run.quotas import cloud_run_write
@@ -36,8 +39,10 @@ Change = Callable[[run_v2.Service], tuple[list[run_v2.TrafficTarget], dict[str, 
 ETAG_ATTEMPTS = 3
 
 
-def move_traffic(cloud: Cloud, name: str, change: Change, step: str, logger: Log = log) -> TrafficChange:
-    """Read the service, apply `change`, UpdateService with the etag read; again on ABORTED."""
+def move_traffic(cloud: Cloud, name: str, change: Change, step: str, logger: Log = log,
+                 ingress: run_v2.IngressTraffic | None = None) -> TrafficChange:
+    """Read the service, apply `change` (and `ingress`, when given), UpdateService with the etag
+    read; again on ABORTED."""
     for attempt in range(1, ETAG_ATTEMPTS + 1):
         current = get_service(cloud.services, name, step)
         if current is None:
@@ -45,12 +50,19 @@ def move_traffic(cloud: Cloud, name: str, change: Change, step: str, logger: Log
                                hint="check the service name, project and region (or migrate it first)")
         before = serving(current)
         wanted = change(current)
-        if wanted is None:
+        new_ingress = ingress is not None and ingress != current.ingress
+        if wanted is None and not new_ingress:
             return TrafficChange(service=name, url=current.uri, serving=before, previous=before,
                                  changed=False)
         update = run_v2.Service(current)
-        update.traffic, update.annotations = wanted
-        target = wanted[0][0].revision if wanted[0] else ""
+        if wanted is not None:
+            update.traffic, update.annotations = wanted
+        if new_ingress:
+            assert ingress is not None
+            logger.info("%s: ingress of %s becomes %s (was %s)", step, name, ingress.name,
+                        run_v2.IngressTraffic(current.ingress).name)
+            update.ingress = ingress
+        target = update.traffic[0].revision if update.traffic else ""
         cloud_run_write()
         try:
             with api_step(f"UpdateService {name} (traffic)", step=step):
@@ -82,7 +94,8 @@ def promote(cloud: Cloud, spec: FunctionSpec, deployment: Deployment, logger: Lo
             return None
         return traffic, with_promoted(current, serving(current), revision)
 
-    moved = move_traffic(cloud, deployment.service, change, "promote", logger)
+    moved = move_traffic(cloud, deployment.service, change, "promote", logger,
+                         ingress=run_v2.IngressTraffic(mapping.INGRESS[spec.ingress]))
     moved.public = ensure_invoker(cloud.services, deployment.service, spec.allow_unauthenticated, logger)
     return moved
 

@@ -4,6 +4,12 @@ A fresh revision may still be cold: connection errors, 429 and 5xx are retried w
 until `smoke.deadline_s` (that loop lives here, not in Prefect retries, because it is about
 the service warming up, not about a flaky API). Private services get an ID token whose
 audience is the service URL. Never cached: it checks what is live now.
+
+Ingress: a service whose ingress is internal-only or internal-and-gclb cannot be reached from
+outside its VPC network, on its URL or its tag URLs (Cloud Run's front end answers its own 404
+page). Whether this worker is inside is found by trying: a worker inside gets the function's
+answer and the test runs as usual; a refused one fails, saying why and what to do, unless
+the manifest accepts it (`smoke.accept_unreachable`): then the result says `unreachable`.
 """
 
 from __future__ import annotations
@@ -19,9 +25,11 @@ from prefect.cache_policies import NO_CACHE
 
 from cf2run import events
 from cf2run.cloud import Cloud
-from cf2run.errors import SmokeTestFailed
+from cf2run.errors import SmokeRefused, SmokeTestFailed
+from cf2run.mapping import INGRESS
 from cf2run.results import Deployment, SmokeResult
 from cf2run.spec import FunctionSpec, SmokeRequest, Target
+from tasks.deploy import Log, get_service, log
 
 RETRY_STATUSES = frozenset({429}) | frozenset(range(500, 600))
 #: Right after the allUsers binding is set, Google may refuse callers for a while (IAM propagation).
@@ -85,10 +93,12 @@ def run_smoke(url: str, smoke: SmokeRequest, token: str | None = None, *, public
     if not passed:
         waited = " (still failing at the deadline)" if response.status_code in retry else ""
         expected = "a 2xx status" if any_2xx else f"status {smoke.expect_status}"
-        raise SmokeTestFailed(
-            f"smoke_test {smoke.method} {target}: expected {expected}, got "
-            f"{response.status_code}{waited} after {attempts.count} attempts; body: {got!r}",
-            hint=_status_hint(response.status_code, token is not None, public))
+        message = (f"smoke_test {smoke.method} {target}: expected {expected}, got "
+                   f"{response.status_code}{waited} after {attempts.count} attempts; body: {got!r}")
+        hint = _status_hint(response.status_code, token is not None, public)
+        if front_end_404(response):
+            raise SmokeRefused(message, hint=hint, attempts=attempts.count)
+        raise SmokeTestFailed(message, hint=hint)
     if smoke.expect_body is not None and smoke.expect_body not in response.text:
         raise SmokeTestFailed(
             f"smoke_test {smoke.method} {target}: status {response.status_code} as expected, but the "
@@ -96,6 +106,16 @@ def run_smoke(url: str, smoke: SmokeRequest, token: str | None = None, *, public
             hint="check the function's answer, or fix smoke.expect_body in the manifest")
     return SmokeResult(status=response.status_code, latency_s=round(attempts.latency_s, 4),
                        excerpt=got, attempts=attempts.count)
+
+
+def front_end_404(response: httpx.Response) -> bool:
+    """Whether a 404 is Google's front end's own page (what it answers a caller that ingress
+    keeps out; see cf2run/localcloud/router.py), not one of the function's: HTML whose text is
+    Google's "The requested URL ... was not found on this server." (Flask's and Express's say
+    otherwise)."""
+    return (response.status_code == 404
+            and response.headers.get("content-type", "").startswith("text/html")
+            and "was not found on this server" in response.text)
 
 
 def _status_hint(status: int, with_token: bool, public: bool) -> str:
@@ -158,15 +178,6 @@ def _retry_after(response: httpx.Response | None) -> float:
     return float(value) if value.isdigit() else 0.0
 
 
-def smoke_token(cloud: Cloud, spec: FunctionSpec, deployment: Deployment,
-                log: Callable[[str], None] = lambda line: None) -> str | None:
-    """An ID token for the smoke request, whose audience is the service URL (Cloud Run accepts
-    it on the service's tag URLs too). Every service gets one, whatever the credentials
-    (cf2run/credentials.py): a public service is made public only after its smoke test passes, so
-    a call without one would be refused."""
-    return cloud.id_token(deployment.url)
-
-
 def request_for(spec: FunctionSpec, target: Target) -> tuple[SmokeRequest, bool]:
     """(the request, whether any 2xx passes): a function with a trigger gets an event of it (any
     2xx, unless the manifest sets smoke.expect_status); others the manifest's request."""
@@ -175,19 +186,57 @@ def request_for(spec: FunctionSpec, target: Target) -> tuple[SmokeRequest, bool]
     return events.smoke_request(spec, target), "expect_status" not in spec.smoke.model_fields_set
 
 
-@task(name="smoke", task_run_name="smoke[{spec.name}]", cache_policy=NO_CACHE)
-def smoke_test(spec: FunctionSpec, target: Target, deployment: Deployment) -> SmokeResult:
+def smoke(cloud: Cloud, spec: FunctionSpec, target: Target, deployment: Deployment,
+          logger: Log = log) -> SmokeResult:
     """The spec's smoke request (or its trigger's event) against the candidate's tag URL, else the
-    service URL, with an ID token."""
-    logger = get_run_logger()
-    token = smoke_token(Cloud.for_target(target), spec, deployment, logger.warning)
+    service URL, with an ID token; a request the service's ingress refused fails saying so, or
+    is `unreachable` when the manifest accepts that."""
+    # Every service gets an ID token (cf2run/credentials.py), whatever the credentials: a public
+    # service is opened only after its smoke test passes, so a call without one is refused.
+    token = cloud.id_token(deployment.url)
     url = deployment.smoke_url
     what = f"candidate {deployment.revision} (tag {deployment.tag})" if deployment.candidate_url else \
         deployment.revision
     request, any_2xx = request_for(spec, target)
     event = f" with a {request.headers.get('ce-type')} event" if spec.trigger else ""
-    result = run_smoke(url, request, token, public=spec.allow_unauthenticated and token is None,
-                       any_2xx=any_2xx, log=logger.info)
+    try:
+        result = run_smoke(url, request, token, public=False,
+                           any_2xx=any_2xx, log=logger.info)
+    except SmokeRefused as refused:
+        ingress = internal_ingress(cloud, deployment.service)
+        if ingress is None:  # a function that answers such a page itself: an ordinary failure
+            raise SmokeTestFailed(refused.message, hint=refused.hint) from refused
+        return _unreachable(spec, request_url(url, request.path), ingress, refused, logger)
     logger.info("smoke %s %s%s on %s%s passed: HTTP %s in %.3fs after %s attempt(s)", request.method,
                 url, request.path, what, event, result.status, result.latency_s, result.attempts)
     return result
+
+
+def internal_ingress(cloud: Cloud, service: str) -> str | None:
+    """The service's ingress as the manifest names it when it keeps callers outside the VPC out
+    (internal-only, internal-and-gclb); None when it lets everyone in."""
+    found = get_service(cloud.services, service, step="smoke_test")
+    names = {value: name for name, value in INGRESS.items()}
+    name = names.get(found.ingress) if found is not None else None
+    return name if name not in (None, "all") else None
+
+
+def _unreachable(spec: FunctionSpec, url: str, ingress: str, refused: SmokeRefused,
+                 logger: Log) -> SmokeResult:
+    why = (f"smoke_test {url}: unreachable from this worker: the service's ingress {ingress} keeps "
+           "callers outside its VPC network out (Cloud Run answered 404 before the function saw "
+           "the request)")
+    if not spec.smoke.accept_unreachable:
+        raise SmokeTestFailed(why, hint="run the worker inside the service's VPC network (a VM, GKE, "
+                                        "or Cloud Run with Direct VPC egress in that network), or set "
+                                        "smoke.accept_unreachable: true in the manifest to promote "
+                                        "it without a smoke test")
+    logger.warning("%s; smoke.accept_unreachable is set: not tested, reported as unreachable", why)
+    return SmokeResult(status=404, latency_s=0.0, excerpt="", attempts=refused.attempts,
+                       unreachable=True)
+
+
+@task(name="smoke", task_run_name="smoke[{spec.name}]", cache_policy=NO_CACHE)
+def smoke_test(spec: FunctionSpec, target: Target, deployment: Deployment) -> SmokeResult:
+    """See `smoke`."""
+    return smoke(Cloud.for_target(target), spec, target, deployment, get_run_logger())

@@ -156,11 +156,13 @@ SETTING_CHANGES: dict[str, dict[str, Any]] = {
     "min instances": {"min_instances": 1},
     "max instances": {"max_instances": 5},
     "service account": {"service_account": "fn@proj.iam.gserviceaccount.com"},
-    "ingress": {"ingress": "internal-only"},
     "labels": {"labels": {"t": "y"}},
 }
-#: Each changes something that is not a service setting: same revision name.
+#: Each changes something that is not a revision's setting: same revision name (ingress is the
+#: service's: promote changes it without a revision, tasks/deploy.py).
 NON_SERVICE_CHANGES: dict[str, dict[str, Any]] = {
+    "ingress": {"ingress": "internal-only"},
+    "ingress gclb": {"ingress": "internal-and-gclb"},
     "smoke": {"smoke": {"path": "/health", "expect_status": 204}},
     "public": {"allow_unauthenticated": True},
     "build env": {"build_env": {"PIP_INDEX_URL": "https://example.org"}},
@@ -225,6 +227,11 @@ def test_serves_when_ready_on_our_revision_with_all_traffic(source: Path) -> Non
     assert serves(served(wanted, traffic_statuses=[pinned]), wanted)
 
 
+def test_serves_whatever_its_ingress_which_promote_changes(source: Path) -> None:
+    wanted = build(make_spec(source, ingress="internal-only"))
+    assert serves(served(wanted, ingress=run_v2.IngressTraffic.INGRESS_TRAFFIC_ALL), wanted)
+
+
 def test_does_not_serve_when_anything_differs(source: Path) -> None:
     wanted = build(make_spec(source))
     other = build(make_spec(source), digest=OTHER_DIGEST)
@@ -234,7 +241,6 @@ def test_does_not_serve_when_anything_differs(source: Path) -> None:
     assert not serves(served(other), wanted)
     assert not serves(served(wanted, traffic_statuses=split), wanted)
     assert not serves(served(wanted, terminal_condition=failed), wanted)
-    assert not serves(served(wanted, ingress=run_v2.IngressTraffic.INGRESS_TRAFFIC_INTERNAL_ONLY), wanted)
     assert not serves(served(wanted, labels={"managed-by": "cf2run"}), wanted)
 
 

@@ -151,6 +151,7 @@ def test_every_field_has_a_description() -> None:
     ({"smoke": {"path": "health"}}, ".smoke.path", "must start with '/'"),
     ({"smoke": {"body": "x", "json": {"a": 1}}}, ".smoke", "keep only one of them"),
     ({"smoke": {"metod": "GET"}}, ".smoke.metod", "did you mean 'method'?"),
+    ({"smoke": {"accept_unreachable": "yes"}}, ".smoke.accept_unreachable", "valid boolean"),
     ({"source": "missing-dir"}, "functions[0] (orders-api).source", "does not exist"),
 ])
 def test_invalid_function_is_rejected_naming_the_field(

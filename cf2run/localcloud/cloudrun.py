@@ -10,7 +10,8 @@ the `Deployer` then does the slow part on the service's worker thread: the revis
 local process (`Runtime`), the service has one stable URL and each traffic tag its own
 (`Router`), and a revision that does not become ready fails the operation while the service
 keeps serving its previous revision. A service is private (403 without an ID token whose
-audience is its URL) until its IAM policy grants ``allUsers`` ``roles/run.invoker``.
+audience is its URL) until its IAM policy grants ``allUsers`` ``roles/run.invoker``; one whose
+ingress is internal answers 404 on all its URLs to callers outside its VPC (router.py).
 
 State (services, revisions, policies, URL ports) is saved to ``STATE_DIR/state.json`` after
 every change; `restore()` brings serving services back on the same URLs after a restart.

@@ -166,7 +166,7 @@ class Deployer:
 
     def apply_routes(self, name: str) -> None:
         """Point service `name`'s URLs at the revisions its traffic statuses name, with its
-        current access policy; close the URLs of tags it no longer has."""
+        current access policy and ingress; close the URLs of tags it no longer has."""
         with self._route_lock:
             with self._store.lock:
                 state = self._store.state
@@ -178,18 +178,23 @@ class Deployer:
                 audiences = [service.uri, *(t.uri for t in service.traffic_statuses if t.uri),
                              *service.custom_audiences]
                 timeout_s = service.template.timeout.total_seconds() or 300.0
+                ingress = run_v2.IngressTraffic(service.ingress).name
                 live = {tag_key(name, t.tag) for t in targets if t.tag}
                 stale = [key for key in state.ports if key.startswith(f"{name}#") and key not in live]
                 for key in stale:
                     del state.ports[key]
                 self._store.save()
             backends = [(t.revision, t.percent) for t in targets if t.revision and t.percent]
+            # Ingress is the service's, not a revision's: every URL of the service follows it,
+            # from the moment the update that changed it is done (securing/ingress: "Ingress is
+            # set at the service level").
             self._router.route(name, backends, public=public, audiences=audiences,
-                               timeout_s=timeout_s)
+                               timeout_s=timeout_s, ingress=ingress)
             for target in targets:
                 if target.tag and target.revision:
                     self._router.route(tag_key(name, target.tag), [(target.revision, 100)],
-                                       public=public, audiences=audiences, timeout_s=timeout_s)
+                                       public=public, audiences=audiences, timeout_s=timeout_s,
+                                       ingress=ingress)
             for key in stale:
                 self._router.close(key)
 

@@ -2,12 +2,21 @@
 
 Each service URL and each tag URL is its own HTTP listener on 127.0.0.1 (the caller keeps the
 port, so the URL survives a restart). A request is checked as Cloud Run's front end does
-(private: an ID token whose audience is the URL, else 403, or 401 for a token it refuses), sent to
-one of the route's ready revisions, weighted by their traffic percent, and proxied over HTTP/1.1:
+(first the network: a service whose ingress is internal answers 404 to a caller outside its
+VPC; then access: private means an ID token whose audience is the URL, else 403, or 401 for a
+token it refuses), sent to
+one of the route's ready revisions, weighted by their traffic percent, and proxied over
+HTTP/1.1:
 
-    router = Router(tokens, resolve=runtime.address)
+    router = Router(tokens, resolve=runtime.address, inside_vpc=lambda: settings.caller_in_vpc)
     url = router.open("svc", port=0)
     router.route("svc", [("svc-00001-abc", 90), ("svc-00002-def", 10)], public=False, audiences=[url])
+
+Where a caller is: every caller on 127.0.0.1 is on the same network, so the local cloud cannot
+tell inside from outside by address. `inside_vpc()` says it for all callers at once: the
+setting ``caller_in_vpc`` (``CF2RUN_LOCALCLOUD_CALLER_IN_VPC=1``) stands for a worker that
+runs inside the service's VPC network (a VM, GKE, or Cloud Run with Direct VPC egress);
+unset, callers are on the internet, as a laptop is.
 """
 
 from __future__ import annotations
@@ -36,6 +45,8 @@ REMOVED_SIGNATURE = "SIGNATURE_REMOVED_BY_GOOGLE"
 _STALE_CONNECTION_ERRORS = (http.client.RemoteDisconnected, http.client.ImproperConnectionState,
                             BrokenPipeError, ConnectionResetError)
 _CHUNK = 64 * 1024
+#: Ingress values (run_v2.IngressTraffic names) that keep callers outside the VPC out.
+INTERNAL_INGRESS = frozenset({"INGRESS_TRAFFIC_INTERNAL_ONLY", "INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER"})
 
 
 @dataclass(frozen=True)
@@ -46,6 +57,7 @@ class Route:
     public: bool = False
     audiences: tuple[str, ...] = ()
     timeout_s: float = 300.0
+    internal: bool = False  # the service's ingress lets in callers inside its VPC only
 
 
 class Router:
@@ -53,12 +65,15 @@ class Router:
 
     `resolve(revision)` gives a ready revision's ``host:port``, or None when it does not serve
     (the runtime's `address`); it is asked on every request, so a crashed revision stops
-    receiving traffic at once.
+    receiving traffic at once. `inside_vpc()`, asked on every request too, says whether callers
+    are inside the services' VPC network (see the module docstring).
     """
 
-    def __init__(self, tokens: TokenAuthority, resolve: Callable[[str], str | None]) -> None:
+    def __init__(self, tokens: TokenAuthority, resolve: Callable[[str], str | None],
+                 inside_vpc: Callable[[], bool] = lambda: False) -> None:
         self.tokens = tokens
         self.resolve = resolve
+        self.inside_vpc = inside_vpc
         self._listeners: dict[str, LoopbackServer] = {}
         self._routes: dict[str, Route] = {}
         self._lock = threading.Lock()
@@ -90,12 +105,15 @@ class Router:
         return listener.url if listener else None
 
     def route(self, key: str, backends: Sequence[tuple[str, int]], *, public: bool,
-              audiences: Sequence[str] = (), timeout_s: float = 300.0) -> None:
+              audiences: Sequence[str] = (), timeout_s: float = 300.0, ingress: str = "") -> None:
         """Set where `key`'s requests go and who may send them (takes effect on the next request).
 
         `audiences`: the token audiences accepted when not public; empty means the URL itself.
+        `ingress`: the service's `run_v2.IngressTraffic` name; an internal one keeps callers
+        outside the VPC out (the same for the service URL and every tag URL: it is the service's).
         """
-        self._routes[key] = Route(tuple(backends), public, tuple(audiences), timeout_s)
+        self._routes[key] = Route(tuple(backends), public, tuple(audiences), timeout_s,
+                                  internal=ingress in INTERNAL_INGRESS)
 
     def close(self, key: str) -> None:
         """Stop listening for `key` and forget its route."""
@@ -136,6 +154,15 @@ class _ProxyHandler(QuietHandler):
         route = self.router._routes.get(self.key)
         if route is None:
             self._fail(503, "Service Unavailable: nothing is deployed at this URL yet.\n")
+            return
+        if route.internal and not self.router.inside_vpc():
+            # Ingress is checked before IAM, at the network: from outside the VPC an internal
+            # service's run.app URL (and its tag URLs) "cannot be reached"
+            # (https://cloud.google.com/run/docs/securing/ingress), and what the caller gets is
+            # Google's front end's 404 page, whatever token it sends (seen from outside the VPC
+            # in richardhe-fundamenta/practical-gcp-examples#11, 2026; an older report,
+            # ahmetb/runsd#40 of 2021, saw 403: Google's answer has changed over time).
+            self._fail(404, google_error_page(404, self.path.split("?")[0]), "text/html; charset=UTF-8")
             return
         forwarded = self._forwarded_headers()
         refused = None if route.public else self._authorize(route, forwarded)

@@ -102,7 +102,8 @@ class LocalCloud:
                           ready_deadline_s=lambda: self.settings.ready_deadline_s,
                           fork_server=lambda: self.settings.fork_server)
         stack.callback(runtime.stop_all)
-        router = Router(tokens, resolve=runtime.address)
+        router = Router(tokens, resolve=runtime.address,
+                        inside_vpc=lambda: self.settings.caller_in_vpc)
         stack.callback(router.stop_all)
         self.cloudrun = CloudRunService(state / "cloudrun", self.settings, self.faults,
                                         runtime, router, tokens)

@@ -6,6 +6,7 @@ lists and objects as JSON), mutable at run time by whoever holds the `LocalCloud
     CF2RUN_LOCALCLOUD_BUILD_LATENCY_S=3
     CF2RUN_LOCALCLOUD_MAX_CONCURRENT_BUILDS=10
     CF2RUN_LOCALCLOUD_FORK_SERVER=0
+    CF2RUN_LOCALCLOUD_CALLER_IN_VPC=1
     CF2RUN_LOCALCLOUD_FAULTS='[{"method": "CloudBuild.CreateBuild", "code": "UNAVAILABLE", "first_n": 1}]'
 """
 
@@ -80,6 +81,11 @@ class LocalCloudSettings(BaseSettings):
         default=2000, gt=0, description="GiB of the region's Cloud Run memory quota: max instances x "
                                         "memory may not exceed it (Google's example baseline).")
     faults: list[Fault] = Field(default_factory=list, description="Injected RPC failures.")
+    caller_in_vpc: bool = Field(
+        default=False, description="Every caller of the service and tag URLs counts as inside the "
+                                   "services' VPC network, so services with ingress internal-only or "
+                                   "internal-and-gclb let it in (false: callers come from the internet "
+                                   "and those services answer 404, as Cloud Run does).")
     fork_server: bool = Field(
         default=True, description="Fork Python revisions from a zygote that imported their dependency set "
                                   "once (false: a new interpreter per revision).")

@@ -130,6 +130,38 @@ def test_a_tag_url_accepts_the_audiences_it_is_given(router: Router, tokens: Tok
             assert answer.status_code == 200 and answer.json()["backend"] == "rev-b"
 
 
+@pytest.mark.parametrize("ingress", ["INGRESS_TRAFFIC_INTERNAL_ONLY",
+                                     "INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER"])
+def test_internal_ingress_answers_404_outside_the_vpc_before_any_token_check(
+        tokens: TokenAuthority, addresses: dict[str, str | None], ingress: str) -> None:
+    """Cloud Run's answer to a caller outside the VPC (securing/ingress): Google's 404 page, on
+    the service URL and every tag URL alike (ingress is the service's), whatever the token."""
+    inside = False
+    router = Router(tokens, resolve=lambda revision: addresses.get(revision), inside_vpc=lambda: inside)
+    try:
+        service_url, tag_url = router.open("svc"), router.open("svc#candidate")
+        router.route("svc", [("rev-a", 100)], public=True, ingress=ingress)
+        router.route("svc#candidate", [("rev-b", 100)], public=False, audiences=[service_url],
+                     ingress=ingress)
+        token = {"Authorization": f"Bearer {tokens.mint(service_url)}"}
+        with httpx.Client() as client:
+            for url, headers in ((service_url, {}), (service_url, token), (tag_url, token)):
+                refused = client.get(f"{url}/hello?x=1", headers=headers)
+                assert refused.status_code == 404
+                assert refused.headers["Content-Type"].startswith("text/html")
+                assert "The requested URL <code>/hello</code> was not found on this server." in refused.text
+                assert "X-Backend" not in refused.headers  # no revision saw it
+            inside = True  # the worker now runs inside the VPC
+            assert client.get(service_url).json()["backend"] == "rev-a"
+            assert client.get(tag_url, headers=token).json()["backend"] == "rev-b"
+            assert client.get(tag_url).status_code == 403  # IAM still applies inside
+            inside = False
+            router.route("svc", [("rev-a", 100)], public=True, ingress="INGRESS_TRAFFIC_ALL")
+            assert client.get(service_url).json()["backend"] == "rev-a"
+    finally:
+        router.stop_all()
+
+
 def test_no_ready_revision_answers_503(router: Router, addresses: dict[str, str | None]) -> None:
     url = router.open("svc")
     with httpx.Client() as client:
