@@ -32,9 +32,15 @@ from google.oauth2 import credentials as user_credentials
 from google.oauth2 import service_account
 
 from cf2run.cloud import Cloud
-from cf2run.credentials import application_default, from_block
+from cf2run.credentials import CLOUD_PLATFORM, application_default, from_block
 from cf2run.errors import Cf2RunError
-from cf2run.localcloud.accounts import DEFAULT_ACCOUNT, INSUFFICIENT_SCOPES, KINDS, MISSING_CREDENTIAL
+from cf2run.localcloud.accounts import (
+    DEFAULT_ACCOUNT,
+    INSUFFICIENT_SCOPES,
+    KINDS,
+    MISSING_CREDENTIAL,
+    UNAUTHENTICATED,
+)
 from cf2run.localcloud.builder import build_function
 from cf2run.localcloud.server import LocalCloud
 from cf2run.spec import Target, load_manifest
@@ -146,6 +152,12 @@ def test_the_local_apis_refuse_calls_as_google_does(localcloud: LocalCloud) -> N
     with pytest.raises(api_exceptions.Unauthenticated) as refused:
         anonymous.get_service(name=f"{PARENT}/services/anything")
     assert refused.value.message == MISSING_CREDENTIAL
+
+    expired, _ = localcloud.accounts.tokens.mint_access(USER, [CLOUD_PLATFORM], lifetime_s=-1)
+    stale = Cloud.local(localcloud.endpoints, base=lambda: user_credentials.Credentials(token=expired))
+    with pytest.raises(api_exceptions.Unauthenticated) as refused:
+        stale.services.get_service(name=f"{PARENT}/services/anything")
+    assert refused.value.message == UNAUTHENTICATED
 
     token, _ = localcloud.accounts.tokens.mint_access(USER, ["https://www.googleapis.com/auth/userinfo.email"])
     narrow = Cloud.local(localcloud.endpoints, base=lambda: user_credentials.Credentials(token=token))

@@ -67,11 +67,11 @@ class TokenAuthority:
     def __init__(self, state_dir: Path) -> None:
         self._key = _load_or_create_key(Path(state_dir) / "metadata" / "signing.key")
 
-    def mint(self, audience: str, email: str = DEFAULT_EMAIL) -> str:
+    def mint(self, audience: str, email: str = DEFAULT_EMAIL, lifetime_s: int = TOKEN_LIFETIME_S) -> str:
         """An ID token for `audience` (a service or tag URL, or an OAuth client id), valid for one hour."""
         now = int(time.time())
         return self._seal({"iss": ISSUER, "aud": audience, "azp": email, "sub": email, "email": email,
-                           "email_verified": True, "iat": now, "exp": now + TOKEN_LIFETIME_S})
+                           "email_verified": True, "iat": now, "exp": now + lifetime_s})
 
     def mint_access(self, email: str, scopes: Iterable[str], lifetime_s: int = TOKEN_LIFETIME_S
                     ) -> tuple[str, int]:

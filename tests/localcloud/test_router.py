@@ -96,6 +96,8 @@ def test_private_url_needs_a_token_for_its_own_audience(router: Router, tokens: 
         assert refused.status_code == 401
         assert "Your client does not have permission to the requested URL <code>/hello</code>" in refused.text
         assert client.get(url, headers={"Authorization": "Bearer not.a.token"}).status_code == 401
+        expired = tokens.mint(url, lifetime_s=-1)
+        assert client.get(url, headers={"Authorization": f"Bearer {expired}"}).status_code == 401
         access, _ = tokens.mint_access("someone@example.com", ["https://www.googleapis.com/auth/cloud-platform"])
         assert client.get(url, headers={"Authorization": f"Bearer {access}"}).status_code == 401
 
