@@ -132,7 +132,7 @@ class CloudRunService:
             existing = {status.short_name(r.name) for r in state.revisions_of(name)}
             targets = rules.check_service(given, service_id, existing, f"{where}.service")
             template = rules.with_defaults(given.template)
-            revision, new = self._revision_for(name, current, template, where)
+            revision, new = self._revision_for(name, current, template)
             service = status.accepted(name, given, current, template)
             made = status.new_revision(service, revision, template,
                                        self._log_uri(service_id)) if new else None
@@ -150,20 +150,24 @@ class CloudRunService:
         return op
 
     def _revision_for(self, name: str, current: run_v2.Service | None,
-                      template: run_v2.RevisionTemplate, where: str) -> tuple[str, bool]:
-        """(revision this write deploys, whether it is new). A named revision that exists must
-        have the same configuration, and is deployed again (as Knative's bring-your-own revision
-        names do: it becomes the latest); an unchanged template makes no new revision."""
+                      template: run_v2.RevisionTemplate) -> tuple[str, bool]:
+        """(revision this write deploys, whether it is new). A named revision that exists is
+        deployed again (as Knative's bring-your-own revision names are: it becomes the latest)
+        when the configuration is the same: the service's current template name with the very
+        same template, an older revision's name with the same spec (cloudrun_rules' sources).
+        An unnamed template equal to the latest one makes no new revision."""
         templates = self._store.state.templates
         if template.revision:
             existing = templates.get(f"{name}/revisions/{template.revision}")
             if existing is None:
                 return template.revision, True
-            if rules.same_configuration(existing, template):
+            if current is not None and current.template.revision == template.revision:
+                same = rules.same_configuration(current.template, template)
+            else:
+                same = rules.same_configuration(existing, template, metadata=False)
+            if same:
                 return template.revision, False
-            raise rules.violation(f"{where}.service.template.revision",
-                                  f"Revision named '{template.revision}' with different "
-                                  "configuration already exists.", Code.ALREADY_EXISTS)
+            raise rules.revision_name_taken(template.revision)
         if current is not None and current.latest_created_revision:
             latest = templates.get(current.latest_created_revision)
             if latest is not None and rules.same_configuration(latest, template):

@@ -24,7 +24,17 @@ field of its request to fix. The texts quote what Cloud Run answers where it is 
   'x' does not exist or is deleted. Update all traffic to route to currently available
   revisions.").
 - revision reused with another template: firebase/firebase-tools#10148 (409 ALREADY_EXISTS,
-  "Revision named 'x' with different configuration already exists.").
+  "Revision named 'x' with different configuration already exists."; gcloud prints it as
+  "ALREADY_EXISTS: Revision named ..."; googleapis/google-cloud-python#11870, #14259). The
+  message is the whole status text, without the "Violation in" prefix. What "different" means
+  follows Knative Serving, which Cloud Run implements (knative/serving
+  pkg/apis/serving/v1/revision_validation.go `VerifyNameChange`, and
+  pkg/reconciler/configuration/configuration.go `CheckNameAvailability`): the name the service
+  already has must come with the very same template (labels and annotations included); the name
+  of an older revision must come with the same revision spec (its labels and annotations may
+  differ: "the user may have annotated or labeled the Revision"), and is then reused, no new
+  revision made (hashicorp/terraform-provider-google#9438: "with a different spec than the
+  existing revision ... this is indeed a 409/conflict").
 - etag mismatch: ABORTED, as AIP-154 requires since aip-dev/google.aip.dev#705 (409 Conflict).
 """
 
@@ -350,11 +360,23 @@ def with_defaults(template: run_v2.RevisionTemplate) -> run_v2.RevisionTemplate:
     return filled
 
 
-def same_configuration(a: run_v2.RevisionTemplate, b: run_v2.RevisionTemplate) -> bool:
-    """Whether two templates describe the same revision (ignoring its name)."""
+def same_configuration(a: run_v2.RevisionTemplate, b: run_v2.RevisionTemplate, *,
+                       metadata: bool = True) -> bool:
+    """Whether two templates describe the same revision (ignoring its name); with `metadata`
+    False, whatever their labels and annotations (Knative's revision *spec* equality)."""
     left, right = with_defaults(a), with_defaults(b)
     left.revision = right.revision = ""
+    if not metadata:
+        for side in (left, right):
+            side.labels.clear()
+            side.annotations.clear()
     return bool(left == right)  # message equality: map fields compare as maps, in any order
+
+
+def revision_name_taken(revision: str) -> RpcError:
+    """What Cloud Run answers for a revision name reused with another configuration."""
+    return RpcError(grpc.StatusCode.ALREADY_EXISTS,
+                    f"Revision named '{revision}' with different configuration already exists.")
 
 
 # -- traffic -------------------------------------------------------------------------------

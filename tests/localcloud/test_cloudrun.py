@@ -289,10 +289,13 @@ def test_existing_missing_and_stale_services_are_refused(env: Env, hello_v1: str
         env.services.update_service(service=stale)
 
     renamed = run_v2.Service(created)  # the same revision name with another template
-    renamed.template.revision = revision_id(created.latest_created_revision)
+    taken = revision_id(created.latest_created_revision)
+    renamed.template.revision = taken
     renamed.template.containers[0].env.append(run_v2.EnvVar(name="GREETING", value="changed"))
-    with pytest.raises(exceptions.AlreadyExists, match="with different configuration already exists"):
+    with pytest.raises(exceptions.AlreadyExists) as raised:
         env.services.update_service(service=renamed)
+    assert raised.value.message == \
+        f"Revision named '{taken}' with different configuration already exists."
 
 
 def test_allow_missing_update_creates_and_validate_only_creates_nothing(
@@ -520,6 +523,38 @@ def test_naming_an_existing_revision_deploys_it_again(
         == f"{name}-one"
     assert get(done.uri).text == f"hello v1 from {name}-one"
     assert len(list(env.revisions.list_revisions(parent=one.name))) == 2
+
+
+def test_a_revision_name_keeps_its_configuration(env: Env, hello_v1: str, hello_v2: str) -> None:
+    """Knative's rules (cloudrun_rules.py): the service's current revision name comes back only
+    with the very same template, labels included; an older revision's name with the same spec,
+    whatever its labels, and that revision is reused; echoing the template as read is fine."""
+    name = unique("immutable")
+    one = create(env, name, service_of(hello_v1, revision=f"{name}-one", labels={"v": "1"}))
+    echoed = update(env, env.services.get_service(name=one.name))  # a traffic-only update
+    assert revision_id(echoed.latest_created_revision) == f"{name}-one"
+
+    relabeled = env.services.get_service(name=one.name)
+    relabeled.template.labels["v"] = "2"
+    with pytest.raises(exceptions.AlreadyExists, match=f"^409 Revision named '{name}-one' with "
+                                                       "different configuration already exists.$"):
+        env.services.update_service(service=relabeled)
+
+    two = env.services.get_service(name=one.name)
+    two.template.revision = f"{name}-two"
+    two.template.containers[0].image = hello_v2
+    update(env, two)
+    back = env.services.get_service(name=one.name)
+    back.template = one.template
+    back.template.labels["v"] = "back"  # labels of an older revision may differ
+    done = update(env, back)
+    assert revision_id(done.latest_created_revision) == f"{name}-one"
+    assert len(list(env.revisions.list_revisions(parent=one.name))) == 2
+
+    changed = env.services.get_service(name=one.name)
+    changed.template.revision = f"{name}-two"  # an older revision, another spec
+    with pytest.raises(exceptions.AlreadyExists, match=f"Revision named '{name}-two' with "):
+        env.services.update_service(service=changed)
 
 
 def test_list_services_in_pages(env: Env, hello_v1: str) -> None:
