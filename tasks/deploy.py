@@ -141,6 +141,24 @@ def revision_name(name: str, service: run_v2.Service) -> str:
     return f"{name}-{digest[:length]}"
 
 
+def kept_from(existing: run_v2.Service, wanted: run_v2.Service) -> run_v2.Service:
+    """The Service to send to update `existing` to `wanted`: what cf2run owns (the template,
+    the traffic, ingress, client and its own labels) from `wanted`, every other field as the
+    service has it (description, custom audiences, invoker check, Binary Authorization,
+    service-level scaling, others' labels, annotations: cf2run's promotion history and others').
+
+    An UpdateService without an update mask replaces the whole service: a field not sent is
+    cleared (AIP-134; the Cloud Run v2 UpdateServiceRequest's mask is optional).
+    """
+    update = run_v2.Service(existing)
+    update.template = wanted.template
+    update.traffic = wanted.traffic
+    update.ingress = wanted.ingress
+    update.client = wanted.client
+    update.labels = {**existing.labels, **wanted.labels}
+    return update
+
+
 def serves(existing: run_v2.Service, wanted: run_v2.Service) -> bool:
     """Whether `existing` runs `wanted`'s revision, Ready, with all traffic, same ingress and labels."""
     revision = wanted.template.revision
@@ -202,7 +220,7 @@ def deploy(cloud: Cloud, spec: FunctionSpec, target: Target, image: VerifiedImag
     previous = serving(existing) if existing is not None else []
     tag = candidate_tag(spec.name) if previous else None
     if existing is not None:
-        wanted.annotations = dict(existing.annotations)  # cf2run's promotion history, and others'
+        wanted = kept_from(existing, wanted)
     if tag is not None:
         assert existing is not None
         wanted.traffic = with_candidate(existing, revision, tag)

@@ -22,6 +22,7 @@ from cf2run.localcloud.builder import build_function
 from cf2run.localcloud.server import LocalCloud
 from cf2run.localcloud.settings import LocalCloudSettings
 from cf2run.results import BuiltImage, Deployment, SmokeResult, VerifiedImage
+from cf2run.rollback import rollback
 from cf2run.spec import FunctionSpec, Target
 from tasks.deploy import deploy
 from tasks.promote import promote
@@ -216,3 +217,46 @@ def test_a_candidate_that_never_gets_ready_leaves_the_serving_revision_untouched
                Target(), verified)
     assert f"the traffic never moved: {first.revision} keep(s) serving it" in str(raised.value)
     assert served_text(cloud, first.url) == f"hi from {first.revision}\n"
+
+
+def set_outside_cf2run(cloud: Cloud, service_name: str) -> run_v2.Service:
+    """What a user or another tool sets on the service (an UpdateService of its own)."""
+    service = cloud.services.get_service(name=service_name)
+    service.description = "orders API, owned by team blue"
+    service.custom_audiences[:] = ["https://orders.example.com"]
+    service.invoker_iam_disabled = True
+    service.binary_authorization = run_v2.BinaryAuthorization(use_default=True)
+    service.scaling = run_v2.ServiceScaling(min_instance_count=1)
+    service.labels["team"] = "blue"
+    service.annotations["example.com/owner"] = "blue"
+    return cloud.services.update_service(service=service).result(timeout=60)
+
+
+def outside_fields(service: run_v2.Service) -> tuple[object, ...]:
+    return (service.description, list(service.custom_audiences), service.invoker_iam_disabled,
+            service.binary_authorization.use_default, service.scaling.min_instance_count,
+            service.labels.get("team"), service.annotations.get("example.com/owner"))
+
+
+def test_what_cf2run_does_not_own_survives_a_deploy_a_promote_and_a_rollback(
+        cloud: Cloud, image: tuple[Path, VerifiedImage]) -> None:
+    """An UpdateService without a mask replaces the whole service (the local Cloud Run does it
+    too): cf2run sends back every field it does not own as the service has it."""
+    source, verified = image
+    spec, target = make_spec(source), Target()
+    first = deploy(cloud, spec, target, verified)
+    expected = outside_fields(set_outside_cf2run(cloud, first.service))
+    assert expected == ("orders API, owned by team blue", ["https://orders.example.com"], True,
+                        True, 1, "blue", "blue")
+
+    changed = spec.model_copy(update={"env": {"GREETING": "howdy"},
+                                      "smoke": spec.smoke.model_copy(update={"expect_body": "howdy"})})
+    second = deploy(cloud, changed, target, verified)
+    assert second.tag == "candidate"
+    assert outside_fields(cloud.services.get_service(name=first.service)) == expected
+    promote(cloud, changed, second)
+    assert outside_fields(cloud.services.get_service(name=first.service)) == expected
+    rollback(cloud, target, spec.name, to=first.revision)
+    after = cloud.services.get_service(name=first.service)
+    assert outside_fields(after) == expected
+    assert after.labels["managed-by"] == "cf2run"

@@ -447,11 +447,40 @@ def check_service(service: run_v2.Service, service_id: str, revisions: set[str],
     """
     check_labels(dict(service.labels), f"{field}.labels")
     check_annotations(dict(service.annotations), f"{field}.annotations")
+    check_service_settings(service, field)
     if "template" not in service:
         raise violation(f"{field}.template", "a revision template is required.")
     check_template(service.template, service_id, f"{field}.template")
     known = revisions | ({service.template.revision} if service.template.revision else set())
     return check_traffic(list(service.traffic), service_id, known, f"{field}.traffic")
+
+
+_BINAUTHZ_POLICY = re.compile(r"^projects/[^/]+/platforms/cloudRun/[^/]+$")
+MANUAL = run_v2.ServiceScaling.ScalingMode.MANUAL
+
+
+def check_service_settings(service: run_v2.Service, field: str) -> None:
+    """The service-level settings, as their proto documents them (google/cloud/run/v2
+    vendor_settings.proto: BinaryAuthorization, ServiceScaling)."""
+    if "binary_authorization" in service:
+        binauthz = service.binary_authorization
+        if binauthz.policy and not _BINAUTHZ_POLICY.match(binauthz.policy):
+            raise violation(f"{field}.binary_authorization.policy",
+                            f"{binauthz.policy!r} is not of the form "
+                            "projects/{project}/platforms/cloudRun/{policy-name}.")
+        if binauthz.breakglass_justification and not (binauthz.use_default or binauthz.policy):
+            raise violation(f"{field}.binary_authorization.breakglass_justification",
+                            "must be empty when use_default is false.")
+    scaling = service.scaling
+    if min(scaling.min_instance_count, scaling.max_instance_count,
+           scaling.manual_instance_count) < 0:
+        raise violation(f"{field}.scaling", "instance counts cannot be negative.")
+    if scaling.max_instance_count and scaling.min_instance_count > scaling.max_instance_count:
+        raise violation(f"{field}.scaling.max_instance_count",
+                        "must be greater or equal than min_instance_count.")
+    if "manual_instance_count" in scaling and scaling.scaling_mode != MANUAL:
+        raise violation(f"{field}.scaling.manual_instance_count",
+                        "can only be set when scaling_mode is MANUAL.")
 
 
 def check_etag(given: str, current: str, what: str) -> None:

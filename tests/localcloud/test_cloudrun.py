@@ -257,6 +257,20 @@ def invalid_cases() -> list[tuple[str, str, run_v2.Service, type[Exception], str
             run_v2.TrafficTarget(type_=REVISION, revision="svc-00009-abc", percent=100)]),
          exceptions.InvalidArgument, "service.traffic[0].revision: Revision 'svc-00009-abc' does "
          "not exist or is deleted."),
+        ("svc", PARENT, run_v2.Service(template=service_of(image).template,
+                                       binary_authorization=run_v2.BinaryAuthorization(
+                                           use_default=False, breakglass_justification="x")),
+         exceptions.InvalidArgument, "service.binary_authorization.breakglass_justification"),
+        ("svc", PARENT, run_v2.Service(template=service_of(image).template,
+                                       binary_authorization=run_v2.BinaryAuthorization(policy="p")),
+         exceptions.InvalidArgument, "service.binary_authorization.policy"),
+        ("svc", PARENT, run_v2.Service(template=service_of(image).template,
+                                       scaling=run_v2.ServiceScaling(min_instance_count=3,
+                                                                     max_instance_count=2)),
+         exceptions.InvalidArgument, "service.scaling.max_instance_count: must be greater"),
+        ("svc", PARENT, run_v2.Service(template=service_of(image).template,
+                                       scaling=run_v2.ServiceScaling(manual_instance_count=2)),
+         exceptions.InvalidArgument, "service.scaling.manual_instance_count"),
     ]
 
 
@@ -296,6 +310,21 @@ def test_existing_missing_and_stale_services_are_refused(env: Env, hello_v1: str
         env.services.update_service(service=renamed)
     assert raised.value.message == \
         f"Revision named '{taken}' with different configuration already exists."
+
+
+def test_an_update_without_a_mask_replaces_the_whole_service(env: Env, hello_v1: str) -> None:
+    """AIP-134: no update_mask = full replacement; a field the update does not send is cleared."""
+    name = unique("replace")
+    created = create(env, name, run_v2.Service(
+        template=service_of(hello_v1).template, description="kept?", labels={"team": "blue"},
+        scaling=run_v2.ServiceScaling(min_instance_count=1), custom_audiences=["https://a.example"],
+        binary_authorization=run_v2.BinaryAuthorization(use_default=True)))
+    assert (created.description, created.scaling.min_instance_count) == ("kept?", 1)
+    bare = run_v2.Service(name=created.name, template=created.template)
+    replaced = update(env, bare)
+    assert (replaced.description, dict(replaced.labels), replaced.scaling.min_instance_count,
+            list(replaced.custom_audiences), "binary_authorization" in replaced) == \
+        ("", {}, 0, [], False)
 
 
 def test_allow_missing_update_creates_and_validate_only_creates_nothing(
