@@ -57,6 +57,10 @@ SOURCE_LABEL = "cf2run-source"
 SOURCE_LABEL_LEN = 12
 CLIENT = "cf2run"
 INVOKER_ROLE = "roles/run.invoker"
+#: The IAM policy version that carries conditional role bindings as they are.
+POLICY_VERSION = 3
+#: How many times a read-modify-write is tried again when its etag went stale meanwhile.
+ETAG_ATTEMPTS = 3
 ALL_USERS = "allUsers"
 #: How long to wait for Cloud Run to bring a revision to Ready (how often to ask: cf2run/cloud.py).
 DEPLOY_TIMEOUT_S = 900.0
@@ -328,8 +332,17 @@ def has_public_binding(policy: policy_pb2.Policy) -> bool:
     return any(b.role == INVOKER_ROLE and ALL_USERS in b.members for b in policy.bindings)
 
 
+def read_policy(services: run_v2.ServicesClient, service: str) -> policy_pb2.Policy:
+    """The service's IAM policy at version 3: conditional bindings as they are, so that writing
+    it back keeps them (read at a lower version, they come back renamed ``ROLE_withcond_HASH``
+    and cannot be written: cloud.google.com/iam/docs/policies#versions)."""
+    return services.get_iam_policy(request={
+        "resource": service, "options": {"requested_policy_version": POLICY_VERSION}})
+
+
 def with_public_binding(policy: policy_pb2.Policy) -> policy_pb2.Policy:
-    """A copy of `policy` (etag kept) with ``allUsers`` in ``roles/run.invoker``."""
+    """A copy of `policy` (etag, version and conditional bindings kept) with ``allUsers`` in
+    the unconditional ``roles/run.invoker`` binding."""
     updated = policy_pb2.Policy()
     updated.CopyFrom(policy)
     for binding in updated.bindings:
@@ -350,7 +363,7 @@ def ensure_invoker(services: run_v2.ServicesClient, service: str, public: bool, 
     command = (f"gcloud run services add-iam-policy-binding {short_name(service)} "
                f"--member={ALL_USERS} --role={INVOKER_ROLE}")
     try:
-        policy = services.get_iam_policy(request={"resource": service})
+        policy = read_policy(services, service)
         if not public:
             if has_public_binding(policy):
                 logger.warning("%s is public (allUsers may invoke it) but the spec says "
@@ -359,11 +372,22 @@ def ensure_invoker(services: run_v2.ServicesClient, service: str, public: bool, 
                                "to make it private", service, short_name(service), ALL_USERS, INVOKER_ROLE)
                 return True
             return False
-        if has_public_binding(policy):
-            return True
-        cloud_run_write()
-        services.set_iam_policy(request={"resource": service, "policy": with_public_binding(policy)})
-        logger.info("%s is public: %s may invoke it", service, ALL_USERS)
+        attempt = 1
+        while not has_public_binding(policy):
+            cloud_run_write()
+            try:
+                services.set_iam_policy(request={"resource": service,
+                                                 "policy": with_public_binding(policy)})
+            except api_exceptions.Aborted as error:  # "There were concurrent policy changes."
+                if attempt == ETAG_ATTEMPTS:
+                    raise
+                attempt += 1
+                logger.warning("the IAM policy of %s changed meanwhile (%s); reading it again",
+                               service, error.message)
+                policy = read_policy(services, service)
+                continue
+            logger.info("%s is public: %s may invoke it", service, ALL_USERS)
+            break
         return True
     except api_exceptions.GoogleAPICallError as error:
         if public:

@@ -15,6 +15,8 @@ from typing import Any
 import httpx
 import pytest
 from google.cloud import run_v2
+from google.iam.v1 import policy_pb2
+from google.type import expr_pb2
 
 from cf2run.cloud import Cloud
 from cf2run.errors import DeployFailed, SmokeTestFailed
@@ -260,3 +262,27 @@ def test_what_cf2run_does_not_own_survives_a_deploy_a_promote_and_a_rollback(
     after = cloud.services.get_service(name=first.service)
     assert outside_fields(after) == expected
     assert after.labels["managed-by"] == "cf2run"
+
+
+def test_a_conditional_binding_survives_making_the_service_public(
+        cloud: Cloud, image: tuple[Path, VerifiedImage]) -> None:
+    """IAM policies are read at version 3 and written back with their conditions: read at a
+    lower version, a conditional binding comes back as ``ROLE_withcond_HASH``, which cannot be
+    written (the local Cloud Run answers both as IAM does)."""
+    source, verified = image
+    public = make_spec(source, allow_unauthenticated=True)
+    deployment = deploy(cloud, public, Target(), verified)
+    condition = expr_pb2.Expr(title="until 2030",
+                              expression='request.time < timestamp("2030-01-01T00:00:00Z")')
+    cloud.services.set_iam_policy(request={"resource": deployment.service, "policy": policy_pb2.Policy(
+        version=3, bindings=[policy_pb2.Binding(role="roles/run.invoker", members=["user:ann@example.com"],
+                                                condition=condition)])})
+
+    assert promote(cloud, public, deployment).public is True
+    policy = cloud.services.get_iam_policy(request={
+        "resource": deployment.service, "options": {"requested_policy_version": 3}})
+    assert policy.version == 3
+    assert sorted((b.role, list(b.members), b.condition.expression) for b in policy.bindings) == [
+        ("roles/run.invoker", ["allUsers"], ""),
+        ("roles/run.invoker", ["user:ann@example.com"], condition.expression)]
+    assert httpx.get(deployment.url).status_code == 200

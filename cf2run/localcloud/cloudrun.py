@@ -220,7 +220,9 @@ class CloudRunService:
     def get_iam_policy(self, request: iam_policy_pb2.GetIamPolicyRequest) -> policy_pb2.Policy:
         rules.split_service_name(request.resource, "GetIamPolicyRequest.resource")
         with self._store.lock:
-            return _copy_policy(self._policy(request.resource))
+            return rules.policy_at_version(
+                self._policy(request.resource), request.options.requested_policy_version,
+                "GetIamPolicyRequest.options.requested_policy_version")
 
     def set_iam_policy(self, request: iam_policy_pb2.SetIamPolicyRequest) -> policy_pb2.Policy:
         name = request.resource
@@ -232,7 +234,7 @@ class CloudRunService:
                 raise RpcError(Code.ABORTED, "There were concurrent policy changes. Please retry "
                                              "the whole read-modify-write with exponential "
                                              "backoff.")
-            policy = _copy_policy(request.policy)
+            policy = _copy_policy(request.policy)  # conditions and all
             policy.version = policy.version or 1
             policy.etag = secrets.token_bytes(8)
             self._store.state.policies[name] = policy

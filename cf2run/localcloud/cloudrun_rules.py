@@ -40,6 +40,7 @@ field of its request to fix. The texts quote what Cloud Run answers where it is 
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from datetime import timedelta
@@ -497,15 +498,56 @@ _MEMBER = re.compile(r"^(allUsers|allAuthenticatedUsers|(user|serviceAccount|gro
                      r"principalSet|deleted):.+)$")
 
 
+POLICY_VERSIONS = (0, 1, 3)
+CONDITIONS_VERSION = 3
+WITHCOND = "_withcond_"
+
+
 def check_policy(policy: policy_pb2.Policy, field: str) -> None:
-    """Roles are ``roles/...`` and members IAM principals (``allUsers``, ``user:EMAIL``, ...)."""
+    """Roles are ``roles/...`` and members IAM principals (``allUsers``, ``user:EMAIL``, ...);
+    a policy with conditions is version 3, and a role read at a lower version (``..._withcond_
+    HASH``) is no role (google/iam/v1/policy.proto `version`: "Any operation that affects
+    conditional role bindings must specify version 3"; cloud.google.com/iam/docs/policies#versions).
+    """
+    if policy.version not in POLICY_VERSIONS:
+        raise violation(f"{field}.version", f"{policy.version} is not a policy version: valid "
+                                            "values are 0, 1, and 3.")
+    conditional = any(binding.HasField("condition") for binding in policy.bindings)
+    if conditional and policy.version < CONDITIONS_VERSION:
+        raise violation(f"{field}.version", "a policy with conditional role bindings must be "
+                                            "version 3 (read it with requested_policy_version=3, "
+                                            "keep its version when you set it).")
     for i, binding in enumerate(policy.bindings):
-        if not binding.role.startswith(("roles/", "projects/", "organizations/")):
+        if not binding.role.startswith(("roles/", "projects/", "organizations/")) \
+                or WITHCOND in binding.role:
             raise violation(f"{field}.bindings[{i}].role", f"{binding.role!r} is not a role "
-                                                          "(such as 'roles/run.invoker').")
+                                                          "(such as 'roles/run.invoker'); a "
+                                                          f"'{WITHCOND}' role is a conditional "
+                                                          "binding read at a version below 3.")
         for j, member in enumerate(binding.members):
             if not _MEMBER.match(member):
                 raise violation(f"{field}.bindings[{i}].members[{j}]",
                                 f"{member!r} is not a principal: use allUsers, "
                                 "allAuthenticatedUsers or TYPE:ID (user:, serviceAccount:, "
                                 "group:, domain:).")
+
+
+def policy_at_version(policy: policy_pb2.Policy, requested: int, field: str) -> policy_pb2.Policy:
+    """`policy` as GetIamPolicy answers it for `requested_policy_version` (google/iam/v1/
+    options.proto; cloud.google.com/iam/docs/policies#versions): version 3 only when it has
+    conditional bindings and 3 was asked for; read at a lower version, each conditional binding
+    comes without its condition and with its role renamed ``ROLE_withcond_HASH``."""
+    if requested not in POLICY_VERSIONS:
+        raise violation(field, f"{requested} is not a policy version: valid values are 0, 1, "
+                               "and 3.")
+    answer = policy_pb2.Policy()
+    answer.CopyFrom(policy)
+    conditional = any(binding.HasField("condition") for binding in answer.bindings)
+    answer.version = CONDITIONS_VERSION if conditional and requested >= CONDITIONS_VERSION else 1
+    if conditional and requested < CONDITIONS_VERSION:
+        for binding in answer.bindings:
+            if binding.HasField("condition"):
+                digest = hashlib.sha256(binding.condition.SerializeToString()).hexdigest()[:20]
+                binding.role = f"{binding.role}{WITHCOND}{digest}"
+                binding.ClearField("condition")
+    return answer

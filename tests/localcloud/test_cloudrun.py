@@ -486,6 +486,29 @@ def test_private_service_needs_a_token_until_all_users_may_invoke(
             bindings=[policy_pb2.Binding(role="roles/run.invoker", members=["everyone"])])})
 
 
+def test_conditional_bindings_need_policy_version_3(env: Env, hello_v1: str) -> None:
+    """cloud.google.com/iam/docs/policies#versions: read below version 3, a conditional binding
+    loses its condition and its role becomes ROLE_withcond_HASH, which cannot be set back."""
+    service = create(env, unique("conditions"), service_of(hello_v1))
+    condition = policy_pb2.Binding(role="roles/run.invoker", members=["user:ann@example.com"])
+    condition.condition.expression = 'request.time < timestamp("2030-01-01T00:00:00Z")'
+    with pytest.raises(exceptions.InvalidArgument, match="must be version 3"):
+        env.services.set_iam_policy(request={"resource": service.name, "policy": policy_pb2.Policy(
+            bindings=[condition])})
+    env.services.set_iam_policy(request={"resource": service.name, "policy": policy_pb2.Policy(
+        version=3, bindings=[condition])})
+
+    old = env.services.get_iam_policy(request={"resource": service.name})
+    assert old.version == 1 and not old.bindings[0].HasField("condition")
+    assert re.fullmatch(r"roles/run\.invoker_withcond_[0-9a-f]+", old.bindings[0].role)
+    with pytest.raises(exceptions.InvalidArgument, match=r"bindings\[0\].role"):
+        env.services.set_iam_policy(request={"resource": service.name, "policy": old})
+
+    current = env.services.get_iam_policy(request={
+        "resource": service.name, "options": {"requested_policy_version": 3}})
+    assert current.version == 3 and current.bindings[0] == condition
+
+
 def test_a_tag_gets_its_own_url(env: Env, hello_v1: str, hello_v2: str) -> None:
     name = unique("tags")
     blue = f"{name}-blue"
