@@ -212,7 +212,25 @@ def get_service(services: run_v2.ServicesClient, name: str, step: str = "deploy_
 
 def deploy(cloud: Cloud, spec: FunctionSpec, target: Target, image: VerifiedImage,
            source_sha256: str | None = None, logger: Log = log) -> Deployment:
-    """Bring the service to run `service_for(...)`: create it, add a candidate, or nothing."""
+    """Bring the service to run `service_for(...)`: create it, add a candidate, or nothing.
+
+    The update carries the etag it was read with; when the service changed meanwhile, Cloud Run
+    answers ABORTED (AIP-154, google.aip.dev/154) and the whole read-modify-write is done again
+    on the fresh service (ETAG_ATTEMPTS times at most).
+    """
+    for attempt in range(1, ETAG_ATTEMPTS + 1):
+        try:
+            return _deploy_once(cloud, spec, target, image, source_sha256, logger)
+        except api_exceptions.Aborted as error:
+            logger.warning("%s changed while it was being deployed (attempt %d): %s", spec.name,
+                           attempt, error.message)
+    raise TransientError(f"deploy_service: {spec.name} kept changing while it was being deployed "
+                         f"({ETAG_ATTEMPTS} attempts)", hint="run it again")
+
+
+def _deploy_once(cloud: Cloud, spec: FunctionSpec, target: Target, image: VerifiedImage,
+                 source_sha256: str | None, logger: Log) -> Deployment:
+    """One read-modify-write of `deploy`."""
     wanted = service_for(spec, target, image, source_sha256)
     name = service_path(target, spec.name)
     revision = wanted.template.revision

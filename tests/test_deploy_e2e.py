@@ -286,3 +286,47 @@ def test_a_conditional_binding_survives_making_the_service_public(
         ("roles/run.invoker", ["allUsers"], ""),
         ("roles/run.invoker", ["user:ann@example.com"], condition.expression)]
     assert httpx.get(deployment.url).status_code == 200
+
+
+class Interloper:
+    """The official client, except that someone else changes the service (a real UpdateService,
+    a label of theirs) just before this client's first UpdateService reaches Cloud Run, so that
+    the etag it carries is stale. Only the timing is arranged: it cannot be had for real on
+    demand; the concurrent write and Cloud Run's refusal are real."""
+
+    def __init__(self, services: run_v2.ServicesClient) -> None:
+        self._services = services
+        self.interfered = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._services, name)
+
+    def update_service(self, **request: Any) -> Any:
+        if not self.interfered:
+            self.interfered = True
+            theirs = self._services.get_service(name=request["service"].name)
+            theirs.labels["touched-by"] = "someone-else"
+            self._services.update_service(service=theirs).result(timeout=60)
+        return self._services.update_service(**request)
+
+
+def test_a_change_between_read_and_write_is_read_again_and_kept(
+        localcloud: LocalCloud, cloud: Cloud, image: tuple[Path, VerifiedImage]) -> None:
+    source, verified = image
+    spec, target = make_spec(source), Target()
+    first = deploy(cloud, spec, target, verified)
+    racing = Cloud.local(localcloud.endpoints)
+    interloper = Interloper(racing.services)
+    racing.__dict__["services"] = interloper  # the cached_property's slot
+
+    changed = make_spec(source, name=spec.name, env={"GREETING": "howdy"})
+    second = deploy(racing, changed, target, verified)
+    assert interloper.interfered and second.tag == "candidate"
+    service = cloud.services.get_service(name=first.service)
+    assert service.labels["touched-by"] == "someone-else", "the concurrent change was overwritten"
+    assert sorted((t.revision, t.percent, t.tag) for t in service.traffic_statuses) == \
+        [(first.revision, 100, ""), (second.revision, 0, "candidate")]
+
+    interloper.interfered = False
+    moved = promote(racing, changed, second)
+    assert interloper.interfered and moved.serving == [second.revision]
