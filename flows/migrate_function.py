@@ -36,7 +36,7 @@ from cf2run.results import Deployment, MigrationResult, SmokeResult
 from cf2run.slots import settle
 from cf2run.spec import FunctionSpec, Target
 from tasks.build import submit_pack_build
-from tasks.deploy import deploy_service
+from tasks.deploy import deploy_service, still_in_effect
 from tasks.package import package_source
 from tasks.promote import discard_candidate, promote_revision
 from tasks.smoke import smoke_test
@@ -135,8 +135,9 @@ def _migrate(spec: FunctionSpec, target: Target, leave_lane: Callable[[], None])
         result.digest, result.build_cached = built.digest, built.cached or steps.cached["build"]
         result.build_log_url = built.log_url
         deployment = steps.run("deploy", deploy_service, spec, target, image, archive.sha256)
-        if steps.cached["deploy"] and deployment.candidate_url:
-            # A cached candidate is stale by design: it was promoted or discarded since.
+        if steps.cached["deploy"] and not still_in_effect(Cloud.for_target(target), deployment):
+            # A cached candidate was promoted or discarded since; a cached deployment whose
+            # revision no longer has the traffic (A, B, then A again) would skip A's smoke test.
             deployment = steps.run("deploy", deploy_service, spec, target, image, archive.sha256,
                                    refresh=True)
         result.url, result.revision = deployment.url, deployment.revision

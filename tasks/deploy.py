@@ -62,6 +62,10 @@ SOURCE_LABEL = "cf2run-source"
 SOURCE_LABEL_LEN = 12
 CLIENT = "cf2run"
 INVOKER_ROLE = "roles/run.invoker"
+#: The IAM policy version that carries conditional role bindings as they are.
+POLICY_VERSION = 3
+#: How many times a read-modify-write is tried again when its etag went stale meanwhile.
+ETAG_ATTEMPTS = 3
 ALL_USERS = "allUsers"
 #: How long to wait for Cloud Run to bring a revision to Ready (how often to ask: cf2run/cloud.py).
 DEPLOY_TIMEOUT_S = 900.0
@@ -148,6 +152,35 @@ def revision_name(name: str, service: run_v2.Service) -> str:
     return f"{name}-{digest[:length]}"
 
 
+def still_in_effect(cloud: Cloud, deployment: Deployment) -> bool:
+    """Whether a deployment read back from the cache still says what the service does: no
+    candidate waiting (a cached one was promoted or discarded since) and all the traffic on its
+    revision. A, then B, then A again within the cache's life: A's cached deployment says A
+    serves, while B does; deploying again makes A the candidate, smoke-tested before promote."""
+    if deployment.candidate_url:
+        return False
+    current = get_service(cloud.services, deployment.service)
+    return current is not None and serving(current) == [deployment.revision]
+
+
+def kept_from(existing: run_v2.Service, wanted: run_v2.Service) -> run_v2.Service:
+    """The Service to send to update `existing` to `wanted`: what a deploy owns (the template,
+    the traffic, client and cf2run's own labels) from `wanted`, every other field as the service
+    has it (description, custom audiences, invoker check, Binary Authorization, service-level
+    scaling, others' labels, annotations: cf2run's promotion history and others'; and the
+    ingress, which only promote changes).
+
+    An UpdateService without an update mask replaces the whole service: a field not sent is
+    cleared (AIP-134; the Cloud Run v2 UpdateServiceRequest's mask is optional).
+    """
+    update = run_v2.Service(existing)
+    update.template = wanted.template
+    update.traffic = wanted.traffic
+    update.client = wanted.client
+    update.labels = {**existing.labels, **wanted.labels}
+    return update
+
+
 def serves(existing: run_v2.Service, wanted: run_v2.Service) -> bool:
     """Whether `existing` runs `wanted`'s revision, Ready, with all traffic and its labels (the
     ingress is promote's to change: see the module docstring)."""
@@ -202,7 +235,25 @@ def get_service(services: run_v2.ServicesClient, name: str, step: str = "deploy_
 
 def deploy(cloud: Cloud, spec: FunctionSpec, target: Target, image: VerifiedImage,
            source_sha256: str | None = None, logger: Log = log) -> Deployment:
-    """Bring the service to run `service_for(...)`: create it, add a candidate, or nothing."""
+    """Bring the service to run `service_for(...)`: create it, add a candidate, or nothing.
+
+    The update carries the etag it was read with; when the service changed meanwhile, Cloud Run
+    answers ABORTED (AIP-154, google.aip.dev/154) and the whole read-modify-write is done again
+    on the fresh service (ETAG_ATTEMPTS times at most).
+    """
+    for attempt in range(1, ETAG_ATTEMPTS + 1):
+        try:
+            return _deploy_once(cloud, spec, target, image, source_sha256, logger)
+        except api_exceptions.Aborted as error:
+            logger.warning("%s changed while it was being deployed (attempt %d): %s", spec.name,
+                           attempt, error.message)
+    raise TransientError(f"deploy_service: {spec.name} kept changing while it was being deployed "
+                         f"({ETAG_ATTEMPTS} attempts)", hint="run it again")
+
+
+def _deploy_once(cloud: Cloud, spec: FunctionSpec, target: Target, image: VerifiedImage,
+                 source_sha256: str | None, logger: Log) -> Deployment:
+    """One read-modify-write of `deploy`."""
     wanted = service_for(spec, target, image, source_sha256)
     name = service_path(target, spec.name)
     revision = wanted.template.revision
@@ -216,8 +267,7 @@ def deploy(cloud: Cloud, spec: FunctionSpec, target: Target, image: VerifiedImag
     previous = serving(existing) if existing is not None else []
     tag = candidate_tag(spec.name) if previous else None
     if existing is not None:
-        wanted.annotations = dict(existing.annotations)  # cf2run's promotion history, and others'
-        wanted.ingress = existing.ingress  # the manifest's ingress waits for promote
+        wanted = kept_from(existing, wanted)
     if tag is not None:
         assert existing is not None
         wanted.traffic = with_candidate(existing, revision, tag)
@@ -325,8 +375,17 @@ def has_public_binding(policy: policy_pb2.Policy) -> bool:
     return any(b.role == INVOKER_ROLE and ALL_USERS in b.members for b in policy.bindings)
 
 
+def read_policy(services: run_v2.ServicesClient, service: str) -> policy_pb2.Policy:
+    """The service's IAM policy at version 3: conditional bindings as they are, so that writing
+    it back keeps them (read at a lower version, they come back renamed ``ROLE_withcond_HASH``
+    and cannot be written: cloud.google.com/iam/docs/policies#versions)."""
+    return services.get_iam_policy(request={
+        "resource": service, "options": {"requested_policy_version": POLICY_VERSION}})
+
+
 def with_public_binding(policy: policy_pb2.Policy) -> policy_pb2.Policy:
-    """A copy of `policy` (etag kept) with ``allUsers`` in ``roles/run.invoker``."""
+    """A copy of `policy` (etag, version and conditional bindings kept) with ``allUsers`` in
+    the unconditional ``roles/run.invoker`` binding."""
     updated = policy_pb2.Policy()
     updated.CopyFrom(policy)
     for binding in updated.bindings:
@@ -347,7 +406,7 @@ def ensure_invoker(services: run_v2.ServicesClient, service: str, public: bool, 
     command = (f"gcloud run services add-iam-policy-binding {short_name(service)} "
                f"--member={ALL_USERS} --role={INVOKER_ROLE}")
     try:
-        policy = services.get_iam_policy(request={"resource": service})
+        policy = read_policy(services, service)
         if not public:
             if has_public_binding(policy):
                 logger.warning("%s is public (allUsers may invoke it) but the spec says "
@@ -356,11 +415,22 @@ def ensure_invoker(services: run_v2.ServicesClient, service: str, public: bool, 
                                "to make it private", service, short_name(service), ALL_USERS, INVOKER_ROLE)
                 return True
             return False
-        if has_public_binding(policy):
-            return True
-        cloud_run_write()
-        services.set_iam_policy(request={"resource": service, "policy": with_public_binding(policy)})
-        logger.info("%s is public: %s may invoke it", service, ALL_USERS)
+        attempt = 1
+        while not has_public_binding(policy):
+            cloud_run_write()
+            try:
+                services.set_iam_policy(request={"resource": service,
+                                                 "policy": with_public_binding(policy)})
+            except api_exceptions.Aborted as error:  # "There were concurrent policy changes."
+                if attempt == ETAG_ATTEMPTS:
+                    raise
+                attempt += 1
+                logger.warning("the IAM policy of %s changed meanwhile (%s); reading it again",
+                               service, error.message)
+                policy = read_policy(services, service)
+                continue
+            logger.info("%s is public: %s may invoke it", service, ALL_USERS)
+            break
         return True
     except api_exceptions.GoogleAPICallError as error:
         if public:

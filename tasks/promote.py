@@ -31,12 +31,20 @@ from cf2run.quotas import cloud_run_write
 from cf2run.results import Deployment, TrafficChange
 from cf2run.spec import FunctionSpec, Target
 from cf2run.traffic import all_to, candidate_tag, same_traffic, serving, with_promoted, without_tag
-from tasks.deploy import SUCCEEDED, Log, api_step, ensure_invoker, get_service, log, wait_for
+from tasks.deploy import (
+    ETAG_ATTEMPTS,
+    SUCCEEDED,
+    Log,
+    api_step,
+    ensure_invoker,
+    get_service,
+    log,
+    wait_for,
+)
 from tasks.policy import RETRIES
 
 #: What a traffic change wants: (traffic, annotations), or None when nothing has to change.
 Change = Callable[[run_v2.Service], tuple[list[run_v2.TrafficTarget], dict[str, str]] | None]
-ETAG_ATTEMPTS = 3
 
 
 def move_traffic(cloud: Cloud, name: str, change: Change, step: str, logger: Log = log,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from flowruns import migrate
+from flowruns import migrate, migrate_with_task_runs
 from typer.testing import CliRunner
 
 from cf2run.cli import app
@@ -138,3 +138,29 @@ def test_failed_candidate_keeps_v1_serving_then_v3_is_promoted_and_rollback_retu
     assert caller.failures == [], "a request failed during promote or rollback"
     history = cloud.services.get_service(name=service).annotations[HISTORY_ANNOTATION]
     assert history.split(",") == [first.revision]
+
+
+def test_going_back_to_earlier_settings_smoke_tests_that_revision_as_a_candidate(
+        localcloud: LocalCloud, cloud: Cloud, tmp_path: Path) -> None:
+    """A, then B, then A again (within the deploy cache's hour): A's existing revision becomes
+    the candidate under its tag, is smoke-tested there, then promoted; no revision is created.
+    The cached deployment of the first run (A serving) is stale by then and is redone."""
+    target = Target(kind="local", localcloud_dir=localcloud.state_dir)
+    name = f"back-{uuid.uuid4().hex[:6]}"
+    a = FunctionSpec.model_validate({
+        "name": name, "source": source(tmp_path, "v1", GOOD), "runtime": "python311",
+        "entry_point": "hello", "smoke": {"expect_body": "hello from", "deadline_s": 60}})
+    b = a.model_copy(update={"memory": "1Gi"})  # another revision that answers the same
+    first, _ = migrate(a, target)
+    second, _ = migrate(b, target)
+    assert first.status == second.status == "succeeded" and second.serving == [second.revision]
+    service = f"projects/{target.project}/locations/{target.region}/services/{name}"
+    revisions = {r.name for r in cloud.revisions.list_revisions(parent=service)}
+
+    third, runs = migrate_with_task_runs(a, target)
+    assert third.status == "succeeded", third.message
+    assert third.revision == first.revision and third.serving == [first.revision]
+    deploys = [run.state.name for run in runs if run.name == f"deploy[{name}]" and run.state]
+    assert "Completed" in deploys, f"A was promoted on a stale cached deploy: {deploys}"
+    assert {r.name for r in cloud.revisions.list_revisions(parent=service)} == revisions
+    assert traffic(cloud, service) == [(first.revision, 100, "")]

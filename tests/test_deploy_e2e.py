@@ -15,6 +15,8 @@ from typing import Any
 import httpx
 import pytest
 from google.cloud import run_v2
+from google.iam.v1 import policy_pb2
+from google.type import expr_pb2
 
 from cf2run.cloud import Cloud
 from cf2run.errors import DeployFailed, SmokeTestFailed
@@ -22,6 +24,7 @@ from cf2run.localcloud.builder import build_function
 from cf2run.localcloud.server import LocalCloud
 from cf2run.localcloud.settings import LocalCloudSettings
 from cf2run.results import BuiltImage, Deployment, SmokeResult, VerifiedImage
+from cf2run.rollback import rollback
 from cf2run.spec import FunctionSpec, Target
 from tasks.deploy import deploy
 from tasks.promote import promote
@@ -216,3 +219,114 @@ def test_a_candidate_that_never_gets_ready_leaves_the_serving_revision_untouched
                Target(), verified)
     assert f"the traffic never moved: {first.revision} keep(s) serving it" in str(raised.value)
     assert served_text(cloud, first.url) == f"hi from {first.revision}\n"
+
+
+def set_outside_cf2run(cloud: Cloud, service_name: str) -> run_v2.Service:
+    """What a user or another tool sets on the service (an UpdateService of its own)."""
+    service = cloud.services.get_service(name=service_name)
+    service.description = "orders API, owned by team blue"
+    service.custom_audiences[:] = ["https://orders.example.com"]
+    service.invoker_iam_disabled = True
+    service.binary_authorization = run_v2.BinaryAuthorization(use_default=True)
+    service.scaling = run_v2.ServiceScaling(min_instance_count=1)
+    service.labels["team"] = "blue"
+    service.annotations["example.com/owner"] = "blue"
+    return cloud.services.update_service(service=service).result(timeout=60)
+
+
+def outside_fields(service: run_v2.Service) -> tuple[object, ...]:
+    return (service.description, list(service.custom_audiences), service.invoker_iam_disabled,
+            service.binary_authorization.use_default, service.scaling.min_instance_count,
+            service.labels.get("team"), service.annotations.get("example.com/owner"))
+
+
+def test_what_cf2run_does_not_own_survives_a_deploy_a_promote_and_a_rollback(
+        cloud: Cloud, image: tuple[Path, VerifiedImage]) -> None:
+    """An UpdateService without a mask replaces the whole service (the local Cloud Run does it
+    too): cf2run sends back every field it does not own as the service has it."""
+    source, verified = image
+    spec, target = make_spec(source), Target()
+    first = deploy(cloud, spec, target, verified)
+    expected = outside_fields(set_outside_cf2run(cloud, first.service))
+    assert expected == ("orders API, owned by team blue", ["https://orders.example.com"], True,
+                        True, 1, "blue", "blue")
+
+    changed = spec.model_copy(update={"env": {"GREETING": "howdy"},
+                                      "smoke": spec.smoke.model_copy(update={"expect_body": "howdy"})})
+    second = deploy(cloud, changed, target, verified)
+    assert second.tag == "candidate"
+    assert outside_fields(cloud.services.get_service(name=first.service)) == expected
+    promote(cloud, changed, second)
+    assert outside_fields(cloud.services.get_service(name=first.service)) == expected
+    rollback(cloud, target, spec.name, to=first.revision)
+    after = cloud.services.get_service(name=first.service)
+    assert outside_fields(after) == expected
+    assert after.labels["managed-by"] == "cf2run"
+
+
+def test_a_conditional_binding_survives_making_the_service_public(
+        cloud: Cloud, image: tuple[Path, VerifiedImage]) -> None:
+    """IAM policies are read at version 3 and written back with their conditions: read at a
+    lower version, a conditional binding comes back as ``ROLE_withcond_HASH``, which cannot be
+    written (the local Cloud Run answers both as IAM does)."""
+    source, verified = image
+    public = make_spec(source, allow_unauthenticated=True)
+    deployment = deploy(cloud, public, Target(), verified)
+    condition = expr_pb2.Expr(title="until 2030",
+                              expression='request.time < timestamp("2030-01-01T00:00:00Z")')
+    cloud.services.set_iam_policy(request={"resource": deployment.service, "policy": policy_pb2.Policy(
+        version=3, bindings=[policy_pb2.Binding(role="roles/run.invoker", members=["user:ann@example.com"],
+                                                condition=condition)])})
+
+    assert promote(cloud, public, deployment).public is True
+    policy = cloud.services.get_iam_policy(request={
+        "resource": deployment.service, "options": {"requested_policy_version": 3}})
+    assert policy.version == 3
+    assert sorted((b.role, list(b.members), b.condition.expression) for b in policy.bindings) == [
+        ("roles/run.invoker", ["allUsers"], ""),
+        ("roles/run.invoker", ["user:ann@example.com"], condition.expression)]
+    assert httpx.get(deployment.url).status_code == 200
+
+
+class Interloper:
+    """The official client, except that someone else changes the service (a real UpdateService,
+    a label of theirs) just before this client's first UpdateService reaches Cloud Run, so that
+    the etag it carries is stale. Only the timing is arranged: it cannot be had for real on
+    demand; the concurrent write and Cloud Run's refusal are real."""
+
+    def __init__(self, services: run_v2.ServicesClient) -> None:
+        self._services = services
+        self.interfered = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._services, name)
+
+    def update_service(self, **request: Any) -> Any:
+        if not self.interfered:
+            self.interfered = True
+            theirs = self._services.get_service(name=request["service"].name)
+            theirs.labels["touched-by"] = "someone-else"
+            self._services.update_service(service=theirs).result(timeout=60)
+        return self._services.update_service(**request)
+
+
+def test_a_change_between_read_and_write_is_read_again_and_kept(
+        localcloud: LocalCloud, cloud: Cloud, image: tuple[Path, VerifiedImage]) -> None:
+    source, verified = image
+    spec, target = make_spec(source), Target()
+    first = deploy(cloud, spec, target, verified)
+    racing = Cloud.local(localcloud.endpoints)
+    interloper = Interloper(racing.services)
+    racing.__dict__["services"] = interloper  # the cached_property's slot
+
+    changed = make_spec(source, name=spec.name, env={"GREETING": "howdy"})
+    second = deploy(racing, changed, target, verified)
+    assert interloper.interfered and second.tag == "candidate"
+    service = cloud.services.get_service(name=first.service)
+    assert service.labels["touched-by"] == "someone-else", "the concurrent change was overwritten"
+    assert sorted((t.revision, t.percent, t.tag) for t in service.traffic_statuses) == \
+        [(first.revision, 100, ""), (second.revision, 0, "candidate")]
+
+    interloper.interfered = False
+    moved = promote(racing, changed, second)
+    assert interloper.interfered and moved.serving == [second.revision]

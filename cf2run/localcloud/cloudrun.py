@@ -137,7 +137,7 @@ class CloudRunService:
             rules.check_instance_quota(given.template, Decimal(str(self._settings.run_cpu_quota)),
                                        int(self._settings.run_memory_quota_gib * 2**30))
             template = rules.with_defaults(given.template)
-            revision, new = self._revision_for(name, current, template, where)
+            revision, new = self._revision_for(name, current, template)
             service = status.accepted(name, given, current, template)
             made = status.new_revision(service, revision, template,
                                        self._log_uri(service_id)) if new else None
@@ -155,20 +155,24 @@ class CloudRunService:
         return op
 
     def _revision_for(self, name: str, current: run_v2.Service | None,
-                      template: run_v2.RevisionTemplate, where: str) -> tuple[str, bool]:
-        """(revision this write deploys, whether it is new). A named revision that exists must
-        have the same configuration, and is deployed again (as Knative's bring-your-own revision
-        names do: it becomes the latest); an unchanged template makes no new revision."""
+                      template: run_v2.RevisionTemplate) -> tuple[str, bool]:
+        """(revision this write deploys, whether it is new). A named revision that exists is
+        deployed again (as Knative's bring-your-own revision names are: it becomes the latest)
+        when the configuration is the same: the service's current template name with the very
+        same template, an older revision's name with the same spec (cloudrun_rules' sources).
+        An unnamed template equal to the latest one makes no new revision."""
         templates = self._store.state.templates
         if template.revision:
             existing = templates.get(f"{name}/revisions/{template.revision}")
             if existing is None:
                 return template.revision, True
-            if rules.same_configuration(existing, template):
+            if current is not None and current.template.revision == template.revision:
+                same = rules.same_configuration(current.template, template)
+            else:
+                same = rules.same_configuration(existing, template, metadata=False)
+            if same:
                 return template.revision, False
-            raise rules.violation(f"{where}.service.template.revision",
-                                  f"Revision named '{template.revision}' with different "
-                                  "configuration already exists.", Code.ALREADY_EXISTS)
+            raise rules.revision_name_taken(template.revision)
         if current is not None and current.latest_created_revision:
             latest = templates.get(current.latest_created_revision)
             if latest is not None and rules.same_configuration(latest, template):
@@ -221,7 +225,9 @@ class CloudRunService:
     def get_iam_policy(self, request: iam_policy_pb2.GetIamPolicyRequest) -> policy_pb2.Policy:
         rules.split_service_name(request.resource, "GetIamPolicyRequest.resource")
         with self._store.lock:
-            return _copy_policy(self._policy(request.resource))
+            return rules.policy_at_version(
+                self._policy(request.resource), request.options.requested_policy_version,
+                "GetIamPolicyRequest.options.requested_policy_version")
 
     def set_iam_policy(self, request: iam_policy_pb2.SetIamPolicyRequest) -> policy_pb2.Policy:
         name = request.resource
@@ -233,7 +239,7 @@ class CloudRunService:
                 raise RpcError(Code.ABORTED, "There were concurrent policy changes. Please retry "
                                              "the whole read-modify-write with exponential "
                                              "backoff.")
-            policy = _copy_policy(request.policy)
+            policy = _copy_policy(request.policy)  # conditions and all
             policy.version = policy.version or 1
             policy.etag = secrets.token_bytes(8)
             self._store.state.policies[name] = policy

@@ -39,12 +39,23 @@ field of its request to fix. The texts quote what Cloud Run answers where it is 
   'x' does not exist or is deleted. Update all traffic to route to currently available
   revisions.").
 - revision reused with another template: firebase/firebase-tools#10148 (409 ALREADY_EXISTS,
-  "Revision named 'x' with different configuration already exists.").
+  "Revision named 'x' with different configuration already exists."; gcloud prints it as
+  "ALREADY_EXISTS: Revision named ..."; googleapis/google-cloud-python#11870, #14259). The
+  message is the whole status text, without the "Violation in" prefix. What "different" means
+  follows Knative Serving, which Cloud Run implements (knative/serving
+  pkg/apis/serving/v1/revision_validation.go `VerifyNameChange`, and
+  pkg/reconciler/configuration/configuration.go `CheckNameAvailability`): the name the service
+  already has must come with the very same template (labels and annotations included); the name
+  of an older revision must come with the same revision spec (its labels and annotations may
+  differ: "the user may have annotated or labeled the Revision"), and is then reused, no new
+  revision made (hashicorp/terraform-provider-google#9438: "with a different spec than the
+  existing revision ... this is indeed a 409/conflict").
 - etag mismatch: ABORTED, as AIP-154 requires since aip-dev/google.aip.dev#705 (409 Conflict).
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from datetime import timedelta
@@ -408,11 +419,23 @@ def with_defaults(template: run_v2.RevisionTemplate) -> run_v2.RevisionTemplate:
     return filled
 
 
-def same_configuration(a: run_v2.RevisionTemplate, b: run_v2.RevisionTemplate) -> bool:
-    """Whether two templates describe the same revision (ignoring its name)."""
+def same_configuration(a: run_v2.RevisionTemplate, b: run_v2.RevisionTemplate, *,
+                       metadata: bool = True) -> bool:
+    """Whether two templates describe the same revision (ignoring its name); with `metadata`
+    False, whatever their labels and annotations (Knative's revision *spec* equality)."""
     left, right = with_defaults(a), with_defaults(b)
     left.revision = right.revision = ""
+    if not metadata:
+        for side in (left, right):
+            side.labels.clear()
+            side.annotations.clear()
     return bool(left == right)  # message equality: map fields compare as maps, in any order
+
+
+def revision_name_taken(revision: str) -> RpcError:
+    """What Cloud Run answers for a revision name reused with another configuration."""
+    return RpcError(grpc.StatusCode.ALREADY_EXISTS,
+                    f"Revision named '{revision}' with different configuration already exists.")
 
 
 # -- traffic -------------------------------------------------------------------------------
@@ -483,11 +506,40 @@ def check_service(service: run_v2.Service, service_id: str, revisions: set[str],
     """
     check_labels(dict(service.labels), f"{field}.labels")
     check_annotations(dict(service.annotations), f"{field}.annotations")
+    check_service_settings(service, field)
     if "template" not in service:
         raise violation(f"{field}.template", "a revision template is required.")
     check_template(service.template, service_id, f"{field}.template")
     known = revisions | ({service.template.revision} if service.template.revision else set())
     return check_traffic(list(service.traffic), service_id, known, f"{field}.traffic")
+
+
+_BINAUTHZ_POLICY = re.compile(r"^projects/[^/]+/platforms/cloudRun/[^/]+$")
+MANUAL = run_v2.ServiceScaling.ScalingMode.MANUAL
+
+
+def check_service_settings(service: run_v2.Service, field: str) -> None:
+    """The service-level settings, as their proto documents them (google/cloud/run/v2
+    vendor_settings.proto: BinaryAuthorization, ServiceScaling)."""
+    if "binary_authorization" in service:
+        binauthz = service.binary_authorization
+        if binauthz.policy and not _BINAUTHZ_POLICY.match(binauthz.policy):
+            raise violation(f"{field}.binary_authorization.policy",
+                            f"{binauthz.policy!r} is not of the form "
+                            "projects/{project}/platforms/cloudRun/{policy-name}.")
+        if binauthz.breakglass_justification and not (binauthz.use_default or binauthz.policy):
+            raise violation(f"{field}.binary_authorization.breakglass_justification",
+                            "must be empty when use_default is false.")
+    scaling = service.scaling
+    if min(scaling.min_instance_count, scaling.max_instance_count,
+           scaling.manual_instance_count) < 0:
+        raise violation(f"{field}.scaling", "instance counts cannot be negative.")
+    if scaling.max_instance_count and scaling.min_instance_count > scaling.max_instance_count:
+        raise violation(f"{field}.scaling.max_instance_count",
+                        "must be greater or equal than min_instance_count.")
+    if "manual_instance_count" in scaling and scaling.scaling_mode != MANUAL:
+        raise violation(f"{field}.scaling.manual_instance_count",
+                        "can only be set when scaling_mode is MANUAL.")
 
 
 def check_etag(given: str, current: str, what: str) -> None:
@@ -504,15 +556,56 @@ _MEMBER = re.compile(r"^(allUsers|allAuthenticatedUsers|(user|serviceAccount|gro
                      r"principalSet|deleted):.+)$")
 
 
+POLICY_VERSIONS = (0, 1, 3)
+CONDITIONS_VERSION = 3
+WITHCOND = "_withcond_"
+
+
 def check_policy(policy: policy_pb2.Policy, field: str) -> None:
-    """Roles are ``roles/...`` and members IAM principals (``allUsers``, ``user:EMAIL``, ...)."""
+    """Roles are ``roles/...`` and members IAM principals (``allUsers``, ``user:EMAIL``, ...);
+    a policy with conditions is version 3, and a role read at a lower version (``..._withcond_
+    HASH``) is no role (google/iam/v1/policy.proto `version`: "Any operation that affects
+    conditional role bindings must specify version 3"; cloud.google.com/iam/docs/policies#versions).
+    """
+    if policy.version not in POLICY_VERSIONS:
+        raise violation(f"{field}.version", f"{policy.version} is not a policy version: valid "
+                                            "values are 0, 1, and 3.")
+    conditional = any(binding.HasField("condition") for binding in policy.bindings)
+    if conditional and policy.version < CONDITIONS_VERSION:
+        raise violation(f"{field}.version", "a policy with conditional role bindings must be "
+                                            "version 3 (read it with requested_policy_version=3, "
+                                            "keep its version when you set it).")
     for i, binding in enumerate(policy.bindings):
-        if not binding.role.startswith(("roles/", "projects/", "organizations/")):
+        if not binding.role.startswith(("roles/", "projects/", "organizations/")) \
+                or WITHCOND in binding.role:
             raise violation(f"{field}.bindings[{i}].role", f"{binding.role!r} is not a role "
-                                                          "(such as 'roles/run.invoker').")
+                                                          "(such as 'roles/run.invoker'); a "
+                                                          f"'{WITHCOND}' role is a conditional "
+                                                          "binding read at a version below 3.")
         for j, member in enumerate(binding.members):
             if not _MEMBER.match(member):
                 raise violation(f"{field}.bindings[{i}].members[{j}]",
                                 f"{member!r} is not a principal: use allUsers, "
                                 "allAuthenticatedUsers or TYPE:ID (user:, serviceAccount:, "
                                 "group:, domain:).")
+
+
+def policy_at_version(policy: policy_pb2.Policy, requested: int, field: str) -> policy_pb2.Policy:
+    """`policy` as GetIamPolicy answers it for `requested_policy_version` (google/iam/v1/
+    options.proto; cloud.google.com/iam/docs/policies#versions): version 3 only when it has
+    conditional bindings and 3 was asked for; read at a lower version, each conditional binding
+    comes without its condition and with its role renamed ``ROLE_withcond_HASH``."""
+    if requested not in POLICY_VERSIONS:
+        raise violation(field, f"{requested} is not a policy version: valid values are 0, 1, "
+                               "and 3.")
+    answer = policy_pb2.Policy()
+    answer.CopyFrom(policy)
+    conditional = any(binding.HasField("condition") for binding in answer.bindings)
+    answer.version = CONDITIONS_VERSION if conditional and requested >= CONDITIONS_VERSION else 1
+    if conditional and requested < CONDITIONS_VERSION:
+        for binding in answer.bindings:
+            if binding.HasField("condition"):
+                digest = hashlib.sha256(binding.condition.SerializeToString()).hexdigest()[:20]
+                binding.role = f"{binding.role}{WITHCOND}{digest}"
+                binding.ClearField("condition")
+    return answer

@@ -257,6 +257,20 @@ def invalid_cases() -> list[tuple[str, str, run_v2.Service, type[Exception], str
             run_v2.TrafficTarget(type_=REVISION, revision="svc-00009-abc", percent=100)]),
          exceptions.InvalidArgument, "service.traffic[0].revision: Revision 'svc-00009-abc' does "
          "not exist or is deleted."),
+        ("svc", PARENT, run_v2.Service(template=service_of(image).template,
+                                       binary_authorization=run_v2.BinaryAuthorization(
+                                           use_default=False, breakglass_justification="x")),
+         exceptions.InvalidArgument, "service.binary_authorization.breakglass_justification"),
+        ("svc", PARENT, run_v2.Service(template=service_of(image).template,
+                                       binary_authorization=run_v2.BinaryAuthorization(policy="p")),
+         exceptions.InvalidArgument, "service.binary_authorization.policy"),
+        ("svc", PARENT, run_v2.Service(template=service_of(image).template,
+                                       scaling=run_v2.ServiceScaling(min_instance_count=3,
+                                                                     max_instance_count=2)),
+         exceptions.InvalidArgument, "service.scaling.max_instance_count: must be greater"),
+        ("svc", PARENT, run_v2.Service(template=service_of(image).template,
+                                       scaling=run_v2.ServiceScaling(manual_instance_count=2)),
+         exceptions.InvalidArgument, "service.scaling.manual_instance_count"),
     ]
 
 
@@ -309,10 +323,28 @@ def test_existing_missing_and_stale_services_are_refused(env: Env, hello_v1: str
         env.services.update_service(service=stale)
 
     renamed = run_v2.Service(created)  # the same revision name with another template
-    renamed.template.revision = revision_id(created.latest_created_revision)
+    taken = revision_id(created.latest_created_revision)
+    renamed.template.revision = taken
     renamed.template.containers[0].env.append(run_v2.EnvVar(name="GREETING", value="changed"))
-    with pytest.raises(exceptions.AlreadyExists, match="with different configuration already exists"):
+    with pytest.raises(exceptions.AlreadyExists) as raised:
         env.services.update_service(service=renamed)
+    assert raised.value.message == \
+        f"Revision named '{taken}' with different configuration already exists."
+
+
+def test_an_update_without_a_mask_replaces_the_whole_service(env: Env, hello_v1: str) -> None:
+    """AIP-134: no update_mask = full replacement; a field the update does not send is cleared."""
+    name = unique("replace")
+    created = create(env, name, run_v2.Service(
+        template=service_of(hello_v1).template, description="kept?", labels={"team": "blue"},
+        scaling=run_v2.ServiceScaling(min_instance_count=1), custom_audiences=["https://a.example"],
+        binary_authorization=run_v2.BinaryAuthorization(use_default=True)))
+    assert (created.description, created.scaling.min_instance_count) == ("kept?", 1)
+    bare = run_v2.Service(name=created.name, template=created.template)
+    replaced = update(env, bare)
+    assert (replaced.description, dict(replaced.labels), replaced.scaling.min_instance_count,
+            list(replaced.custom_audiences), "binary_authorization" in replaced) == \
+        ("", {}, 0, [], False)
 
 
 def test_allow_missing_update_creates_and_validate_only_creates_nothing(
@@ -474,6 +506,29 @@ def test_private_service_needs_a_token_until_all_users_may_invoke(
             bindings=[policy_pb2.Binding(role="roles/run.invoker", members=["everyone"])])})
 
 
+def test_conditional_bindings_need_policy_version_3(env: Env, hello_v1: str) -> None:
+    """cloud.google.com/iam/docs/policies#versions: read below version 3, a conditional binding
+    loses its condition and its role becomes ROLE_withcond_HASH, which cannot be set back."""
+    service = create(env, unique("conditions"), service_of(hello_v1))
+    condition = policy_pb2.Binding(role="roles/run.invoker", members=["user:ann@example.com"])
+    condition.condition.expression = 'request.time < timestamp("2030-01-01T00:00:00Z")'
+    with pytest.raises(exceptions.InvalidArgument, match="must be version 3"):
+        env.services.set_iam_policy(request={"resource": service.name, "policy": policy_pb2.Policy(
+            bindings=[condition])})
+    env.services.set_iam_policy(request={"resource": service.name, "policy": policy_pb2.Policy(
+        version=3, bindings=[condition])})
+
+    old = env.services.get_iam_policy(request={"resource": service.name})
+    assert old.version == 1 and not old.bindings[0].HasField("condition")
+    assert re.fullmatch(r"roles/run\.invoker_withcond_[0-9a-f]+", old.bindings[0].role)
+    with pytest.raises(exceptions.InvalidArgument, match=r"bindings\[0\].role"):
+        env.services.set_iam_policy(request={"resource": service.name, "policy": old})
+
+    current = env.services.get_iam_policy(request={
+        "resource": service.name, "options": {"requested_policy_version": 3}})
+    assert current.version == 3 and current.bindings[0] == condition
+
+
 def test_a_tag_gets_its_own_url(env: Env, hello_v1: str, hello_v2: str) -> None:
     name = unique("tags")
     blue = f"{name}-blue"
@@ -540,6 +595,38 @@ def test_naming_an_existing_revision_deploys_it_again(
         == f"{name}-one"
     assert get(done.uri).text == f"hello v1 from {name}-one"
     assert len(list(env.revisions.list_revisions(parent=one.name))) == 2
+
+
+def test_a_revision_name_keeps_its_configuration(env: Env, hello_v1: str, hello_v2: str) -> None:
+    """Knative's rules (cloudrun_rules.py): the service's current revision name comes back only
+    with the very same template, labels included; an older revision's name with the same spec,
+    whatever its labels, and that revision is reused; echoing the template as read is fine."""
+    name = unique("immutable")
+    one = create(env, name, service_of(hello_v1, revision=f"{name}-one", labels={"v": "1"}))
+    echoed = update(env, env.services.get_service(name=one.name))  # a traffic-only update
+    assert revision_id(echoed.latest_created_revision) == f"{name}-one"
+
+    relabeled = env.services.get_service(name=one.name)
+    relabeled.template.labels["v"] = "2"
+    with pytest.raises(exceptions.AlreadyExists, match=f"^409 Revision named '{name}-one' with "
+                                                       "different configuration already exists.$"):
+        env.services.update_service(service=relabeled)
+
+    two = env.services.get_service(name=one.name)
+    two.template.revision = f"{name}-two"
+    two.template.containers[0].image = hello_v2
+    update(env, two)
+    back = env.services.get_service(name=one.name)
+    back.template = one.template
+    back.template.labels["v"] = "back"  # labels of an older revision may differ
+    done = update(env, back)
+    assert revision_id(done.latest_created_revision) == f"{name}-one"
+    assert len(list(env.revisions.list_revisions(parent=one.name))) == 2
+
+    changed = env.services.get_service(name=one.name)
+    changed.template.revision = f"{name}-two"  # an older revision, another spec
+    with pytest.raises(exceptions.AlreadyExists, match=f"Revision named '{name}-two' with "):
+        env.services.update_service(service=changed)
 
 
 def test_list_services_in_pages(env: Env, hello_v1: str) -> None:
