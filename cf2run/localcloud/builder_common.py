@@ -152,6 +152,11 @@ class PackBase:
         self.runner = runner
         self.log = log
 
+    def build_source(self, workspace: Path) -> bool:
+        """Run the source's own build step in `workspace` (a copy of the source); whether it
+        ran, so that `workspace` and not the source is the app. None by default."""
+        return False
+
 
 class LanguagePack(Protocol):
     """One language's part of a function build (Python, Node.js)."""
@@ -166,6 +171,10 @@ class LanguagePack(Protocol):
     def check_source(self) -> None:
         """What can be checked on the source alone (entry file, syntax, ...)."""
 
+
+    def build_source(self, workspace: Path) -> bool:
+        """Run the source's own build step (Node's ``gcp-build``) in `workspace`, a copy of the
+        source; whether it ran, making `workspace` the app (checked here, then)."""
 
     def dependencies(self) -> DependencyPlan: ...
 
