@@ -18,6 +18,7 @@ command, args and Env is relative to the image root (layers unpacked in order);
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 import threading
@@ -34,6 +35,7 @@ from cf2run.localcloud.builder_common import (
     Log,
     Runner,
     version_matches,
+    version_note,
     warn_version,
 )
 from cf2run.localcloud.builder_node import NodePack, node_version_matches
@@ -73,7 +75,9 @@ def build_function(source_dir: Path, env: Mapping[str, str], image: str, registr
     log(f"{len(buildpacks)} buildpacks participating")
     for buildpack in buildpacks:
         log(f"{buildpack:<40} local")
-    warn_version(runtime, log, version_matches if pack.language == "python" else node_version_matches)
+    matches = version_matches if pack.language == "python" else node_version_matches
+    warn_version(runtime, log, matches)
+    runtime = dataclasses.replace(runtime, note=version_note(runtime, matches))
     if function_env.entrypoint:
         log("WARNING: GOOGLE_ENTRYPOINT is ignored for function builds: the web process is the "
             "Functions Framework serving GOOGLE_FUNCTION_TARGET.")
