@@ -55,10 +55,6 @@ class FleetReport(BaseModel):
         return plan_markdown(self) if self.dry_run else result_markdown(self)
 
 
-def build_note(cached: bool | None) -> str:
-    return {None: "-", True: "cached", False: "built"}[cached]
-
-
 def steps_of(results: list[MigrationResult]) -> list[str]:
     """Every step any result has timings for, in pipeline order."""
     seen = {step for result in results for step in result.timings}
@@ -74,7 +70,7 @@ def result_rows(results: list[MigrationResult]) -> list[dict[str, Any]]:
         row: dict[str, Any] = {
             "function": r.function, "status": r.status, "failed step": r.failed_step or "",
             "URL": r.url or "", "digest": r.digest or "", "revision": r.revision or "",
-            "build": build_note(r.build_cached)}
+            "build": r.build_note}
         row |= {f"{step} s": r.timings.get(step) for step in steps}
         row["total s"] = round(sum(r.timings.values()), 3)
         row["message"] = r.message or ""
@@ -108,7 +104,7 @@ def result_markdown(report: FleetReport) -> str:
         lines += [f"| {r.function} | {r.failed_step or '-'} | {_cell(r.message)} |" for r in failed]
         lines.append("")
     lines += ["## Functions", "", "| function | status | build | seconds | URL |", "|---|---|---|---|---|"]
-    lines += [f"| {r.function} | {r.status} | {build_note(r.build_cached)} | "
+    lines += [f"| {r.function} | {r.status} | {_cell(r.build_note)} | "
               f"{sum(r.timings.values()):.1f} | {r.url or '-'} |" for r in results]
     return "\n".join(lines) + "\n"
 

@@ -37,8 +37,7 @@ def results_table(results: list[MigrationResult], title: str = "Migrations") -> 
         table.add_column(column)
     for r in results:
         status = "[green]ok[/]" if r.status == "succeeded" else f"[red]failed at {r.failed_step}[/]"
-        build = {None: "-", True: "cached", False: "built"}[r.build_cached]
-        table.add_row(r.function, status, r.url or "-", r.message or "-", build,
+        table.add_row(r.function, status, r.url or "-", r.message or "-", r.build_note,
                       f"{sum(r.timings.values()):.1f}s")
     return table
 

@@ -45,6 +45,12 @@ class BuiltImage(_Result):
         return f"{ImageRef.parse(self.image).name}@{self.digest}"
 
 
+#: Image label the local cloud's builder sets when the image runs another language version than
+#: the build asked for (it builds and runs with the host's Python/Node); Google's buildpacks
+#: install the version asked for (GOOGLE_RUNTIME_VERSION), so their images never carry it.
+LOCAL_RUNTIME_NOTE_LABEL = "cf2run.runtime.note"
+
+
 class VerifiedImage(_Result):
     """What the registry says about the built image (verify step)."""
 
@@ -52,6 +58,10 @@ class VerifiedImage(_Result):
     digest: str = Field(description="Manifest digest, sha256:...")
     platform: str = Field(description="os/architecture from the image config, e.g. linux/amd64.")
     web_process: str = Field(description="Command of the buildpack 'web' process.")
+    runtime_note: str | None = Field(
+        default=None, description="Local cloud only: the language version the image really has when "
+                                  "it is not the one the function's runtime names (e.g. 'python "
+                                  "3.11.9 (the host's), not 3.12 (GOOGLE_RUNTIME_VERSION)').")
 
 
 class Deployment(_Result):
@@ -119,7 +129,17 @@ class MigrationResult(_Result):
         default_factory=list, description="Revisions carrying the service's traffic at the end.")
     build_cached: bool | None = Field(default=None, description="True when the build was skipped.")
     build_log_url: str | None = Field(default=None, description="Cloud Build log, when a build ran.")
+    runtime_note: str | None = Field(
+        default=None, description="Local cloud only: the image has another language version than "
+                                  "the runtime names (VerifiedImage.runtime_note).")
     eventarc: str | None = Field(
         default=None, description="Event functions: the gcloud command that creates the Eventarc "
                                   "trigger routing their events to the service.")
     timings: dict[str, float] = Field(default_factory=dict, description="Seconds per step.")
+
+    @property
+    def build_note(self) -> str:
+        """The report's build cell: built, cached or - (no build), and the local cloud's runtime
+        note (``built; local cloud: python 3.11.9 (the host's), not 3.12 (...)``)."""
+        done = {None: "-", True: "cached", False: "built"}[self.build_cached]
+        return f"{done}; local cloud: {self.runtime_note}" if self.runtime_note else done

@@ -133,7 +133,7 @@ def _migrate(spec: FunctionSpec, target: Target, leave_lane: Callable[[], None])
             built = steps.run("build", submit_pack_build, spec, target, archive, refresh=True)
             image = steps.run("verify", verify_image, spec, target, built)
         result.digest, result.build_cached = built.digest, built.cached or steps.cached["build"]
-        result.build_log_url = built.log_url
+        result.build_log_url, result.runtime_note = built.log_url, image.runtime_note
         deployment = steps.run("deploy", deploy_service, spec, target, image, archive.sha256)
         if steps.cached["deploy"] and not still_in_effect(Cloud.for_target(target), deployment):
             # A cached candidate was promoted or discarded since; a cached deployment whose
@@ -204,7 +204,7 @@ def summary(result: MigrationResult, note: str | None = None) -> str:
               f"| Image digest | `{result.digest or '-'}` |",
               f"| Revision | {result.revision or '-'} |",
               f"| Serving | {', '.join(result.serving) or '-'} |",
-              f"| Build | {_build_note(result.build_cached)} |"]
+              f"| Build | {result.build_note} |"]
     lines += [f"| {step} | {seconds:.2f}s |" for step, seconds in result.timings.items()]
     if result.eventarc:
         lines += ["", "**Eventarc trigger to create** (once you switch the events over from the "
@@ -212,10 +212,6 @@ def summary(result: MigrationResult, note: str | None = None) -> str:
     if note:
         lines += ["", f"> {note}"]
     return "\n".join(lines) + "\n"
-
-
-def _build_note(cached: bool | None) -> str:
-    return {None: "-", True: "cached (image already built)", False: "built"}[cached]
 
 
 def _publish_link(spec: FunctionSpec, what: str, link: str | None, text: str) -> None:

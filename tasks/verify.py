@@ -7,6 +7,9 @@ Three things, each read from the registry (Artifact Registry on GCP, the local r
 3. the config's buildpack metadata (label ``io.buildpacks.build.metadata``) names a ``web``
    process, which is what Cloud Run starts.
 
+It also reads the local cloud's note (label ``cf2run.runtime.note``) of a language version other
+than the runtime names, so the report can say so.
+
 Read-only, so cached across flow runs on the image reference and digest.
 """
 
@@ -22,7 +25,7 @@ from prefect.cache_policies import NO_CACHE
 from cf2run.cloud import Cloud
 from cf2run.errors import ImageVerificationError
 from cf2run.oci import INDEX_MEDIA_TYPES, ImageRef, Manifest, RegistryClient
-from cf2run.results import BuiltImage, VerifiedImage
+from cf2run.results import LOCAL_RUNTIME_NOTE_LABEL, BuiltImage, VerifiedImage
 from cf2run.spec import FunctionSpec, Target
 from tasks.policy import RETRIES
 
@@ -58,8 +61,10 @@ def verify_built_image(registry: RegistryClient, built: BuiltImage) -> VerifiedI
         raise ImageVerificationError(
             f"verify {built.image}: the image is {platform}, Cloud Run runs {PLATFORM} only",
             hint=f"{_REBUILD} for {PLATFORM}")
+    labels = (config.get("config") or {}).get("Labels") or {}
     return VerifiedImage(image=built.by_digest, digest=built.digest, platform=platform,
-                         web_process=web_process(config, built.image))
+                         web_process=web_process(config, built.image),
+                         runtime_note=labels.get(LOCAL_RUNTIME_NOTE_LABEL))
 
 
 def platform_of(config: dict[str, Any]) -> str:
@@ -131,4 +136,7 @@ def verify_image(spec: FunctionSpec, target: Target, built: BuiltImage) -> Verif
     logger = get_run_logger()
     verified = verify_built_image(Cloud.for_target(target).registry, built)
     logger.info("%s is %s, web process: %s", verified.image, verified.platform, verified.web_process)
+    if verified.runtime_note:
+        logger.warning("%s: the local cloud built %s with %s", spec.name, verified.image,
+                       verified.runtime_note)
     return verified

@@ -23,8 +23,8 @@ import grpc
 import httpx
 import pytest
 from credential_calls import exercise
+from flowruns import migrate
 from google.api_core import exceptions as api_exceptions
-from google.auth.credentials import Credentials
 from google.auth.exceptions import RefreshError
 from google.cloud import run_v2
 from google.cloud.run_v2.services.services.transports import ServicesGrpcTransport
@@ -44,7 +44,6 @@ from cf2run.localcloud.accounts import (
 from cf2run.localcloud.builder import build_function
 from cf2run.localcloud.server import LocalCloud
 from cf2run.spec import Target, load_manifest
-from flows.migrate_function import migrate_function
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOYER = "deployer@local-project.iam.gserviceaccount.com"
@@ -194,7 +193,7 @@ def test_user_adc_migrates_a_public_function(adc: Callable[..., Path], localclou
                 if s.name == "hello-python")
     spec = spec.model_copy(update={"name": f"adc-{uuid.uuid4().hex[:6]}", "allow_unauthenticated": True})
     target = Target(kind="local", localcloud_dir=localcloud.state_dir, credentials_block=name)
-    result = migrate_function(spec, target, return_state=True).result(raise_on_failure=False)
+    result, _ = migrate(spec, target)
     assert result.status == "succeeded", result.message
     assert httpx.get(result.url, timeout=30).status_code == 200  # public, after its smoke test
 
@@ -230,7 +229,7 @@ def test_credentials_are_google_auths_own_classes(adc: Callable[..., Path], loca
     """What each kind resolves to (the matrix above runs these very classes)."""
     from google.auth import external_account, impersonated_credentials
 
-    expected: dict[str, type[Credentials]] = {
+    expected: dict[str, type] = {
         "service_account": service_account.Credentials, "authorized_user": user_credentials.Credentials,
         "impersonated_service_account": impersonated_credentials.Credentials,
         "external_account": external_account.Credentials}

@@ -10,6 +10,7 @@ build step with the builder's message, and nothing is deployed.
 from __future__ import annotations
 
 import shutil
+import sys
 import uuid
 from pathlib import Path
 
@@ -18,11 +19,15 @@ import pytest
 from flowruns import migrate, migrate_with_task_runs
 from google.api_core import exceptions as api_exceptions
 from google.cloud.devtools import cloudbuild_v1
+from rich.console import Console
 
 from cf2run.cloud import Cloud
+from cf2run.fleet_report import result_rows
 from cf2run.localcloud.server import LocalCloud
 from cf2run.localcloud.settings import Fault, LocalCloudSettings
+from cf2run.report import results_table
 from cf2run.spec import FunctionSpec, Target, load_manifest
+from flows.migrate_function import summary
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -144,3 +149,23 @@ def test_rerun_converges_after_the_service_was_deleted_by_hand(
     assert again.status == "succeeded", again.message
     assert cloud.services.get_service(name=name).latest_ready_revision.endswith(first.revision or "")
     assert run_counts[f"build[{spec.name}]"] == 1
+
+
+def test_a_python_version_the_host_lacks_shows_in_the_result_and_the_tables(
+        samples: dict[str, FunctionSpec], target: Target, tmp_path: Path) -> None:
+    """The local cloud builds and runs with the host's Python; when the runtime names another
+    (python312 on a 3.11 host), the migration's result, its table and the fleet's say so."""
+    host = ".".join(str(part) for part in sys.version_info[:3])
+    runtime = "python312" if sys.version_info[:2] != (3, 12) else "python311"
+    spec = fresh_copy(samples["hello-python"], tmp_path).model_copy(update={"runtime": runtime})
+    asked = spec.runtime_version  # what the build asks for: GOOGLE_RUNTIME_VERSION=3.12.x
+    result, _ = migrate(spec, target)
+    assert result.status == "succeeded", result.message
+    expected = f"python {host} (the host's), not {asked} (GOOGLE_RUNTIME_VERSION)"
+    assert result.runtime_note == expected
+
+    console = Console(width=400, record=True)
+    console.print(results_table([result]))
+    assert f"built; local cloud: {expected}" in console.export_text()
+    assert result_rows([result])[0]["build"] == f"built; local cloud: {expected}"
+    assert f"built; local cloud: {expected}" in summary(result)

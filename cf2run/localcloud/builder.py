@@ -3,10 +3,11 @@
     digest = build_function(source_dir, {"GOOGLE_FUNCTION_TARGET": "hello"},
                             "us-central1-docker.pkg.dev/p/r/hello:v1", registry, cache_dir, print)
 
-Detect the language (``GOOGLE_RUNTIME`` overrides), check the entry file and the target,
-install dependencies into a layer (cached by the requirements or lockfile plus runtime), add
-the Functions Framework when the source does not declare it, and push an OCI image whose
-config carries the ``web`` process and buildpack-style labels. The build runs with the host's
+Detect the language (``GOOGLE_RUNTIME`` overrides), run the source's own build step (Node's
+``gcp-build``), check the entry file and the target, install dependencies into a layer (cached
+by the requirements or lockfile plus runtime), add the Functions Framework when the source
+does not declare it, and push an OCI image whose config carries the ``web`` process and
+buildpack-style labels. The build runs with the host's
 Python and Node; a different requested version is a warning in the log, not a failure.
 
 The image's runtime contract (what the local runtime relies on): the web process's
@@ -17,6 +18,7 @@ command, args and Env is relative to the image root (layers unpacked in order);
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 import threading
@@ -33,6 +35,7 @@ from cf2run.localcloud.builder_common import (
     Log,
     Runner,
     version_matches,
+    version_note,
     warn_version,
 )
 from cf2run.localcloud.builder_node import NodePack, node_version_matches
@@ -72,7 +75,9 @@ def build_function(source_dir: Path, env: Mapping[str, str], image: str, registr
     log(f"{len(buildpacks)} buildpacks participating")
     for buildpack in buildpacks:
         log(f"{buildpack:<40} local")
-    warn_version(runtime, log, version_matches if pack.language == "python" else node_version_matches)
+    matches = version_matches if pack.language == "python" else node_version_matches
+    warn_version(runtime, log, matches)
+    runtime = dataclasses.replace(runtime, note=version_note(runtime, matches))
     if function_env.entrypoint:
         log("WARNING: GOOGLE_ENTRYPOINT is ignored for function builds: the web process is the "
             "Functions Framework serving GOOGLE_FUNCTION_TARGET.")
@@ -83,6 +88,7 @@ def build_function(source_dir: Path, env: Mapping[str, str], image: str, registr
         root = Path(tmp) / "root"
         shutil.copytree(source_dir, root / "workspace", symlinks=True,
                         ignore=_top_level(source_dir, pack.app_excludes()))
+        app_dir = root / "workspace" if pack.build_source(root / "workspace") else source_dir
         plan = pack.dependencies()
         key = DependencyCache.key(runtime, plan.key_material)
         dependencies = _dependency_layer(pack, plan, key, root, cache_dir, log)
@@ -92,7 +98,7 @@ def build_function(source_dir: Path, env: Mapping[str, str], image: str, registr
         process = pack.web_process(root)
 
         log("===> EXPORTING")
-        app = write_layer([(source_dir, "workspace")], Path(tmp) / "app.tar.gz", pack.app_excludes())
+        app = write_layer([(app_dir, "workspace")], Path(tmp) / "app.tar.gz", pack.app_excludes())
         layers = [ImageLayer(dependencies, plan.buildpack_id),
                   ImageLayer(app, "buildpacksio/lifecycle:application")]
         for label, value in function_env.labels.items():

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 from cf2run.errors import BuildFailed
+from cf2run.results import LOCAL_RUNTIME_NOTE_LABEL
 
 Log = Callable[[str], None]
 
@@ -105,18 +106,22 @@ def _labels(env: Mapping[str, str], log: Log) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class RuntimeVersion:
-    """Which version the build asked for (and where), and the host's, which it gets."""
+    """Which version the build asked for (and where), and the host's, which it gets; `note`
+    says so when they differ (`version_note`)."""
 
     language: str
     host: str
     requested: str | None = None
     requested_by: str | None = None
+    note: str | None = None
 
     def labels(self) -> dict[str, str]:
         labels = {"cf2run.runtime.language": self.language, "cf2run.runtime.host-version": self.host}
         if self.requested:
             labels["cf2run.runtime.requested-version"] = self.requested
             labels["cf2run.runtime.requested-by"] = self.requested_by or ""
+        if self.note:
+            labels[LOCAL_RUNTIME_NOTE_LABEL] = self.note  # read by verify, shown in the report
         return labels
 
 
@@ -152,6 +157,11 @@ class PackBase:
         self.runner = runner
         self.log = log
 
+    def build_source(self, workspace: Path) -> bool:
+        """Run the source's own build step in `workspace` (a copy of the source); whether it
+        ran, so that `workspace` and not the source is the app. None by default."""
+        return False
+
 
 class LanguagePack(Protocol):
     """One language's part of a function build (Python, Node.js)."""
@@ -166,6 +176,10 @@ class LanguagePack(Protocol):
     def check_source(self) -> None:
         """What can be checked on the source alone (entry file, syntax, ...)."""
 
+
+    def build_source(self, workspace: Path) -> bool:
+        """Run the source's own build step (Node's ``gcp-build``) in `workspace`, a copy of the
+        source; whether it ran, making `workspace` the app (checked here, then)."""
 
     def dependencies(self) -> DependencyPlan: ...
 
@@ -189,6 +203,19 @@ def version_matches(requested: str, host: str) -> bool:
     wanted = [part for part in requested.strip().lstrip("v=^~").split(".") if part not in ("x", "*", "")]
     have = host.lstrip("v").split(".")
     return have[: len(wanted)] == wanted
+
+
+def version_note(runtime: RuntimeVersion, matches: Callable[[str, str], bool | None]) -> str | None:
+    """When the host's version (which the image gets) is not the requested one, or may not be:
+    ``python 3.11.9 (the host's), not 3.12 (GOOGLE_RUNTIME_VERSION)``; else None."""
+    if not runtime.requested:
+        return None
+    verdict = matches(runtime.requested, runtime.host)
+    if verdict:
+        return None
+    maybe = "maybe " if verdict is None else ""
+    return (f"{runtime.language} {runtime.host} (the host's), {maybe}not {runtime.requested} "
+            f"({runtime.requested_by})")
 
 
 def warn_version(runtime: RuntimeVersion, log: Log, matches: Callable[[str, str], bool | None]) -> None:

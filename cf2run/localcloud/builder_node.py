@@ -5,6 +5,13 @@ Entry file from package.json ``main``, else ``index.js``, else ``function.js``, 
 ``npm install``, production dependencies only; ``@google-cloud/functions-framework`` added
 when not a dependency; then the Functions Framework's own loader, run by node in the built
 workspace, says whether the module defines the target.
+
+A ``gcp-build`` script runs first, as google.nodejs.npm runs it (GoogleCloudPlatform/buildpacks
+cmd/nodejs/npm/lib/lib.go and pkg/nodejs/npm.go `DetermineBuildCommands`): dependencies are
+installed with ``NODE_ENV=development`` (devDependencies too: a TypeScript compiler), then
+``npm run gcp-build``, then devDependencies are pruned (``npm prune --production``; here the
+production dependency layer replaces them), so the built files (``dist/``) are in the app and
+the entry file is checked after the script. An empty ``gcp-build`` runs nothing.
 """
 
 from __future__ import annotations
@@ -33,7 +40,9 @@ FF_SPEC = f"{FF_PACKAGE}@^5"
 MODULES_LAYER = "workspace/node_modules"
 FUNCTIONS_BUILDPACK = "google.nodejs.functions-framework"
 NPM_BUILDPACK = "google.nodejs.npm"
-NPM_FLAGS = ["--no-audit", "--no-fund", "--omit=dev", "--no-update-notifier"]
+NPM_QUIET = ["--no-audit", "--no-fund", "--no-update-notifier"]
+NPM_FLAGS = [*NPM_QUIET, "--omit=dev"]
+GCP_BUILD = "gcp-build"
 TARGET_CHECK_TIMEOUT_S = 60.0
 
 #: Loads the module the way the Functions Framework will (its own loader when it has one,
@@ -93,13 +102,44 @@ class NodePack(PackBase):
     def check_source(self) -> None:
         if self.env.source:
             raise BuildError("GOOGLE_FUNCTION_SOURCE is not currently supported for Node.js buildpacks")
-        entry = self.source_dir / self.entry
+        if self.gcp_build is None:
+            self._check_entry(self.source_dir)
+        # else the entry is checked once gcp-build made it (build_source)
+
+    def _check_entry(self, app_dir: Path) -> None:
+        entry = app_dir / self.entry
         if not entry.is_file():
-            raise BuildError(f"{self.entry} does not exist",
+            after = f" after `npm run {GCP_BUILD}`" if self.gcp_build else ""
+            raise BuildError(f"{self.entry} does not exist{after}",
                              hint="a Node.js function's code is in package.json \"main\", index.js or "
-                                  "function.js")
-        self.runner.run(["node", "--check", self.entry], cwd=self.source_dir,
+                                  f"function.js{'; check what the gcp-build script writes' if after else ''}")
+        self.runner.run(["node", "--check", self.entry], cwd=app_dir,
                         what=f"node --check {self.entry}")
+
+    # -- gcp-build ----------------------------------------------------------------------------------
+
+    @property
+    def gcp_build(self) -> str | None:
+        """The ``gcp-build`` script that runs (None: none, or an empty one: nothing runs)."""
+        scripts = (self.package or {}).get("scripts") or {}
+        script = scripts.get(GCP_BUILD) if isinstance(scripts, dict) else None
+        return script if isinstance(script, str) and script.strip() else None
+
+    def build_source(self, workspace: Path) -> bool:
+        if self.gcp_build is None:
+            return False
+        self.log(f"Running {GCP_BUILD} ({self.gcp_build}) with devDependencies installed "
+                 "(NODE_ENV=development).")
+        install = ["npm", "ci"] if self.lockfile.is_file() else ["npm", "install", "--no-package-lock"]
+        self.runner.run([*install, *NPM_QUIET, "--include=dev"], cwd=workspace,
+                        what=" ".join(install[:2]) + " (with devDependencies)",
+                        summary=npm_error_summary, env={"NODE_ENV": "development"})
+        self.runner.run(["npm", "run", GCP_BUILD], cwd=workspace, what=f"npm run {GCP_BUILD}",
+                        summary=npm_error_summary)
+        self.log("Pruning devDependencies: the image gets the production dependencies only.")
+        shutil.rmtree(workspace / "node_modules", ignore_errors=True)
+        self._check_entry(workspace)
+        return True
 
     # -- dependencies ---------------------------------------------------------------------------------
 
@@ -128,8 +168,9 @@ class NodePack(PackBase):
                 self.runner.run(["npm", "ci", *NPM_FLAGS, *prefix], cwd=workspace, what="npm ci",
                                 summary=npm_error_summary)
             else:
-                self.runner.run(["npm", "install", *NPM_FLAGS, *prefix], cwd=workspace,
-                                what="npm install", summary=npm_error_summary)
+                # no package-lock.json written into the workspace: after a gcp-build it is the app
+                self.runner.run(["npm", "install", "--no-package-lock", *NPM_FLAGS, *prefix],
+                                cwd=workspace, what="npm install", summary=npm_error_summary)
         if self.declares_framework:
             self.log("Handling functions with dependency on functions-framework.")
         else:

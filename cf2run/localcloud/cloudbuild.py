@@ -68,6 +68,7 @@ log = logging.getLogger(__name__)
 Build = cloudbuild_v1.Build
 Status = cloudbuild_v1.Build.Status
 SERVICE = "google.devtools.cloudbuild.v1.CloudBuild"
+
 DEFAULT_TIMEOUT = timedelta(minutes=10)
 DEFAULT_LOCATION = "global"
 DEFAULT_PAGE_SIZE = 100
@@ -80,6 +81,13 @@ PACK_STEP_DIGEST = "sha256:" + "0" * 64
 _PROJECT_RE = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$|^[a-z0-9.:-]{1,100}$")
 _FILTER_TERM = re.compile(r'^\s*([a-z_]+)\s*=\s*(?:"([^"]*)"|(\S+))\s*$')
 _FILTER_FIELDS = ("status", "tags", "id", "images", "trigger_id", "build_trigger_id")
+
+
+def _must_be_specified(request: str, path: str) -> str:
+    """Cloud Build's words for a missing field ("INVALID_ARGUMENT: source.revision must be
+    specified to run this trigger", GoogleCloudPlatform/gcc-creative-studio#181)."""
+    return f"{path} must be specified"
+
 
 
 class _Stopped(Exception):
@@ -135,7 +143,8 @@ class CloudBuildService:
                            cloudbuild_v1.ListBuildsResponse),
             "CancelBuild": (self.cancel_build, cloudbuild_v1.CancelBuildRequest, Build),
         }
-        return [service_handler(SERVICE, methods, self.faults), self.operations.handler(self.faults)]
+        return [service_handler(SERVICE, methods, self.faults, _must_be_specified),
+                self.operations.handler(self.faults)]
 
     def stop(self) -> None:
         """Cancel queued and running builds and wait for their threads."""
@@ -156,9 +165,7 @@ class CloudBuildService:
         project, location = _project_location(request.project_id, request.parent)
         if not request.build.steps:
             raise invalid("invalid build: build must contain at least one step")
-        build = _copy(request.build)
-        for output_only in ("results", "start_time", "finish_time", "timing", "status_detail"):
-            Build.pb(build).ClearField(output_only)
+        build = _copy(request.build)  # its OUTPUT_ONLY fields were cleared by grpcapi.accept
         build_id = str(uuid.uuid4())
         build.id = build_id
         build.project_id = project

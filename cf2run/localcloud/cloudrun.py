@@ -132,6 +132,7 @@ class CloudRunService:
                 raise RpcError(Code.NOT_FOUND, status.not_found("SERVICE", name))
             if current is not None:
                 rules.check_etag(given.etag, current.etag, f"service {name}")
+                rules.check_immutable(given, current, f"{where}.service")
             existing = {status.short_name(r.name) for r in state.revisions_of(name)}
             targets = rules.check_service(given, service_id, existing, f"{where}.service")
             rules.check_instance_quota(given.template, Decimal(str(self._settings.run_cpu_quota)),

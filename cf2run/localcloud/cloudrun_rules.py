@@ -65,6 +65,7 @@ import grpc
 from google.cloud import run_v2
 from google.iam.v1 import policy_pb2
 
+from cf2run.localcloud import fieldbehavior
 from cf2run.localcloud.grpcapi import RpcError
 
 RESERVED_ENV = ("PORT", "K_SERVICE", "K_REVISION", "K_CONFIGURATION")
@@ -540,6 +541,16 @@ def check_service_settings(service: run_v2.Service, field: str) -> None:
     if "manual_instance_count" in scaling and scaling.scaling_mode != MANUAL:
         raise violation(f"{field}.scaling.manual_instance_count",
                         "can only be set when scaling_mode is MANUAL.")
+
+
+
+def check_immutable(given: run_v2.Service, current: run_v2.Service, field: str) -> None:
+    """An update may not change a field annotated IMMUTABLE (AIP-203: INVALID_ARGUMENT); the
+    words are Knative's ("field is immutable"), whose API Cloud Run's descends from. None of
+    Service's fields is IMMUTABLE in googleapis today: this holds for those that become so."""
+    changed = fieldbehavior.changed_immutable(given, current)
+    if changed is not None:
+        raise violation(f"{field}.{changed}", "field is immutable.")
 
 
 def check_etag(given: str, current: str, what: str) -> None:

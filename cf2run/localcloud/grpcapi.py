@@ -3,7 +3,8 @@
 A service module is plain Python: methods that take a request message and return a
 response message, raising `RpcError` to answer an error status. This module turns such
 methods into a gRPC service under Google's own service name, so the official clients
-talk to it unchanged, and applies the fault knobs to every call.
+talk to it unchanged, and applies the fault knobs and the requests' field behaviours
+(fieldbehavior.py: OUTPUT_ONLY fields cleared, a missing REQUIRED one refused) to every call.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import grpc
 import proto  # type: ignore[import-untyped]
 from google.protobuf.message import Message
 
+from cf2run.localcloud import fieldbehavior
 from cf2run.localcloud.settings import FaultInjector
 
 
@@ -40,6 +42,15 @@ def not_found(message: str) -> RpcError:
 MessageType = Any
 #: One RPC: the method, its request type and its response type.
 Method = tuple[Callable[[Any], Any], MessageType, MessageType]
+#: The text an API answers for a missing REQUIRED field: (request type, field path) -> message.
+MissingField = Callable[[str, str], str]
+
+
+def required_field_not_present(request: str, path: str) -> str:
+    """Cloud Run's answer, as its v2 API gives it for an empty Service (googleapis/
+    google-cloud-java#11101: "Violation in CreateServiceRequest.service.template: required
+    field not present.")."""
+    return f"Violation in {request}.{path}: required field not present."
 
 
 def _codec(message_type: MessageType) -> tuple[Callable[[bytes], Any], Callable[[Any], bytes]]:
@@ -50,32 +61,45 @@ def _codec(message_type: MessageType) -> tuple[Callable[[bytes], Any], Callable[
     raise TypeError(f"{message_type!r} is not a message class")
 
 
-def service_handler(full_name: str, methods: Mapping[str, Method],
-                    faults: FaultInjector) -> grpc.GenericRpcHandler:
-    """A gRPC service named `full_name` (``google.devtools.cloudbuild.v1.CloudBuild``)."""
+def service_handler(full_name: str, methods: Mapping[str, Method], faults: FaultInjector,
+                    missing: MissingField = required_field_not_present) -> grpc.GenericRpcHandler:
+    """A gRPC service named `full_name` (``google.devtools.cloudbuild.v1.CloudBuild``);
+    `missing` words the INVALID_ARGUMENT for a request that lacks a REQUIRED field."""
     short = full_name.rsplit(".", 1)[-1]
     handlers = {}
     for name, (func, request_type, response_type) in methods.items():
         decode, _ = _codec(request_type)
         _, encode = _codec(response_type)
         handlers[name] = grpc.unary_unary_rpc_method_handler(
-            _guarded(f"{short}.{name}", func, faults),
+            _guarded(f"{short}.{name}", func, faults, missing),
             request_deserializer=decode, response_serializer=encode)
     return grpc.method_handlers_generic_handler(full_name, handlers)
 
 
-def _guarded(method: str, func: Callable[[Any], Any],
-             faults: FaultInjector) -> Callable[[Any, grpc.ServicerContext], Any]:
+def _guarded(method: str, func: Callable[[Any], Any], faults: FaultInjector,
+             missing: MissingField) -> Callable[[Any, grpc.ServicerContext], Any]:
     def call(request: Any, context: grpc.ServicerContext) -> Any:
         fault = faults.check(method)
         if fault is not None:
             context.abort(getattr(grpc.StatusCode, fault.code), f"{fault.message} ({method})")
         try:
+            accept(request, missing)
             return func(request)
         except RpcError as error:
             context.abort(error.code, error.message)
 
     return call
+
+
+def accept(request: Any, missing: MissingField) -> None:
+    """`request` as the service should see it: its OUTPUT_ONLY fields cleared (AIP-203: ignored,
+    never an error); INVALID_ARGUMENT, worded by `missing`, when it lacks a REQUIRED field."""
+    fieldbehavior.clear_output_only(request)
+    path = fieldbehavior.missing_required(request)
+    if path is not None:
+        name = type(request).pb(request).DESCRIPTOR.name if isinstance(
+            request, proto.Message) else request.DESCRIPTOR.name
+        raise invalid(missing(name, path))
 
 
 def serve(handlers: list[grpc.GenericRpcHandler], port: int = 0,

@@ -48,3 +48,33 @@ def node_function(root: Path, index: str = NODE_INDEX, lock: bool = True) -> Pat
         subprocess.run(["npm", "install", "--package-lock-only", "--no-audit", "--no-fund"],
                        cwd=root, check=True, capture_output=True, timeout=300)
     return root
+
+
+TYPESCRIPT_INDEX = '''\
+import type { Request, Response } from 'express';
+
+const shout = (text: string): string => text.toUpperCase();
+
+export const hello = (req: Request, res: Response): void => {
+  res.send(shout('hello from typescript'));
+};
+'''
+TYPESCRIPT_PACKAGE = {
+    "name": "hello-ts", "version": "1.0.0", "main": "dist/index.js",
+    "scripts": {"gcp-build": "tsc"},
+    "dependencies": {"@google-cloud/functions-framework": "^3.4.0"},
+    "devDependencies": {"typescript": "5.4.5", "@types/express": "4.17.21"},
+}
+TSCONFIG = {"compilerOptions": {"target": "es2020", "module": "commonjs", "outDir": "dist",
+                                "rootDir": "src", "strict": True, "esModuleInterop": True,
+                                "skipLibCheck": True}}
+
+
+def typescript_function(root: Path) -> Path:
+    """A TypeScript function as GCF takes it: src/index.ts compiled to dist/ by a `gcp-build`
+    script with typescript a devDependency; dist/ is not in the source."""
+    (root / "src").mkdir(parents=True, exist_ok=True)
+    (root / "src" / "index.ts").write_text(TYPESCRIPT_INDEX)
+    (root / "package.json").write_text(json.dumps(TYPESCRIPT_PACKAGE, indent=2))
+    (root / "tsconfig.json").write_text(json.dumps(TSCONFIG, indent=2))
+    return root

@@ -22,9 +22,12 @@ from typing import Any
 
 import httpx
 import pytest
-from builder_samples import node_function, python_function
+from builder_samples import node_function, python_function, typescript_function
 from google.api_core import exceptions as gexc
-from google.cloud import storage  # type: ignore[attr-defined]
+from google.cloud import (
+    run_v2,
+    storage,  # type: ignore[attr-defined]
+)
 from google.cloud.devtools import cloudbuild_v1
 
 from cf2run.cloud import Backoff, Cloud, Polling
@@ -218,6 +221,39 @@ def test_one_step_pack_build_with_a_builder_runs(cb: Stack, python_source: Path)
     head = cb.registry.head_manifest(ImageRef.parse(image))
     assert head is not None and build.results.images[0].digest == head.digest
     assert f"Step #0: Builder {BUILDER}" in build_log(cb, build)
+
+
+
+def test_typescript_function_with_gcp_build_builds_and_serves(
+        cb: Stack, localcloud: LocalCloud, cloud: Cloud, tmp_path: Path) -> None:
+    """A `gcp-build: tsc` script runs with devDependencies installed, its dist/ is the app, and
+    the devDependencies are pruned (GoogleCloudPlatform/buildpacks cmd/nodejs/npm/lib/lib.go)."""
+    image = image_name("ts-hello")
+    source = typescript_function(tmp_path / "src")
+    operation = submit(cb, pack_build(upload_source(cb.storage, source), image, HELLO))
+    build = operation.result(timeout=600)
+    log = build_log(cb, build)
+    assert build.status == Status.SUCCESS, log
+    assert log.index("Running npm run gcp-build") < log.index("node --check dist/index.js")
+
+    pulled = cb.registry.pull_image(ImageRef.parse(image))
+    files = {name for layer in pulled.layers for name in _tar_names(layer)}
+    assert "workspace/dist/index.js" in files and "workspace/src/index.ts" in files
+    assert not any(name.startswith("workspace/node_modules/typescript/") for name in files)
+
+    parent = f"projects/{PROJECT}/locations/{REGION}"
+    service = cloud.services.create_service(parent=parent, service_id=f"ts-{uuid.uuid4().hex[:6]}",
+                                            service=run_v2.Service(template=run_v2.RevisionTemplate(
+                                                containers=[run_v2.Container(image=image)]))
+                                            ).result(timeout=120)
+    answer = httpx.get(service.uri, headers={"Authorization": f"Bearer {localcloud.id_token(service.uri)}"},
+                       timeout=30)
+    assert answer.text == "HELLO FROM TYPESCRIPT"
+
+
+def _tar_names(layer: bytes) -> list[str]:
+    with tarfile.open(fileobj=io.BytesIO(layer), mode="r:gz") as tar:
+        return tar.getnames()
 
 
 # -- builds that fail -----------------------------------------------------------------------------------
