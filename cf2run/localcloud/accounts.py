@@ -47,7 +47,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cf2run.localcloud.metadata import (
     CLOUD_PLATFORM_SCOPE,
     DEFAULT_PROJECT,
-    LoopbackServer,
+    LoopbackService,
     QuietHandler,
     TokenAuthority,
 )
@@ -314,26 +314,19 @@ class Accounts:
                      "name": DEFAULT_PROJECT}
 
 
-class AccountsServer:
+class AccountsServer(LoopbackService):
     """`Accounts` over HTTP on 127.0.0.1 (see the module doc for the paths)."""
 
     def __init__(self, accounts: Accounts, port: int = 0) -> None:
+        super().__init__(port)
         self.accounts = accounts
-        self._port = port
-        self._listener: LoopbackServer | None = None
+
+    def handler(self) -> type[QuietHandler]:
+        return _handler(self.accounts)
 
     def start(self) -> None:
-        self._listener = LoopbackServer(_handler(self.accounts), self._port)
-        self.accounts.url = self._listener.url
-
-    def stop(self) -> None:
-        if self._listener is not None:
-            self._listener.stop()
-            self._listener = None
-
-    @property
-    def url(self) -> str:
-        return self.accounts.url
+        super().start()
+        self.accounts.url = self.url
 
 
 def _handler(accounts: Accounts) -> type[QuietHandler]:

@@ -199,20 +199,19 @@ class LoopbackServer:
         self.server.server_close()
 
 
-class MetadataServer:
-    """The parts of the GCE/Cloud Run metadata server that callers of private services need."""
+class LoopbackService:
+    """An HTTP API of the local cloud: `handler()` served on 127.0.0.1 from `start()` to `stop()`."""
 
-    def __init__(self, tokens: TokenAuthority, port: int = 0, *, project_id: str = DEFAULT_PROJECT,
-                 email: str = DEFAULT_EMAIL) -> None:
-        self.tokens = tokens
-        self.project_id = project_id
-        self.email = email
+    def __init__(self, port: int = 0) -> None:
         self._port = port
         self._listener: LoopbackServer | None = None
 
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        raise NotImplementedError
+
     def start(self) -> None:
         if self._listener is None:
-            self._listener = LoopbackServer(_metadata_handler(self), self._port)
+            self._listener = LoopbackServer(self.handler(), self._port)
 
     def stop(self) -> None:
         if self._listener is not None:
@@ -223,8 +222,22 @@ class MetadataServer:
     def url(self) -> str:
         """``http://127.0.0.1:PORT`` (the server must be started)."""
         if self._listener is None:
-            raise RuntimeError("the metadata server is not started")
+            raise RuntimeError(f"{type(self).__name__} is not started")
         return self._listener.url
+
+
+class MetadataServer(LoopbackService):
+    """The parts of the GCE/Cloud Run metadata server that callers of private services need."""
+
+    def __init__(self, tokens: TokenAuthority, port: int = 0, *, project_id: str = DEFAULT_PROJECT,
+                 email: str = DEFAULT_EMAIL) -> None:
+        super().__init__(port)
+        self.tokens = tokens
+        self.project_id = project_id
+        self.email = email
+
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        return _metadata_handler(self)
 
     @property
     def address(self) -> str:
