@@ -150,7 +150,7 @@ def test_going_back_to_earlier_settings_smoke_tests_that_revision_as_a_candidate
     a = FunctionSpec.model_validate({
         "name": name, "source": source(tmp_path, "v1", GOOD), "runtime": "python311",
         "entry_point": "hello", "smoke": {"expect_body": "hello from", "deadline_s": 60}})
-    b = a.model_copy(update={"memory": "1Gi"})  # another revision that answers the same
+    b = a.model_copy(update={"max_instances": 50})  # another revision that answers the same
     first, _ = migrate(a, target)
     second, _ = migrate(b, target)
     assert first.status == second.status == "succeeded" and second.serving == [second.revision]

@@ -325,7 +325,7 @@ def test_a_change_between_read_and_write_is_read_again_and_kept(
     service = cloud.services.get_service(name=first.service)
     assert service.labels["touched-by"] == "someone-else", "the concurrent change was overwritten"
     assert sorted((t.revision, t.percent, t.tag) for t in service.traffic_statuses) == \
-        [(first.revision, 100, ""), (second.revision, 0, "candidate")]
+        sorted([(first.revision, 100, ""), (second.revision, 0, "candidate")])
 
     interloper.interfered = False
     moved = promote(racing, changed, second)
