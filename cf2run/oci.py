@@ -317,7 +317,7 @@ class RegistryClient:
             response = self._request("GET", ref, url, "list tags")
             tags.extend(response.json().get("tags") or [])
             next_link = response.links.get("next", {}).get("url")
-            url = str(response.url.join(next_link)) if next_link else None
+            url = self._follow(response, ref, next_link) if next_link else None
         return tags
 
     # -- blobs ---------------------------------------------------------------------------------
@@ -344,7 +344,8 @@ class RegistryClient:
             return True
         location = response.headers.get("Location")  # not mounted: an upload was started instead
         if location:
-            self._request("DELETE", ref, str(response.url.join(location)), "cancel upload", ok=(204, 404))
+            self._request("DELETE", ref, self._follow(response, ref, location), "cancel upload",
+                          ok=(204, 404))
         return False
 
     def push_blob(self, ref: ImageRef, data: bytes) -> str:
@@ -440,13 +441,21 @@ class RegistryClient:
         response = self._request("POST", ref, "blobs/uploads/", "start upload", content=b"", ok=(202,))
         return self._location(response, ref, "start upload")
 
-    @staticmethod
-    def _location(response: httpx.Response, ref: ImageRef, what: str) -> str:
+    def _location(self, response: httpx.Response, ref: ImageRef, what: str) -> str:
         location = response.headers.get("Location")
         if not location:
             raise RegistryError(f"{what} for {ref.name}: the registry answered without a Location",
                                 status=response.status_code)
-        return str(response.url.join(location))
+        return self._follow(response, ref, location)
+
+    def _follow(self, response: httpx.Response, ref: ImageRef, link: str) -> str:
+        """Where a Location or Link of `response` points. A registry that writes absolute URLs from
+        the Host it was sent (distribution does) names ref's host: that goes where `resolve` puts it."""
+        url = response.url.join(link)
+        resolved = httpx.URL(self._resolve(ref.host))
+        if url.netloc.decode() == ref.host and resolved.netloc != url.netloc:
+            url = url.copy_with(scheme=resolved.scheme, netloc=resolved.netloc)
+        return str(url)
 
     @staticmethod
     def _with_digest(location: str, digest: str) -> str:
