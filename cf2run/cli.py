@@ -11,6 +11,7 @@
     cf2run localcloud token AUDIENCE [--state-dir DIR]
     cf2run localcloud credentials KIND --out FILE [--account SA] [--state-dir DIR]
     cf2run localcloud add-secret SECRET --data-file FILE|- [--project P] [--state-dir DIR]
+    cf2run localcloud create-repository REPO [--project P] [--location L] [--state-dir DIR]
 """
 
 from __future__ import annotations
@@ -350,6 +351,29 @@ def localcloud_add_secret(
     except InvalidSecretName as error:
         raise typer.BadParameter(str(error), param_hint="SECRET or --project") from error
     typer.echo(f"Created version [{version}] of the secret [{secret}] in project [{project}].")
+
+
+@localcloud_app.command("create-repository")
+def localcloud_create_repository(
+    repository: Annotated[str, typer.Argument(help="Repository id, as target.repository names it.")],
+    project: Annotated[str, typer.Option(help="Project that holds the repository.")] = "local-project",
+    location: Annotated[str, typer.Option(help="Its location, as target.region names it.")] = "us-central1",
+    state_dir: StateDir = None,
+) -> None:
+    """Create a Docker repository in the local Artifact Registry (like `gcloud artifacts repositories
+    create REPO --repository-format=docker --location=L`); images go only into repositories that exist."""
+    from cf2run.localcloud.repositories import DockerRepositories, InvalidRepository, RepositoryExists
+
+    repositories = DockerRepositories.of(state_dir or default_localcloud_dir())
+    try:
+        repositories.create(project, location, repository)
+    except InvalidRepository as error:
+        raise typer.BadParameter(str(error), param_hint="REPO, --project or --location") from error
+    except RepositoryExists as error:  # gcloud: ERROR: (gcloud.artifacts.repositories.create) ALREADY_EXISTS
+        typer.secho(f"ERROR: ALREADY_EXISTS: {error}", fg="red", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"Create request issued for: [{repository}]")
+    typer.echo(f"Created repository [{repository}].")
 
 
 def main() -> None:

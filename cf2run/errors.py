@@ -62,9 +62,11 @@ class RegistryError(Cf2RunError):
     """An OCI distribution API call failed. Transient for 429, 5xx and connection failures."""
 
     def __init__(self, message: str, *, status: int | None = None, code: str | None = None,
-                 transient: bool | None = None, hint: str | None = None) -> None:
+                 transient: bool | None = None, hint: str | None = None,
+                 registry_message: str | None = None) -> None:
         self.status = status
         self.code = code
+        self.registry_message = registry_message  #: the registry's own words (its error body's message)
         self.transient = transient if transient is not None else (
             status is not None and (status == 429 or status >= 500))
         super().__init__(message, hint=hint)

@@ -173,7 +173,54 @@ def _error_detail(response: httpx.Response) -> tuple[str | None, str]:
         return None, response.text[:200].strip()
 
 
-def _hint(status: int, code: str | None) -> str | None:
+#: Artifact Registry's Docker hosts: ``LOCATION-docker.pkg.dev`` (us-central1, europe-west1, us, ...).
+_ARTIFACT_REGISTRY_HOST = re.compile(r"^(?P<location>[a-z0-9-]+)-docker\.pkg\.dev(?::\d+)?$")
+#: The role that may pull and push (https://cloud.google.com/artifact-registry/docs/access-control#roles).
+WRITER_ROLE = "roles/artifactregistry.writer"
+
+
+@dataclass(frozen=True)
+class ArtifactRepository:
+    """The Artifact Registry repository an image lives in: ``LOCATION-docker.pkg.dev/PROJECT/REPO/IMAGE``,
+    a domain-scoped project ``example.com:proj`` written ``example.com/proj``
+    (https://cloud.google.com/artifact-registry/docs/docker/names)."""
+
+    project: str
+    repository: str
+    location: str | None  #: None when the host is not ``LOCATION-docker.pkg.dev``
+
+    @classmethod
+    def of(cls, host: str, path: str) -> ArtifactRepository | None:
+        """From a host and an image path; None when the path names no repository and image in it."""
+        parts = path.split("/")
+        if "." in parts[0] and len(parts) > 1:  # project ids have no '.': the first part is a domain
+            parts = [f"{parts[0]}:{parts[1]}", *parts[2:]]
+        if len(parts) < 3:
+            return None
+        match = _ARTIFACT_REGISTRY_HOST.match(host.strip().lower())
+        return cls(project=parts[0], repository=parts[1], location=match.group("location") if match else None)
+
+    @property
+    def resource(self) -> str:
+        return f"projects/{self.project}/locations/{self.location or '-'}/repositories/{self.repository}"
+
+    @property
+    def create_command(self) -> str:
+        return (f"gcloud artifacts repositories create {self.repository} --repository-format=docker "
+                f"--location={self.location or 'LOCATION'} --project={self.project}")
+
+    def access_hint(self, who: str = "the credentials") -> str:
+        """What to check when Artifact Registry denies access: it answers a repository that does not
+        exist exactly as one it may not be used (403 "... (or it may not exist)")."""
+        return (f"check that the Artifact Registry repository {self.resource} exists (create it: "
+                f"{self.create_command}) and that {who} may push to it ({WRITER_ROLE} on the "
+                "repository or the project)")
+
+
+def _hint(status: int, code: str | None, ref: ImageRef | None = None) -> str | None:
+    repository = ArtifactRepository.of(ref.host, ref.repository) if ref is not None else None
+    if status == 403 and repository is not None:
+        return repository.access_hint()
     if status in (401, 403):
         return "check the registry credentials and that they may read/write this repository"
     if code == "NAME_UNKNOWN":
@@ -270,7 +317,7 @@ class RegistryClient:
             response = self._request("GET", ref, url, "list tags")
             tags.extend(response.json().get("tags") or [])
             next_link = response.links.get("next", {}).get("url")
-            url = str(response.url.join(next_link)) if next_link else None
+            url = self._follow(response, ref, next_link) if next_link else None
         return tags
 
     # -- blobs ---------------------------------------------------------------------------------
@@ -297,7 +344,8 @@ class RegistryClient:
             return True
         location = response.headers.get("Location")  # not mounted: an upload was started instead
         if location:
-            self._request("DELETE", ref, str(response.url.join(location)), "cancel upload", ok=(204, 404))
+            self._request("DELETE", ref, self._follow(response, ref, location), "cancel upload",
+                          ok=(204, 404))
         return False
 
     def push_blob(self, ref: ImageRef, data: bytes) -> str:
@@ -393,17 +441,33 @@ class RegistryClient:
         response = self._request("POST", ref, "blobs/uploads/", "start upload", content=b"", ok=(202,))
         return self._location(response, ref, "start upload")
 
-    @staticmethod
-    def _location(response: httpx.Response, ref: ImageRef, what: str) -> str:
+    def _location(self, response: httpx.Response, ref: ImageRef, what: str) -> str:
         location = response.headers.get("Location")
         if not location:
             raise RegistryError(f"{what} for {ref.name}: the registry answered without a Location",
                                 status=response.status_code)
-        return str(response.url.join(location))
+        return self._follow(response, ref, location)
+
+    def _follow(self, response: httpx.Response, ref: ImageRef, link: str) -> str:
+        """Where a Location or Link of `response` points. A registry that writes absolute URLs from
+        the Host it was sent (distribution does) names ref's host: that goes where `resolve` puts it."""
+        url = response.url.join(link)
+        resolved = httpx.URL(self._resolve(ref.host))
+        if url.netloc.decode() == ref.host and resolved.netloc != url.netloc:
+            url = url.copy_with(scheme=resolved.scheme, netloc=resolved.netloc)
+        return str(url)
 
     @staticmethod
     def _with_digest(location: str, digest: str) -> str:
         return str(httpx.URL(location).copy_merge_params({"digest": digest}))
+
+    def _named_host(self, ref: ImageRef, url: str) -> dict[str, str]:
+        """``Host: ref.host`` for a request to where `resolve` put ref's host, when that is another
+        address (the local cloud's registry): the registry learns the location from it, as
+        Artifact Registry's own host names it. Nothing when the URL's host is ref's (Google)."""
+        resolved = httpx.URL(self._resolve(ref.host)).netloc.decode()
+        target = httpx.URL(url).netloc.decode()
+        return {"Host": ref.host} if target == resolved and resolved != ref.host else {}
 
     def _url(self, ref: ImageRef, path: str) -> str:
         return f"{self._resolve(ref.host).rstrip('/')}/v2/{ref.repository}/{path}"
@@ -413,7 +477,7 @@ class RegistryClient:
                  ok: tuple[int, ...] = (200,)) -> httpx.Response:
         """One API call, authenticated, with a Bearer token exchange on a 401 challenge."""
         url = path_or_url if "://" in path_or_url else self._url(ref, path_or_url)
-        headers = dict(headers or {})
+        headers = {**self._named_host(ref, url), **(headers or {})}
         key = (ref.host, ref.repository)
         for attempt in range(2):
             authorization = self._tokens.get(key) or (self._auth() if self._auth else None)
@@ -437,7 +501,8 @@ class RegistryClient:
             raise RegistryError(
                 f"{what} for {ref}: HTTP {response.status_code}" + (f" {code}" if code else "")
                 + (f": {message}" if message else ""),
-                status=response.status_code, code=code, hint=_hint(response.status_code, code))
+                status=response.status_code, code=code, hint=_hint(response.status_code, code, ref),
+                registry_message=message)
         return response
 
     def _fetch_token(self, challenge: _Challenge, ref: ImageRef) -> str:
@@ -448,11 +513,11 @@ class RegistryClient:
         params: list[tuple[str, str | int | float | bool | None]] = [("scope", s) for s in scope.split()]
         if challenge.params.get("service"):
             params.insert(0, ("service", challenge.params["service"]))
-        headers = {}
+        url = httpx.URL(challenge.realm).copy_merge_params(params)
+        headers = self._named_host(ref, str(url))
         basic = self._auth() if self._auth else None
         if basic:
             headers["Authorization"] = basic
-        url = httpx.URL(challenge.realm).copy_merge_params(params)
         try:
             response = self._http.get(url, headers=headers)
         except httpx.HTTPError as exc:
@@ -462,7 +527,7 @@ class RegistryClient:
             code, message = _error_detail(response)
             raise RegistryError(f"token request for {ref}: HTTP {response.status_code}: {message}",
                                 status=response.status_code, code=code,
-                                hint=_hint(response.status_code, code))
+                                hint=_hint(response.status_code, code, ref), registry_message=message)
         try:
             body = response.json()
             token = body.get("token") or body.get("access_token")

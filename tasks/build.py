@@ -27,7 +27,7 @@ from prefect.context import TaskRunContext
 
 from cf2run.cloud import Cloud
 from cf2run.errors import BuildFailed
-from cf2run.oci import ImageRef
+from cf2run.oci import ArtifactRepository, ImageRef
 from cf2run.quotas import build_slot
 from cf2run.results import BuiltImage, SourceArchive
 from cf2run.spec import FunctionSpec, Target
@@ -157,16 +157,32 @@ def submit_pack_build(spec: FunctionSpec, target: Target, archive: SourceArchive
                     operation.metadata.build.log_url)
         build = wait_for_build(cloud, target, build_id, spec.name, sent, keep=slot.keep)
     if build.status != cloudbuild_v1.Build.Status.SUCCESS:
-        raise BuildFailed(
-            f"build {build_id} of {spec.name} ended {build.status.name}: "
-            f"{build.status_detail or 'no detail'}; log: {build.log_url}",
-            hint="read the build log; fix the source or build settings and run again")
+        raise build_failed(build, spec, image)
     digest = next((built.digest for built in build.results.images if built.name == image), None)
     if not digest:
         raise BuildFailed(f"build {build_id} of {spec.name} succeeded but reported no digest "
                           f"for {image}; log: {build.log_url}")
     return BuiltImage(image=image, digest=digest, build_id=build_id, log_url=build.log_url,
                       cached=False)
+
+
+#: Who pushes a build's `images` unless the build names a service account
+#: (https://cloud.google.com/build/docs/cloud-build-service-account).
+BUILD_PUSHER = "the build's service account (PROJECT_NUMBER@cloudbuild.gserviceaccount.com by default)"
+
+
+def build_failed(build: cloudbuild_v1.Build, spec: FunctionSpec, image: str) -> BuildFailed:
+    """The error for a build that did not succeed. A refused push (``failure_info.type``
+    PUSH_FAILED) names the repository and what to check: Artifact Registry refuses a repository
+    that does not exist just as one the build may not write to."""
+    message = (f"build {build.id} of {spec.name} ended {build.status.name}: "
+               f"{build.status_detail or 'no detail'}; log: {build.log_url}")
+    ref = ImageRef.parse(image)
+    repository = ArtifactRepository.of(ref.host, ref.repository)
+    if build.failure_info.type_ == cloudbuild_v1.Build.FailureInfo.FailureType.PUSH_FAILED and repository:
+        return BuildFailed(f"{message}; the push of {image} was refused",
+                           hint=repository.access_hint(BUILD_PUSHER))
+    return BuildFailed(message, hint="read the build log; fix the source or build settings and run again")
 
 
 class RecentBuilds:

@@ -13,7 +13,7 @@ from google.protobuf import duration_pb2
 
 from cf2run.results import SourceArchive
 from cf2run.spec import FunctionSpec, Target
-from tasks.build import image_for, image_tag, pack_build_request
+from tasks.build import build_failed, image_for, image_tag, pack_build_request
 
 SHA = "ab" * 32
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -149,3 +149,27 @@ def test_tag_ignores_what_the_build_does_not_see(
         spec_changes: dict[str, Any], target_changes: dict[str, Any]) -> None:
     assert image_tag(node_spec(**spec_changes), Target(**target_changes), SHA) == \
         image_tag(node_spec(), Target(), SHA)
+
+
+def test_a_refused_push_names_the_repository_the_create_command_and_the_role() -> None:
+    """A build whose push Artifact Registry refused (failure_info PUSH_FAILED, as the local Cloud
+    Build reports it: tests/localcloud/test_cloudbuild.py) fails naming what to check: the repository
+    may not exist, or the build's service account may not write to it."""
+    target = Target(project="my-project", region="europe-west1", repository="functions")
+    image = image_for(node_spec(), target, SHA)
+    build = cloudbuild_v1.Build(
+        id="b-1", status=cloudbuild_v1.Build.Status.FAILURE, log_url="http://logs/b-1",
+        status_detail=f'error pushing image "{image}": exit status 1',
+        failure_info=cloudbuild_v1.Build.FailureInfo(
+            type_=cloudbuild_v1.Build.FailureInfo.FailureType.PUSH_FAILED))
+    error = build_failed(build, node_spec(), image)
+    assert f'error pushing image "{image}"' in error.message and "http://logs/b-1" in error.message
+    assert error.hint is not None
+    assert "projects/my-project/locations/europe-west1/repositories/functions exists" in error.hint
+    assert ("gcloud artifacts repositories create functions --repository-format=docker "
+            "--location=europe-west1 --project=my-project") in error.hint
+    assert "roles/artifactregistry.writer" in error.hint and "cloudbuild.gserviceaccount.com" in error.hint
+
+    step_failed = cloudbuild_v1.Build(id="b-2", status=cloudbuild_v1.Build.Status.FAILURE,
+                                      status_detail='build step 0 "gcr.io/k8s-skaffold/pack" failed')
+    assert "repositories create" not in (build_failed(step_failed, node_spec(), image).hint or "")

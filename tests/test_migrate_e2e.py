@@ -130,6 +130,26 @@ def test_build_failure_stops_at_build_with_builders_message_and_deploys_nothing(
             name=f"projects/{target.project}/locations/{target.region}/services/{spec.name}")
 
 
+def test_missing_repository_fails_at_build_naming_it_and_the_create_command(
+        samples: dict[str, FunctionSpec], target: Target, cloud: Cloud, tmp_path: Path) -> None:
+    """Artifact Registry refuses a repository that does not exist (403 "... (or it may not
+    exist)"): the migration stops at the build step's first registry call, before any build is
+    submitted or anything deployed, and says to create the repository or grant the role."""
+    repository = f"never-created-{uuid.uuid4().hex[:6]}"
+    elsewhere = target.model_copy(update={"repository": repository})
+    spec = fresh_copy(samples["hello-python"], tmp_path)
+    result, run_counts = migrate(spec, elsewhere)
+    assert result.status == "failed"
+    assert result.failed_step == "build"
+    message = result.message or ""
+    assert (f'"projects/local-project/locations/us-central1/repositories/{repository}" '
+            "(or it may not exist)") in message
+    assert (f"gcloud artifacts repositories create {repository} --repository-format=docker "
+            "--location=us-central1 --project=local-project") in message
+    assert "roles/artifactregistry.writer" in message
+    assert run_counts[f"build[{spec.name}]"] == 1, "a refusal is not transient: not retried"
+    assert builds_of(cloud, elsewhere, spec.name) == []
+    assert not any(name.startswith(("deploy", "smoke")) for name in run_counts)
 
 
 def test_rerun_converges_after_the_service_was_deleted_by_hand(

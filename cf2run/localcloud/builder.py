@@ -33,6 +33,7 @@ from cf2run.localcloud.builder_common import (
     FunctionEnv,
     LanguagePack,
     Log,
+    PushFailed,
     Runner,
     version_matches,
     version_note,
@@ -50,7 +51,7 @@ from cf2run.localcloud.image import (
 from cf2run.localcloud.linktree import link_tree
 from cf2run.oci import ImageRef, Layer, RegistryClient
 
-__all__ = ["BuildCancelled", "BuildError", "build_function", "detect_language"]
+__all__ = ["BuildCancelled", "BuildError", "PushFailed", "build_function", "detect_language"]
 
 LABEL_BUILDPACK = "google.utils.label"
 
@@ -194,10 +195,14 @@ def _mount(registry: RegistryClient, ref: ImageRef, digest: str, source: str | N
 
 
 def _push(registry: RegistryClient, ref: ImageRef, config: bytes, layers: list[LayerFile]) -> str:
+    """Push the image; PushFailed with the registry's words as docker prints them (``denied: ...``:
+    distribution's errcode, lowercased, then the message) when the registry refuses it."""
     try:
         return registry.push_image(ref, config, [Layer(path=layer.path) for layer in layers])
     except RegistryError as error:
-        raise BuildError(f"pushing {ref} failed: {error.message}", hint=error.hint) from error
+        words = error.registry_message or error.message
+        denial = f"{error.code.lower().replace('_', ' ')}: {words}" if error.code else words
+        raise PushFailed(str(ref), denial, error.hint) from error
 
 
 def _top_level(source_dir: Path, excludes: frozenset[str]) -> Callable[[str, list[str]], set[str]]:

@@ -34,6 +34,16 @@ class BuildError(BuildFailed):
     """The function cannot be built; the message says why, as the buildpacks would."""
 
 
+class PushFailed(BuildError):
+    """The image was built, but the registry refused it; `denial` is the registry's own words
+    (as docker prints them: ``denied: Permission ...``)."""
+
+    def __init__(self, image: str, denial: str, hint: str | None) -> None:
+        self.image = image
+        self.denial = denial
+        super().__init__(f"pushing {image} failed: {denial}", hint=hint)
+
+
 class BuildCancelled(BuildError):
     """The build was stopped from outside (cancelled, timed out, shutting down)."""
 

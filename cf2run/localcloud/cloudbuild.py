@@ -44,7 +44,7 @@ from google.api_core import exceptions as gexc
 from google.cloud.devtools import cloudbuild_v1
 from google.longrunning import operations_pb2
 
-from cf2run.localcloud.builder import BuildCancelled, BuildError, build_function
+from cf2run.localcloud.builder import BuildCancelled, BuildError, PushFailed, build_function
 from cf2run.localcloud.cloudbuild_steps import (
     PACK_STEP,
     PackBuild,
@@ -61,7 +61,7 @@ from cf2run.localcloud.cloudbuild_steps import (
 from cf2run.localcloud.grpcapi import Method, RpcError, invalid, not_found, service_handler
 from cf2run.localcloud.operations import Operations
 from cf2run.localcloud.settings import FaultInjector, LocalCloudSettings
-from cf2run.oci import RegistryClient
+from cf2run.oci import ImageRef, RegistryClient
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,12 @@ class _Job:
     thread: threading.Thread | None = None
     timer: threading.Timer | None = None
     storage: StorageAccess | None = None
+    #: images a pack step built but the registry refused: pushed (and failing) in the PUSH phase
+    unpushed: dict[str, PushFailed] = field(default_factory=dict)
+
+
+class _PushError(Exception):
+    """Pushing one of the build's `images` failed: the build ends FAILURE with PUSH_FAILED."""
 
 
 class CloudBuildService:
@@ -258,6 +264,9 @@ class CloudBuildService:
                     self._lock.notify_all()
         except _Stopped:
             self._finish(job, job.stop_reason or Status.CANCELLED, job.stop_detail)
+        except _PushError as error:
+            self._finish(job, Status.FAILURE, str(error), cloudbuild_v1.Build.FailureInfo(
+                type_=cloudbuild_v1.Build.FailureInfo.FailureType.PUSH_FAILED, detail=str(error)))
         except (BuildError, StepNotSupported, SourceUnavailable) as error:
             message = error.message if isinstance(error, BuildError) else str(error)
             self._finish(job, Status.FAILURE, message)
@@ -387,9 +396,16 @@ class CloudBuildService:
             source_dir = (workspace / action.path).resolve()
             if not source_dir.is_relative_to(workspace.resolve()) or not source_dir.is_dir():
                 raise BuildError(f"--path {action.path!r} is not a directory of the source")
-        built[action.image] = build_function(
-            source_dir, action.env, action.image, self.registry, self.cache_dir,
-            lambda line: self._log(job, prefix + line), cancel=job.cancel)
+        try:
+            built[action.image] = build_function(
+                source_dir, action.env, action.image, self.registry, self.cache_dir,
+                lambda line: self._log(job, prefix + line), cancel=job.cancel)
+        except PushFailed as error:
+            # `pack build IMAGE` without --publish builds into the worker's Docker daemon and Cloud
+            # Build pushes `images` after the steps (REFERENCE §1): the step succeeded, the push fails.
+            self._log(job, f"{prefix}Successfully built image '{action.image}'")
+            job.unpushed[action.image] = error
+            built[action.image] = ""
 
     def _push(self, job: _Job, built: dict[str, str]) -> None:
         images = list(job.build.images)
@@ -406,6 +422,13 @@ class CloudBuildService:
                 raise BuildError(f"failed to push {image}: no build step built this image "
                                  f"(pack build steps built: {', '.join(built) or 'none'})")
             self._log(job, f"Pushing {image}")
+            refused = job.unpushed.get(image)
+            if refused is not None:
+                # Cloud Build's log and detail for a refused push (google/oss-fuzz#2217).
+                self._log(job, f"The push refers to repository [{ImageRef.parse(image).name}]")
+                self._log(job, refused.denial)
+                self._log(job, "ERROR: failed to push because we ran out of retries.")
+                raise _PushError(f'error pushing image "{image}": exit status 1')
             self._log(job, f"{image}: digest: {digest}")
             results.images.append(cloudbuild_v1.BuiltImage(
                 name=image, digest=digest,
@@ -415,7 +438,8 @@ class CloudBuildService:
             if images:
                 job.build.timing["PUSH"] = cloudbuild_v1.TimeSpan(start_time=started, end_time=_now())
 
-    def _finish(self, job: _Job, status: int, detail: str) -> None:
+    def _finish(self, job: _Job, status: int, detail: str,
+                failure: cloudbuild_v1.Build.FailureInfo | None = None) -> None:
         if job.timer is not None:
             job.timer.cancel()
         if status in (Status.FAILURE, Status.INTERNAL_ERROR):
@@ -429,6 +453,8 @@ class CloudBuildService:
             build = job.build
             build.status = status
             build.status_detail = detail
+            if failure is not None:
+                build.failure_info = failure
             build.finish_time = _now()
             if "start_time" in build:
                 build.timing["BUILD"] = cloudbuild_v1.TimeSpan(start_time=build.start_time,

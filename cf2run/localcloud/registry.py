@@ -26,6 +26,12 @@ Two parts, kept apart (as fake-gcs-server keeps its transport from its backend):
   and an OAuth access token) answers ``{"token", "access_token", "expires_in"}``. A token opens
   the repositories of its scopes only, until it expires; a token that does not (any more) gets
   401 with ``error="invalid_token"`` or ``error="insufficient_scope"``, as distribution answers.
+
+- Repositories (only with ``RegistryServer(repositories=...)``; the LocalCloud's registry has
+  them): as on Artifact Registry, an image goes only into a repository created beforehand
+  (`cf2run.localcloud.repositories`). The token endpoint and every ``/v2/NAME/...`` call for a
+  repository that does not exist answer 403 ``DENIED`` with Google's text; the location is the
+  one the request's ``Host`` names (``LOCATION-docker.pkg.dev``; any location for a bare address).
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from cf2run.localcloud.repositories import DockerRepositories, denied_message
 from cf2run.localcloud.settings import FAULT_HTTP_STATUS, FaultInjector
 from cf2run.oci import (
     DIGEST_RE,
@@ -61,6 +68,7 @@ from cf2run.oci import (
     OCI_MANIFEST,
     REPOSITORY_RE,
     TAG_RE,
+    ArtifactRepository,
 )
 
 log = logging.getLogger(__name__)
@@ -375,8 +383,25 @@ class _RequestHandler(BaseHTTPRequestHandler):
                 self._authorize(tokens, _check_name(groups["name"]) if "name" in groups else "", method)
             self._check_fault(verb)
             name = _check_name(groups["name"]) if "name" in groups else ""
+            if name:
+                self.check_repository(name, push=method not in ("GET", "HEAD"))
             return handler(self, name, groups.get("ref", ""))
         raise ApiError(404, "NOT_FOUND", f"no such endpoint: {path}")
+
+    def check_repository(self, name: str, push: bool) -> None:
+        """403 DENIED, as Artifact Registry answers, when image `name`'s repository does not exist
+        (in the location the request's Host names); nothing when the server does not check."""
+        repositories = self.server.repositories
+        if repositories is None:
+            return
+        repository = ArtifactRepository.of(self.headers.get("Host", ""), name)
+        if repository is not None and repositories.exists(repository.project, repository.repository,
+                                                          repository.location):
+            return
+        # Google's body has the one error and no detail (go-containerregistry prints "DENIED: "
+        # and the message alone: GoogleContainerTools/skaffold#6743).
+        raise ApiError(403, "DENIED", denied_message(
+            repository or ArtifactRepository(project=name, repository="-", location=None), push))
 
     def _check_fault(self, verb: str) -> None:
         fault = self.server.faults.check(f"Registry.{verb}")
@@ -498,6 +523,11 @@ def _token(req: _RequestHandler, tokens: TokenAuth) -> Response:
     if token is None:
         raise ApiError(401, "UNAUTHORIZED", "invalid username or password",
                        headers={"WWW-Authenticate": f'Basic realm="{req.server.address}"'})
+    for scope in scopes:  # Artifact Registry refuses a token for a repository that does not exist
+        kind, _, rest = scope.partition(":")
+        name, _, actions = rest.rpartition(":")
+        if kind == "repository" and name:
+            req.check_repository(name, push="push" in actions.split(","))
     return _json_response(200, {"token": token, "access_token": token,
                                 "expires_in": max(1, round(tokens.ttl))})
 
@@ -675,10 +705,11 @@ class _HTTPServer(ThreadingHTTPServer):
     request_queue_size = 128
 
     def __init__(self, port: int, store: BlobStore, faults: FaultInjector,
-                 tokens: TokenAuth | None = None) -> None:
+                 tokens: TokenAuth | None = None, repositories: DockerRepositories | None = None) -> None:
         self.store = store
         self.faults = faults
         self.tokens = tokens
+        self.repositories = repositories
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
         super().__init__(("127.0.0.1", port), _RequestHandler)
@@ -713,12 +744,16 @@ class RegistryServer:
 
     With `auth` (``auth(username, password)`` decides a token request's Basic credentials), it
     wants Bearer tokens as Artifact Registry does; tokens live `token_ttl` seconds. Without, open.
+    With `repositories`, images go only into repositories created there (403 DENIED for the
+    rest, as Artifact Registry answers); without, into any.
     """
 
     def __init__(self, state_dir: Path, faults: FaultInjector, port: int = 0, *,
-                 auth: Callable[[str, str], bool] | None = None, token_ttl: float = 300.0) -> None:
+                 auth: Callable[[str, str], bool] | None = None, token_ttl: float = 300.0,
+                 repositories: DockerRepositories | None = None) -> None:
         self.store = BlobStore(Path(state_dir))
         self.tokens = TokenAuth(auth, token_ttl) if auth is not None else None
+        self.repositories = repositories
         self._faults = faults
         self._fixed_port = port
         self._port = port
@@ -730,11 +765,11 @@ class RegistryServer:
         if self._server is not None:
             return
         try:
-            self._server = _HTTPServer(self._port, self.store, self._faults, self.tokens)
+            self._server = _HTTPServer(self._port, self.store, self._faults, self.tokens, self.repositories)
         except OSError:
             if not self._port or self._fixed_port:
                 raise
-            self._server = _HTTPServer(0, self.store, self._faults, self.tokens)
+            self._server = _HTTPServer(0, self.store, self._faults, self.tokens, self.repositories)
         self._port = int(self._server.server_address[1])
         self._thread = threading.Thread(target=self._server.serve_forever, name="localcloud-registry",
                                         kwargs={"poll_interval": 0.2}, daemon=True)

@@ -30,6 +30,7 @@ from cf2run.localcloud.grpcapi import serve
 from cf2run.localcloud.grpcauth import RequireAccessToken
 from cf2run.localcloud.metadata import CLOUD_PLATFORM_SCOPE, MetadataServer, TokenAuthority
 from cf2run.localcloud.registry import RegistryServer
+from cf2run.localcloud.repositories import DEFAULT_REPOSITORY, DockerRepositories
 from cf2run.localcloud.router import Router
 from cf2run.localcloud.runtime import Runtime
 from cf2run.localcloud.settings import FaultInjector, LocalCloudSettings
@@ -84,9 +85,13 @@ class LocalCloud:
 
         # Artifact Registry's token exchange takes an OAuth access token as the Basic password of
         # user oauth2accesstoken (https://cloud.google.com/artifact-registry/docs/docker/authentication).
+        # Images go only into repositories that exist, as there: the default target's is created.
+        self.repositories = DockerRepositories.of(state)
+        self.repositories.ensure(*DEFAULT_REPOSITORY)
         registry = RegistryServer(
             state / "registry", self.faults, port=previous.get("registry", 0),
-            auth=lambda user, password: user == "oauth2accesstoken" and not bearer_error(password, tokens))
+            auth=lambda user, password: user == "oauth2accesstoken" and not bearer_error(password, tokens),
+            repositories=self.repositories)
         registry.start()
         stack.callback(registry.stop)
         # Cloud Build pushes and Cloud Run pulls as Google's own service agents do: with a token.
@@ -125,6 +130,13 @@ class LocalCloud:
             metadata=metadata.url, accounts=accounts.url,
             credentials=str(self.accounts.default_key_file()))
         self._endpoints.write(state)  # kept after close: a restart reuses its ports
+
+    def create_repository(self, repository: str, project: str = DEFAULT_REPOSITORY[0],
+                          location: str = DEFAULT_REPOSITORY[1]) -> str:
+        """Create an Artifact Registry Docker repository, as `gcloud artifacts repositories create
+        REPOSITORY --repository-format=docker --location=LOCATION --project=PROJECT` does; returns
+        its resource name (RepositoryExists, InvalidRepository as `DockerRepositories.create`)."""
+        return DockerRepositories.of(self.state_dir).create(project, location, repository)
 
     def id_token(self, audience: str) -> str:
         """An ID token for a private local service (audience = its URL or a tag URL)."""

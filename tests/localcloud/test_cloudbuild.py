@@ -59,6 +59,13 @@ class Stack:
     storage_url: str
 
 
+@pytest.fixture(scope="module", autouse=True)
+def functions_repository(localcloud: LocalCloud) -> None:
+    """The repository the builds push into, created first as a user would (Artifact Registry
+    takes images only into a repository that exists)."""
+    localcloud.create_repository("functions", project=PROJECT, location=REGION)
+
+
 @pytest.fixture
 def cb(localcloud: LocalCloud, cloud: Cloud, knobs: LocalCloudSettings) -> Stack:
     """The session's local cloud seen from Cloud Build's side; knobs put back after the test."""
@@ -274,6 +281,23 @@ def test_undefined_target_fails_with_the_builders_message(cb: Stack, python_sour
     assert expected in build_log(cb, build)
     assert not build.results.images
     assert cb.registry.head_manifest(ImageRef.parse(image_name("bad-target"))) is None
+
+
+def test_push_to_a_missing_repository_fails_the_build_as_push_failed(cb: Stack, python_source: Path) -> None:
+    """Cloud Build pushes `images` after the steps; Artifact Registry refuses a repository that does
+    not exist, so the steps succeed and the build fails in PUSH with failure_info PUSH_FAILED."""
+    image = f"{REGION}-docker.pkg.dev/{PROJECT}/no-such-repository/fn:v1"
+    result = finished(cb, submit(cb, pack_build(upload_source(cb.storage, python_source), image, HELLO)))
+    assert result.status == Status.FAILURE
+    assert result.failure_info.type_ == cloudbuild_v1.Build.FailureInfo.FailureType.PUSH_FAILED
+    assert result.status_detail == f'error pushing image "{image}": exit status 1'
+    assert [s.status for s in result.steps] == [Status.SUCCESS, Status.SUCCESS]
+    log = build_log(cb, result)
+    resource = f"projects/{PROJECT}/locations/{REGION}/repositories/no-such-repository"
+    assert ('denied: Permission "artifactregistry.repositories.uploadArtifacts" denied on resource '
+            f'"{resource}" (or it may not exist)') in log
+    assert "ERROR: failed to push because we ran out of retries." in log
+    assert not result.results.images
 
 
 def test_unsupported_step_fails_naming_it(cb: Stack, python_source: Path) -> None:

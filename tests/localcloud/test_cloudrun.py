@@ -28,6 +28,7 @@ from google.cloud import run_v2
 from google.iam.v1 import iam_policy_pb2, policy_pb2
 
 from cf2run.cloud import Cloud
+from cf2run.localcloud.repositories import RepositoryExists
 from cf2run.localcloud.server import LocalCloud
 from cf2run.localcloud.settings import Fault, LocalCloudSettings
 from cf2run.oci import ImageRef, Layer, RegistryClient
@@ -86,6 +87,8 @@ class Env:
 
 
 def env_of(localcloud: LocalCloud, clients: Cloud | None = None) -> Env:
+    with contextlib.suppress(RepositoryExists):  # where push_app pushes: created first, as a user would
+        localcloud.create_repository("apps")
     clients = clients or Cloud.local(localcloud.endpoints)
     return Env(clients.services, clients.revisions, localcloud.settings,
                clients.registry, localcloud.id_token, localcloud.logs)
