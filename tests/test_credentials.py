@@ -1,10 +1,9 @@
 """Every credential type a user has, for every call the pipeline makes (issue 14 §1).
 
-The local cloud authenticates as Google does (cf2run/localcloud/accounts.py, grpcauth.py): google-auth's
-own classes refresh against its OAuth token endpoint, STS and IAM Credentials; Cloud Build and Cloud Run
-refuse calls without a valid cloud-platform access token, the registry's token exchange wants one, and a
-private Cloud Run URL wants an ID token. Cloud Storage is the exception: fake-gcs-server accepts any
-token, so for storage these tests show that the credentials refresh and are sent, not that they are checked.
+The local cloud authenticates as Google does (cf2run/localcloud/accounts.py, grpcauth.py, storage.py):
+google-auth's own classes refresh against its OAuth token endpoint, STS and IAM Credentials; Cloud
+Storage's front end, Cloud Build and Cloud Run refuse calls without a valid access token, the registry's
+token exchange wants one, and a private Cloud Run URL wants an ID token.
 """
 
 from __future__ import annotations
@@ -163,6 +162,26 @@ def test_the_local_apis_refuse_calls_as_google_does(localcloud: LocalCloud) -> N
     with pytest.raises(api_exceptions.PermissionDenied) as scoped:
         narrow.services.get_service(name=f"{PARENT}/services/anything")
     assert scoped.value.message == INSUFFICIENT_SCOPES
+
+
+def test_cloud_storage_refuses_calls_as_google_does(localcloud: LocalCloud) -> None:
+    """The JSON API's answers, as a client sees them on the wire (the official client would try to
+    refresh these credentials on a 401 first)."""
+    def listing(token: str | None) -> tuple[int, str]:
+        answer = httpx.get(f"{localcloud.endpoints.storage}/storage/v1/b/any-bucket/o", timeout=30,
+                           headers={"Authorization": f"Bearer {token}"} if token else {})
+        return answer.status_code, answer.json()["error"]["message"] if answer.status_code >= 400 else ""
+
+    status, message = listing(None)
+    assert status == 401 and message.startswith(
+        "Anonymous caller does not have storage.objects.list access to the Google Cloud Storage bucket.")
+    tokens = localcloud.accounts.tokens
+    expired, _ = tokens.mint_access(USER, [CLOUD_PLATFORM], lifetime_s=-1)
+    assert listing(expired) == (401, "Invalid Credentials")
+    narrow, _ = tokens.mint_access(USER, ["https://www.googleapis.com/auth/userinfo.email"])
+    assert listing(narrow) == (403, "Request had insufficient authentication scopes.")
+    read_only, _ = tokens.mint_access(USER, ["https://www.googleapis.com/auth/devstorage.read_only"])
+    assert listing(read_only)[0] == 404  # through to fake-gcs-server: there is no such bucket
 
 
 def test_credentials_that_cannot_get_an_id_token_are_named_before_anything_changes(

@@ -34,7 +34,7 @@ from cf2run.localcloud.repositories import DEFAULT_REPOSITORY, DockerRepositorie
 from cf2run.localcloud.router import Router
 from cf2run.localcloud.runtime import Runtime
 from cf2run.localcloud.settings import FaultInjector, LocalCloudSettings
-from cf2run.localcloud.storage import StorageServer
+from cf2run.localcloud.storage import StorageFront, StorageServer
 from cf2run.oci import RegistryClient, basic_access_token
 
 log = logging.getLogger(__name__)
@@ -73,11 +73,17 @@ class LocalCloud:
 
     def _start(self, previous: dict[str, int]) -> None:
         stack, state = self._stack, self.state_dir
-        storage = StorageServer(state / "storage", port=previous.get("storage", 0))
-        storage.start()
-        stack.callback(storage.stop)
 
         tokens = TokenAuthority(state)
+        # Callers reach Cloud Storage through its front end (credentials checked); the local Cloud
+        # Build, like Google's service agents, talks to fake-gcs-server directly.
+        storage_front = StorageFront(tokens, port=previous.get("storage", 0))
+        storage_front.start()
+        stack.callback(storage_front.stop)
+        storage = StorageServer(state / "storage", external_url=storage_front.url)
+        storage.start()
+        stack.callback(storage.stop)
+        storage_front.backend = f"127.0.0.1:{storage.port}"
         self.accounts = Accounts(state, tokens)
         accounts = AccountsServer(self.accounts, port=previous.get("accounts", 0))
         accounts.start()
@@ -125,7 +131,7 @@ class LocalCloud:
         self.cloudrun.restore()
 
         self._endpoints = Endpoints(
-            storage=storage.url, registry=registry.address,
+            storage=storage_front.url, registry=registry.address,
             cloudbuild=f"127.0.0.1:{build_port}", cloudrun=f"127.0.0.1:{run_port}",
             metadata=metadata.url, accounts=accounts.url,
             credentials=str(self.accounts.default_key_file()))

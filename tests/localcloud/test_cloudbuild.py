@@ -71,7 +71,7 @@ def cb(localcloud: LocalCloud, cloud: Cloud, knobs: LocalCloudSettings) -> Stack
     """The session's local cloud seen from Cloud Build's side; knobs put back after the test."""
     return Stack(settings=knobs, service=localcloud.cloudbuild, builds=cloud.builds,
                  storage=cloud.storage, registry=cloud.registry,
-                 state_dir=localcloud.state_dir / "cloudbuild", storage_url=localcloud.endpoints.storage)
+                 state_dir=localcloud.state_dir / "cloudbuild", storage_url=localcloud.cloudbuild.storage_url)
 
 
 @pytest.fixture(scope="module")

@@ -41,7 +41,7 @@ def hello(run: Env) -> str:
 def cb(localcloud: LocalCloud, cloud: Cloud, knobs: LocalCloudSettings) -> Stack:
     return Stack(settings=knobs, service=localcloud.cloudbuild, builds=cloud.builds,
                  storage=cloud.storage, registry=cloud.registry,
-                 state_dir=localcloud.state_dir / "cloudbuild", storage_url=localcloud.endpoints.storage)
+                 state_dir=localcloud.state_dir / "cloudbuild", storage_url=localcloud.cloudbuild.storage_url)
 
 
 # -- REQUIRED --------------------------------------------------------------------------------
