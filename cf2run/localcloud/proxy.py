@@ -71,11 +71,16 @@ class ProxyHandler(QuietHandler):
             headers.append(("Connection", "close"))
         self.send_body(status, body.encode(), content_type, headers)
 
-    def forward(self, address: str, timeout_s: float, headers: list[tuple[str, str]],
-               body: bytes | None) -> None:
+    def forward(self, address: str, timeout_s: float, headers: list[tuple[str, str]]) -> None:
+        """Send the request (its body read here) to `address`, relay the answer; 400 for a body
+        that cannot be read, 502/503/504 when the backend fails."""
         try:
-            conn, response = self.pool.send(address, timeout_s, self.command, self.path,
-                                                    headers, body)
+            body = self.read_body()
+        except ValueError as exc:
+            self.fail(400, f"Bad Request: {exc}\n")
+            return
+        try:
+            conn, response = self.pool.send(address, timeout_s, self.command, self.path, headers, body)
         except ConnectionRefusedError:
             self.fail(503, f"Service Unavailable: {self.backend} at {address} refused the connection.\n")
             return

@@ -168,12 +168,7 @@ class _ServiceHandler(ProxyHandler):
         if address is None:
             self.fail(503, "Service Unavailable: no revision of this service is ready to serve.\n")
             return
-        try:
-            body = self.read_body()
-        except ValueError as exc:
-            self.fail(400, f"Bad Request: {exc}\n")
-            return
-        self.forward(address, route.timeout_s, forwarded, body)
+        self.forward(address, route.timeout_s, forwarded)
 
     do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = handle_any
 

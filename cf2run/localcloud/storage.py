@@ -235,11 +235,6 @@ class _StorageHandler(ProxyHandler):
             body = refusal(refused[0], bool(token), self.command, self.path.split("?", 1)[0])
             self.fail(refused[0], json.dumps(body), "application/json; charset=UTF-8")
             return
-        try:
-            body_bytes = self.read_body()
-        except ValueError as exc:
-            self.fail(400, f"Bad Request: {exc}\n")
-            return
-        self.forward(self.front.backend, 300.0, self.forwarded_headers(), body_bytes)
+        self.forward(self.front.backend, 300.0, self.forwarded_headers())
 
     do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = handle_any
