@@ -188,10 +188,8 @@ class Cloud:
 
     @functools.cached_property
     def storage(self) -> StorageClient:
-        if self.endpoints is None:
-            return StorageClient(project=self.project, credentials=self.credentials)
-        return StorageClient(project=self.project, credentials=self.credentials,
-                             client_options=ClientOptions(api_endpoint=self.endpoints.storage))
+        local = ClientOptions(api_endpoint=self.endpoints.storage) if self.endpoints else None
+        return StorageClient(project=self.project, credentials=self.credentials, client_options=local)
 
     @functools.cached_property
     def builds(self) -> cloudbuild_v1.CloudBuildClient:
