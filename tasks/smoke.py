@@ -200,8 +200,7 @@ def smoke(cloud: Cloud, spec: FunctionSpec, target: Target, deployment: Deployme
     request, any_2xx = request_for(spec, target)
     event = f" with a {request.headers.get('ce-type')} event" if spec.trigger else ""
     try:
-        result = run_smoke(url, request, token, public=False,
-                           any_2xx=any_2xx, log=logger.info)
+        result = run_smoke(url, request, token, any_2xx=any_2xx, log=logger.info)
     except SmokeRefused as refused:
         ingress = internal_ingress(cloud, deployment.service)
         if ingress is None:  # a function that answers such a page itself: an ordinary failure
