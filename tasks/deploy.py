@@ -276,10 +276,11 @@ def _deploy_once(cloud: Cloud, spec: FunctionSpec, target: Target, image: Verifi
     try:
         final = _write(cloud, target, spec.name, wanted, existing, logger)
     except DeployFailed as error:
-        if not previous:
+        if existing is None or not previous:
             raise
+        restored = _restore(cloud, name, existing, logger)
         raise DeployFailed(f"{error.message}; the traffic never moved: {', '.join(previous)} keep(s) "
-                           "serving it", hint=error.hint) from error
+                           f"serving it; {restored}", hint=error.hint) from error
     url = tag_url(final, tag) if tag is not None else None
     if tag is not None and url is None:
         raise DeployFailed(f"deploy_service: {name} is Ready but its traffic tag {tag!r} has no URL",
@@ -287,6 +288,28 @@ def _deploy_once(cloud: Cloud, spec: FunctionSpec, target: Target, image: Verifi
     return Deployment(service=name, revision=revision, digest=image.digest, url=final.uri,
                       changed=True, created=existing is None, tag=tag, candidate_url=url,
                       previous=previous)
+
+
+def _restore(cloud: Cloud, name: str, before: run_v2.Service, logger: Log) -> str:
+    """Put a service whose candidate never got Ready back as it was `before` the deploy (its template
+    names the revision that serves, so Cloud Run reuses it: no new revision), so no failed candidate
+    keeps a tag and the service is Ready again. Says what became of it; never raises."""
+    try:
+        current = get_service(cloud.services, name)
+        if current is None:
+            return "the service is gone"
+        update = run_v2.Service(before)
+        update.etag = current.etag
+        cloud_run_write()
+        with api_step(f"UpdateService {name} (restore)"):
+            operation = cloud.services.update_service(service=update)
+        final = wait_for(operation, cloud, name, before.template.revision)
+    except Exception as error:  # a report of what could not be undone, never a second failure
+        logger.warning("could not put %s back as it was before the failed candidate: %s", name, error)
+        return f"the failed candidate could not be removed ({error}); run the migration again"
+    state = "Ready" if final.terminal_condition.state == SUCCEEDED else "not Ready"
+    logger.info("%s is back as it was before the failed candidate (%s)", name, state)
+    return f"the failed candidate was removed and the service is back as it was ({state})"
 
 
 def _write(cloud: Cloud, target: Target, service_id: str, wanted: run_v2.Service,

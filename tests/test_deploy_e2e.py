@@ -219,6 +219,13 @@ def test_a_candidate_that_never_gets_ready_leaves_the_serving_revision_untouched
                Target(), verified)
     assert f"the traffic never moved: {first.revision} keep(s) serving it" in str(raised.value)
     assert served_text(cloud, first.url) == f"hi from {first.revision}\n"
+    # No failed candidate is left behind: no tag, the template back on the serving revision (reused,
+    # not made again), the service Ready (issue 18: it showed Ready=False with a `candidate` tag).
+    service = cloud.services.get_service(name=first.service)
+    assert [t.tag for t in service.traffic if t.tag] == []
+    assert service.template.revision == first.revision
+    assert service.terminal_condition.state == run_v2.Condition.State.CONDITION_SUCCEEDED
+    assert "the failed candidate was removed" in str(raised.value)
 
 
 def set_outside_cf2run(cloud: Cloud, service_name: str) -> run_v2.Service:
