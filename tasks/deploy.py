@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 from google.api_core import exceptions as api_exceptions
 from google.api_core import operation as lro
@@ -75,6 +75,7 @@ FAILED = run_v2.Condition.State.CONDITION_FAILED
 LATEST = run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 # -- the service we want (pure) ------------------------------------------------------------------
@@ -233,22 +234,25 @@ def get_service(services: run_v2.ServicesClient, name: str, step: str = "deploy_
             return None
 
 
-def deploy(cloud: Cloud, spec: FunctionSpec, target: Target, image: VerifiedImage,
-           source_sha256: str | None = None, logger: Log = log) -> Deployment:
-    """Bring the service to run `service_for(...)`: create it, add a candidate, or nothing.
-
-    The update carries the etag it was read with; when the service changed meanwhile, Cloud Run
-    answers ABORTED (AIP-154, google.aip.dev/154) and the whole read-modify-write is done again
-    on the fresh service (ETAG_ATTEMPTS times at most).
-    """
+def again_on_aborted(once: Callable[[], T], what: str, logger: Log) -> T:
+    """`once()`, a read-modify-write that sends the etag it read, done again from the read when the
+    resource changed meanwhile (Cloud Run and IAM answer ABORTED: AIP-154, google.aip.dev/154),
+    ETAG_ATTEMPTS times at most; then a TransientError (Prefect retries the step)."""
     for attempt in range(1, ETAG_ATTEMPTS + 1):
         try:
-            return _deploy_once(cloud, spec, target, image, source_sha256, logger)
+            return once()
         except api_exceptions.Aborted as error:
-            logger.warning("%s changed while it was being deployed (attempt %d): %s", spec.name,
-                           attempt, error.message)
-    raise TransientError(f"deploy_service: {spec.name} kept changing while it was being deployed "
-                         f"({ETAG_ATTEMPTS} attempts)", hint="run it again")
+            logger.warning("%s: changed meanwhile (attempt %d of %d): %s", what, attempt, ETAG_ATTEMPTS,
+                           error.message)
+    raise TransientError(f"{what}: kept changing ({ETAG_ATTEMPTS} attempts)", hint="run it again")
+
+
+def deploy(cloud: Cloud, spec: FunctionSpec, target: Target, image: VerifiedImage,
+           source_sha256: str | None = None, logger: Log = log) -> Deployment:
+    """Bring the service to run `service_for(...)`: create it, add a candidate, or nothing; done
+    again on a stale etag (`again_on_aborted`)."""
+    return again_on_aborted(lambda: _deploy_once(cloud, spec, target, image, source_sha256, logger),
+                            f"deploy_service: {spec.name}", logger)
 
 
 def _deploy_once(cloud: Cloud, spec: FunctionSpec, target: Target, image: VerifiedImage,
@@ -419,49 +423,46 @@ def with_public_binding(policy: policy_pb2.Policy) -> policy_pb2.Policy:
     return updated
 
 
+#: What to check when a service cannot be made public.
+PUBLIC_HINT = ("the credentials need run.services.setIamPolicy on the service (roles/run.admin), and an "
+               "organization policy may forbid allUsers (constraints/iam.allowedPolicyMemberDomains); "
+               "or make it public yourself: gcloud run services add-iam-policy-binding SERVICE "
+               f"--member={ALL_USERS} --role={INVOKER_ROLE}")
+
+
 def ensure_invoker(services: run_v2.ServicesClient, service: str, public: bool, logger: Log) -> bool | None:
     """Public services get ``allUsers`` -> ``roles/run.invoker`` (once); private ones are never opened.
 
-    Returns whether allUsers may invoke the service afterwards (None when the policy could not
-    be read). As gcloud does, a failure here is a warning, not a failed deploy. A binding that
-    is already there on a service the spec calls private is reported, not removed.
+    Returns whether allUsers may invoke the service afterwards. A public service that cannot be
+    made public fails the step (transient errors are retried; others say what to check): a
+    migration is not done while its service refuses the public. For a private service a binding
+    that is already there is reported, not removed (None: the policy could not be read).
     """
-    command = (f"gcloud run services add-iam-policy-binding {short_name(service)} "
-               f"--member={ALL_USERS} --role={INVOKER_ROLE}")
+    if public:
+        def make_public() -> None:
+            policy = read_policy(services, service)
+            if has_public_binding(policy):
+                return
+            cloud_run_write()
+            services.set_iam_policy(request={"resource": service, "policy": with_public_binding(policy)})
+            logger.info("%s is public: %s may invoke it", service, ALL_USERS)
+
+        with api_step(f"making {short_name(service)} public (SetIamPolicy)", hint=PUBLIC_HINT,
+                      step="promote"):
+            again_on_aborted(make_public, f"SetIamPolicy {service}", logger)
+        return True
     try:
         policy = read_policy(services, service)
-        if not public:
-            if has_public_binding(policy):
-                logger.warning("%s is public (allUsers may invoke it) but the spec says "
-                               "allow_unauthenticated: false; cf2run does not remove bindings: run "
-                               "`gcloud run services remove-iam-policy-binding %s --member=%s --role=%s` "
-                               "to make it private", service, short_name(service), ALL_USERS, INVOKER_ROLE)
-                return True
-            return False
-        attempt = 1
-        while not has_public_binding(policy):
-            cloud_run_write()
-            try:
-                services.set_iam_policy(request={"resource": service,
-                                                 "policy": with_public_binding(policy)})
-            except api_exceptions.Aborted as error:  # "There were concurrent policy changes."
-                if attempt == ETAG_ATTEMPTS:
-                    raise
-                attempt += 1
-                logger.warning("the IAM policy of %s changed meanwhile (%s); reading it again",
-                               service, error.message)
-                policy = read_policy(services, service)
-                continue
-            logger.info("%s is public: %s may invoke it", service, ALL_USERS)
-            break
-        return True
     except api_exceptions.GoogleAPICallError as error:
-        if public:
-            logger.warning("could not make %s public (%s); it is deployed but answers 403 without a "
-                           "token. Run `%s`", service, error.message or error, command)
-            return False
         logger.warning("could not read the IAM policy of %s (%s)", service, error.message or error)
         return None
+    if has_public_binding(policy):
+        logger.warning("%s is public (allUsers may invoke it) but the spec says allow_unauthenticated: "
+                       "false; cf2run does not remove bindings: run `gcloud run services "
+                       "remove-iam-policy-binding %s --member=%s --role=%s` to make it private",
+                       service, short_name(service), ALL_USERS, INVOKER_ROLE)
+        return True
+    return False
 
 
 # -- the Prefect task ------------------------------------------------------------------------------

@@ -5,8 +5,9 @@
   the manifest's ingress (a service setting: the candidate ran under the one the service had,
   tasks/deploy.py; an ingress-only change is an update of its own). Then, and only then, a service the spec
   makes public gets its ``allUsers`` invoker binding: nobody outside could reach a revision
-  before it passed its smoke test. The promoted revision is added to the history that
-  `cf2run rollback` reads (cf2run/traffic.py).
+  before it passed its smoke test. The step is done only when the binding is there (a failure
+  fails it: retried when transient) and the URL answers a caller without a token. The promoted
+  revision is added to the history that `cf2run rollback` reads (cf2run/traffic.py).
 - `discard`: the candidate failed its smoke test; its tag goes, and the revisions that served
   keep all the traffic (they never lost any).
 
@@ -19,22 +20,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from google.api_core import exceptions as api_exceptions
 from google.cloud import run_v2
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from cf2run import mapping
 from cf2run.cloud import Cloud
-from cf2run.errors import DeployFailed, TransientError
+from cf2run.errors import DeployFailed
 from cf2run.quotas import cloud_run_write
 from cf2run.results import Deployment, TrafficChange
 from cf2run.spec import FunctionSpec, Target
 from cf2run.traffic import all_to, candidate_tag, same_traffic, serving, with_promoted, without_tag
 from tasks.deploy import (
-    ETAG_ATTEMPTS,
     SUCCEEDED,
     Log,
+    again_on_aborted,
     api_step,
     ensure_invoker,
     get_service,
@@ -42,6 +42,7 @@ from tasks.deploy import (
     wait_for,
 )
 from tasks.policy import RETRIES
+from tasks.smoke import IAM_PROPAGATION_STATUSES, answers_without_token
 
 #: What a traffic change wants: (traffic, annotations), or None when nothing has to change.
 Change = Callable[[run_v2.Service], tuple[list[run_v2.TrafficTarget], dict[str, str]] | None]
@@ -50,46 +51,43 @@ Change = Callable[[run_v2.Service], tuple[list[run_v2.TrafficTarget], dict[str, 
 def move_traffic(cloud: Cloud, name: str, change: Change, step: str, logger: Log = log,
                  ingress: run_v2.IngressTraffic | None = None) -> TrafficChange:
     """Read the service, apply `change` (and `ingress`, when given), UpdateService with the etag
-    read; again on ABORTED."""
-    for attempt in range(1, ETAG_ATTEMPTS + 1):
-        current = get_service(cloud.services, name, step)
-        if current is None:
-            raise DeployFailed(f"{step}: service {name} does not exist",
-                               hint="check the service name, project and region (or migrate it first)")
-        before = serving(current)
-        wanted = change(current)
-        new_ingress = ingress is not None and ingress != current.ingress
-        if wanted is None and not new_ingress:
-            return TrafficChange(service=name, url=current.uri, serving=before, previous=before,
-                                 changed=False)
-        update = run_v2.Service(current)
-        if wanted is not None:
-            update.traffic, update.annotations = wanted
-        if new_ingress:
-            assert ingress is not None
-            logger.info("%s: ingress of %s becomes %s (was %s)", step, name, ingress.name,
-                        run_v2.IngressTraffic(current.ingress).name)
-            update.ingress = ingress
-        target = update.traffic[0].revision if update.traffic else ""
-        cloud_run_write()
-        try:
-            with api_step(f"UpdateService {name} (traffic)", step=step):
-                operation = cloud.services.update_service(service=update)
-        except api_exceptions.Aborted as error:  # the etag is stale: someone changed it meanwhile
-            logger.warning("%s changed while %s was moving its traffic (attempt %d): %s", name, step,
-                           attempt, error.message)
-            continue
-        final = wait_for(operation, cloud, name, target, step)
-        if final.terminal_condition.state != SUCCEEDED:
-            raise DeployFailed(f"{step}: {name} is not Ready after moving its traffic: "
-                               f"{final.terminal_condition.message or 'no reason given'}",
-                               hint="check the service's revisions in the Cloud Run console")
-        after = serving(final)
-        logger.info("%s: traffic of %s now on %s (was %s)", step, name, ", ".join(after),
-                    ", ".join(before) or "nothing")
-        return TrafficChange(service=name, url=final.uri, serving=after, previous=before, changed=True)
-    raise TransientError(f"{step}: {name} kept changing while its traffic was moved "
-                         f"({ETAG_ATTEMPTS} attempts)", hint="run it again")
+    read; again on ABORTED (`again_on_aborted`)."""
+    return again_on_aborted(lambda: _move_once(cloud, name, change, step, logger, ingress),
+                            f"{step}: {name}", logger)
+
+
+def _move_once(cloud: Cloud, name: str, change: Change, step: str, logger: Log,
+               ingress: run_v2.IngressTraffic | None) -> TrafficChange:
+    current = get_service(cloud.services, name, step)
+    if current is None:
+        raise DeployFailed(f"{step}: service {name} does not exist",
+                           hint="check the service name, project and region (or migrate it first)")
+    before = serving(current)
+    wanted = change(current)
+    new_ingress = ingress is not None and ingress != current.ingress
+    if wanted is None and not new_ingress:
+        return TrafficChange(service=name, url=current.uri, serving=before, previous=before, changed=False)
+    update = run_v2.Service(current)
+    if wanted is not None:
+        update.traffic, update.annotations = wanted
+    if new_ingress:
+        assert ingress is not None
+        logger.info("%s: ingress of %s becomes %s (was %s)", step, name, ingress.name,
+                    run_v2.IngressTraffic(current.ingress).name)
+        update.ingress = ingress
+    target = update.traffic[0].revision if update.traffic else ""
+    cloud_run_write()
+    with api_step(f"UpdateService {name} (traffic)", step=step):
+        operation = cloud.services.update_service(service=update)
+    final = wait_for(operation, cloud, name, target, step)
+    if final.terminal_condition.state != SUCCEEDED:
+        raise DeployFailed(f"{step}: {name} is not Ready after moving its traffic: "
+                           f"{final.terminal_condition.message or 'no reason given'}",
+                           hint="check the service's revisions in the Cloud Run console")
+    after = serving(final)
+    logger.info("%s: traffic of %s now on %s (was %s)", step, name, ", ".join(after),
+                ", ".join(before) or "nothing")
+    return TrafficChange(service=name, url=final.uri, serving=after, previous=before, changed=True)
 
 
 def promote(cloud: Cloud, spec: FunctionSpec, deployment: Deployment, logger: Log = log) -> TrafficChange:
@@ -105,6 +103,13 @@ def promote(cloud: Cloud, spec: FunctionSpec, deployment: Deployment, logger: Lo
     moved = move_traffic(cloud, deployment.service, change, "promote", logger,
                          ingress=run_v2.IngressTraffic(mapping.INGRESS[spec.ingress]))
     moved.public = ensure_invoker(cloud.services, deployment.service, spec.allow_unauthenticated, logger)
+    if spec.allow_unauthenticated:  # done only when the public gets in (IAM may take a moment)
+        status = answers_without_token(moved.url, spec.smoke.deadline_s, logger.info)
+        if status in IAM_PROPAGATION_STATUSES:
+            raise DeployFailed(f"promote: {moved.url} still answers {status} to callers without a token "
+                               f"after {spec.smoke.deadline_s:g}s, though allUsers may invoke it",
+                               hint="IAM changes can take minutes to apply: run the migration again; "
+                                    "if it persists, check the service's IAM policy and ingress")
     return moved
 
 

@@ -172,6 +172,17 @@ def _send_until_warm(url: str, smoke: SmokeRequest, headers: dict[str, str], ret
         delay = min(delay * 2, MAX_DELAY_S)
 
 
+def answers_without_token(url: str, deadline_s: float, log: Callable[[str], None] = lambda line: None,
+                          sleep: Callable[[float], None] = time.sleep,
+                          clock: Callable[[], float] = time.monotonic) -> int | None:
+    """The status `url` answers a GET without a token, asked again while it is 401/403 (a new
+    allUsers binding takes a moment to apply), 429 or 5xx, until `deadline_s`; None: no answer."""
+    request = SmokeRequest(deadline_s=deadline_s)
+    retry = RETRY_STATUSES | IAM_PROPAGATION_STATUSES
+    attempts = _send_until_warm(url, request, {}, retry, log, sleep, clock)
+    return attempts.response.status_code if attempts.response is not None else None
+
+
 def _retry_after(response: httpx.Response | None) -> float:
     """The seconds a Retry-After header asks for (0 when there is none or it is a date)."""
     value = response.headers.get("Retry-After", "").strip() if response is not None else ""

@@ -189,3 +189,30 @@ def test_a_python_version_the_host_lacks_shows_in_the_result_and_the_tables(
     assert f"built; local cloud: {expected}" in console.export_text()
     assert result_rows([result])[0]["build"] == f"built; local cloud: {expected}"
     assert f"built; local cloud: {expected}" in summary(result)
+
+
+def test_a_failed_public_binding_is_retried_and_the_url_answers_without_a_token(
+        samples: dict[str, FunctionSpec], target: Target, knobs: LocalCloudSettings,
+        tmp_path: Path) -> None:
+    """Issue 18: one transient SetIamPolicy failure left a public function private and the migration
+    said ok. Now the promote step fails it (and Prefect retries), and ok means a caller without a
+    token gets in."""
+    spec = fresh_copy(samples["hello-python"], tmp_path).model_copy(update={"allow_unauthenticated": True})
+    knobs.faults = [Fault(method="Services.SetIamPolicy", code="UNAVAILABLE", first_n=1)]
+    result, run_counts = migrate(spec, target)
+    assert result.status == "succeeded", result.message
+    assert httpx.get(result.url, timeout=30).status_code == 200  # public: no token
+    assert run_counts[f"promote[{spec.name}]"] == 2, run_counts
+
+
+def test_a_public_binding_refused_for_good_fails_the_migration_naming_the_permission(
+        samples: dict[str, FunctionSpec], target: Target, knobs: LocalCloudSettings,
+        tmp_path: Path) -> None:
+    spec = fresh_copy(samples["hello-python"], tmp_path).model_copy(update={"allow_unauthenticated": True})
+    knobs.faults = [Fault(method="Services.SetIamPolicy", code="PERMISSION_DENIED", first_n=10,
+                          message="Permission 'run.services.setIamPolicy' denied")]
+    result, run_counts = migrate(spec, target)
+    assert (result.status, result.failed_step) == ("failed", "promote"), result.message
+    assert "run.services.setIamPolicy" in result.message and "roles/run.admin" in result.message
+    assert run_counts[f"promote[{spec.name}]"] == 1, run_counts  # not retried: it would fail again
+    assert httpx.get(result.url or "", timeout=30).status_code == 403  # still private, and said so
