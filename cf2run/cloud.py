@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ from google.oauth2 import service_account
 
 from cf2run.credentials import IdTokens, application_default, from_block, kind_of, resolve
 from cf2run.errors import Cf2RunError
-from cf2run.localcloud.accounts import route_google_auth
+from cf2run.localcloud.accounts import route_google_auth, routed_to
 from cf2run.localcloud.endpoints import Endpoints
 from cf2run.oci import RegistryClient, basic_access_token
 
@@ -108,7 +109,9 @@ class Cloud:
         self.project = project
         self.polling = polling
         self.endpoints = endpoints
-        self._credentials = functools.cache(credentials)
+        self._resolve_credentials = credentials
+        self._credentials: Credentials | None = None
+        self._lock = threading.Lock()  # a fleet's threads ask for the credentials at once
 
     # -- constructors -------------------------------------------------------------------
 
@@ -126,7 +129,13 @@ class Cloud:
     @classmethod
     def gcp(cls, project: str, base: Callable[[], Credentials] | None = None,
             impersonate: str | None = None) -> Cloud:
-        """Clients for real Google Cloud (credentials: `base`, else ADC)."""
+        """Clients for real Google Cloud (credentials: `base`, else ADC). Refused in a process whose
+        google-auth talks to a local cloud (`route_google_auth`): its tokens would go there."""
+        if (local := routed_to()) is not None:
+            raise Cf2RunError(f"this process already sends google-auth's token requests to the local "
+                              f"cloud at {local}, so it cannot migrate to Google Cloud",
+                              hint="run Google Cloud migrations in a process of their own (a cf2run "
+                                   "command, or a Prefect worker's flow run)")
         return cls(project=project, polling=GCP_POLLING,
                    credentials=functools.partial(resolve, base or application_default, impersonate))
 
@@ -144,8 +153,12 @@ class Cloud:
 
     @property
     def credentials(self) -> Credentials:
-        """The target's credentials (CredentialsMissing when there are none)."""
-        return self._credentials()
+        """The target's credentials, resolved once (CredentialsMissing when there are none)."""
+        if self._credentials is None:
+            with self._lock:
+                if self._credentials is None:
+                    self._credentials = self._resolve_credentials()
+        return self._credentials
 
     @functools.cached_property
     def _id_tokens(self) -> IdTokens:

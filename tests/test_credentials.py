@@ -255,3 +255,12 @@ def test_credentials_are_google_auths_own_classes(adc: Callable[..., Path], loca
     for kind, cls in expected.items():
         adc(kind)
         assert isinstance(Cloud.local(localcloud.endpoints, base=application_default).credentials, cls)
+
+
+def test_a_process_whose_google_auth_talks_to_a_local_cloud_refuses_google_cloud(
+        localcloud: LocalCloud) -> None:
+    """google-auth's token hosts point at the local cloud process-wide (accounts.route_google_auth):
+    a Google Cloud target in the same process would send its tokens there, so it is refused."""
+    Cloud.local(localcloud.endpoints)
+    with pytest.raises(Cf2RunError, match="cannot migrate to Google Cloud"):
+        Cloud.gcp("my-project")

@@ -22,7 +22,8 @@ user credentials (google/oauth2/credentials.py ``from_authorized_user_info``: "a
 and google.auth.default looks up a federated credential's project at ``cloudresourcemanager.googleapis.com``
 (external_account.py ``_CLOUD_RESOURCE_MANAGER``; served here as ``GET /v1/projects/NUMBER``).
 `route_google_auth` points those at a local cloud: the only change cf2run's local target makes
-to google-auth, and only in a process that uses a local target.
+to google-auth, for the whole process that uses a local target (so such a process refuses
+Google Cloud targets: `Cloud.gcp`).
 
 Error answers are Google's: the token endpoint's ``{"error": "invalid_grant" | "invalid_scope", ...}``
 (RFC 6749 §5.2, with the descriptions Google sends), the IAM API's ``{"error": {"code", "message",
@@ -370,8 +371,20 @@ def _handler(accounts: Accounts) -> type[QuietHandler]:
     return Handler
 
 
+_routed_to: str | None = None
+
+
+def routed_to() -> str | None:
+    """The local cloud google-auth's token hosts point at in this process (None: Google's)."""
+    return _routed_to
+
+
 def route_google_auth(url: str) -> None:
-    """Point the token hosts google-auth compiles in (see the module doc) at the local cloud at `url`."""
+    """Point the token hosts google-auth compiles in (see the module doc) at the local cloud at `url`,
+    for the whole process: the local cloud named last wins, and Google Cloud targets are refused in
+    this process from now on (cf2run.cloud.Cloud.gcp), rather than sending their tokens here."""
+    global _routed_to
+    _routed_to = url
     import google.auth.external_account
     import google.auth.iam
     import google.oauth2.credentials
