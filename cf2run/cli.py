@@ -32,6 +32,7 @@ import typer
 
 from cf2run.cloud import default_localcloud_dir
 from cf2run.errors import SpecError
+from cf2run.localcloud.accounts import DEFAULT_ACCOUNT as LOCAL_ACCOUNT
 
 if TYPE_CHECKING:
     from cf2run.cloud import Cloud
@@ -306,8 +307,7 @@ def localcloud_credentials(
         help="service_account | authorized_user | impersonated_service_account | external_account")],
     out: Annotated[Path, typer.Option("--out", help="Where to write the credentials file (mode 0600).")],
     account: Annotated[str, typer.Option(
-        help="The service account (its key, or the one impersonated).")] = "cf2run-local@local-project"
-                                                                           ".iam.gserviceaccount.com",
+        help="The service account (its key, or the one impersonated).")] = LOCAL_ACCOUNT,
     state_dir: StateDir = None,
 ) -> None:
     """Write a credentials file of KIND whose token URLs are the running local cloud's, to rehearse a

@@ -132,6 +132,14 @@ def _check_runtime_env(names: Collection[str], field: str, advice: str) -> None:
 _Model = StrictModel
 
 
+
+def service_account_email(email: str | None, field: str) -> str | None:
+    """`email` when it is one (a manifest field naming a service account), else ValueError."""
+    if email is not None and not SERVICE_ACCOUNT_RE.match(email):
+        raise ValueError(f"{field} {email!r} is not an email address; give the service account's "
+                         "email, e.g. NAME@PROJECT.iam.gserviceaccount.com")
+    return email
+
 class SmokeRequest(_Model):
     """The HTTP request that proves a migrated function works, and what it must answer."""
 
@@ -348,10 +356,7 @@ class FunctionSpec(_Model):
     @field_validator("service_account")
     @classmethod
     def _service_account(cls, email: str | None) -> str | None:
-        if email is not None and not SERVICE_ACCOUNT_RE.match(email):
-            raise ValueError(f"service_account {email!r} is not an email address; give the service "
-                             "account's email, e.g. NAME@PROJECT.iam.gserviceaccount.com")
-        return email
+        return service_account_email(email, "service_account")
 
     @field_validator("labels")
     @classmethod
@@ -534,10 +539,7 @@ class Target(_Model):
     @field_validator("impersonate_service_account")
     @classmethod
     def _service_account(cls, email: str | None) -> str | None:
-        if email is not None and not SERVICE_ACCOUNT_RE.match(email):
-            raise ValueError(f"{email!r} is not a service account email; write it like "
-                             "NAME@PROJECT.iam.gserviceaccount.com")
-        return email
+        return service_account_email(email, "impersonate_service_account")
 
     @field_validator("staging_bucket")
     @classmethod

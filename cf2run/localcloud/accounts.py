@@ -89,6 +89,12 @@ KINDS: tuple[Kind, ...] = ("service_account", "authorized_user", "impersonated_s
 Answer = tuple[int, dict[str, Any]]
 
 
+def bearer_token(authorization: str) -> str | None:
+    """The token of an ``Authorization: Bearer TOKEN`` header value (None for any other)."""
+    scheme, _, token = authorization.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
 def bearer_error(token: str | None, tokens: TokenAuthority, scopes: tuple[str, ...] = (CLOUD_PLATFORM_SCOPE,)
                  ) -> tuple[int, str, str] | None:
     """None when `token` is one of our access tokens with one of `scopes`; else (HTTP status,
@@ -341,8 +347,7 @@ def _handler(accounts: Accounts) -> type[QuietHandler]:
             self.send_body(status, json.dumps(answer).encode(), "application/json; charset=utf-8")
 
         def _bearer(self) -> str | None:
-            scheme, _, token = self.headers.get("Authorization", "").partition(" ")
-            return token.strip() if scheme.lower() == "bearer" else None
+            return bearer_token(self.headers.get("Authorization", ""))
 
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)

@@ -59,6 +59,7 @@ class Endpoints:
                                    f"{state_dir}`")
         return cls(**{key: data[key] for key in cls.__dataclass_fields__})
 
-    def port(self, service: str) -> int:
-        """The port a service listens on (for reusing it after a restart)."""
-        return int(getattr(self, service).rsplit(":", 1)[1])
+    @staticmethod
+    def port_of(address: str) -> int:
+        """The port of ``host:port`` or ``http://host:port`` (reused after a restart)."""
+        return int(address.rsplit(":", 1)[1])

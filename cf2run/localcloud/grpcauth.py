@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 
-from cf2run.localcloud.accounts import bearer_error
+from cf2run.localcloud.accounts import bearer_error, bearer_token
 from cf2run.localcloud.metadata import TokenAuthority
 
 _CODES = {401: grpc.StatusCode.UNAUTHENTICATED, 403: grpc.StatusCode.PERMISSION_DENIED}
@@ -29,8 +29,7 @@ class RequireAccessToken(grpc.ServerInterceptor):
     def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
                           handler_call_details: grpc.HandlerCallDetails) -> Any:
         metadata = dict(handler_call_details.invocation_metadata or ())
-        scheme, _, token = str(metadata.get("authorization", "")).partition(" ")
-        refused = bearer_error(token.strip() if scheme.lower() == "bearer" else None, self.tokens)
+        refused = bearer_error(bearer_token(str(metadata.get("authorization", ""))), self.tokens)
         if refused is None:
             return continuation(handler_call_details)
         status, _, message = refused

@@ -151,8 +151,8 @@ def read_chunked(rfile: io.BufferedIOBase) -> bytes:
 
 
 class ConnectionPool:
-    """Idle keep-alive connections to revisions, a few per address, kept for a short while
-    (servers drop idle ones: gunicorn after 2 s, Node after 5 s)."""
+    """Idle keep-alive connections to backends (revisions, fake-gcs-server), a few per address, kept
+    for a short while (servers drop idle ones: gunicorn after 2 s, Node after 5 s)."""
 
     def __init__(self, max_idle: int = 8, max_idle_s: float = 1.5) -> None:
         self._idle: dict[str, list[tuple[float, http.client.HTTPConnection]]] = {}
@@ -165,7 +165,7 @@ class ConnectionPool:
              headers: list[tuple[str, str]], body: bytes | None,
              ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
         """Send one request and read the answer's head; retries once when a reused
-        connection turns out to have been closed by the revision."""
+        connection turns out to have been closed by the backend."""
         while True:
             conn, reused = self._get(address, timeout_s)
             try:

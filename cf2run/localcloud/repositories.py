@@ -27,11 +27,9 @@ import time
 from pathlib import Path
 
 from cf2run.oci import ArtifactRepository
+from cf2run.spec import PROJECT_RE as _PROJECT_RE
+from cf2run.spec import REPOSITORY_RE as REPOSITORY_ID_RE  # Artifact Registry's rule for repository ids
 
-#: Artifact Registry repository ids: lowercase letters, digits and hyphens, starting with a letter,
-#: ending with a letter or digit, at most 63 characters (the same rule as cf2run.spec's).
-REPOSITORY_ID_RE = re.compile(r"^[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?$")
-_PROJECT_RE = re.compile(r"^(?:[a-z][a-z0-9.-]*[a-z0-9]:)?[a-z][a-z0-9-]{4,28}[a-z0-9]$")
 _LOCATION_RE = re.compile(r"^[a-z]+(?:-[a-z]+[0-9]+)?$")  # us-central1, europe-west1; us, europe, asia
 
 #: What the token endpoint checks for each action (https://cloud.google.com/artifact-registry/docs/access-control).

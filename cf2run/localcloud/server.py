@@ -179,5 +179,4 @@ def _previous_ports(state_dir: Path) -> dict[str, int]:
         recorded = json.loads((state_dir / FILENAME).read_text())
     except (OSError, ValueError):
         return {}
-    return {name: int(str(recorded[name]).rsplit(":", 1)[1]) for name in Endpoints.SERVICES
-            if name in recorded}
+    return {name: Endpoints.port_of(str(recorded[name])) for name in Endpoints.SERVICES if name in recorded}

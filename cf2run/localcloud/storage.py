@@ -23,7 +23,7 @@ from typing import IO
 import httpx
 
 from cf2run.errors import Cf2RunError
-from cf2run.localcloud.accounts import bearer_error
+from cf2run.localcloud.accounts import bearer_error, bearer_token
 from cf2run.localcloud.metadata import CLOUD_PLATFORM_SCOPE, LoopbackService, TokenAuthority
 from cf2run.localcloud.proxy import ConnectionPool, ProxyHandler
 
@@ -228,11 +228,10 @@ class _StorageHandler(ProxyHandler):
     backend = "fake-gcs-server"
 
     def handle_any(self) -> None:
-        scheme, _, token = self.headers.get("Authorization", "").partition(" ")
-        token = token.strip() if scheme.lower() == "bearer" else ""
-        refused = bearer_error(token or None, self.front.tokens, STORAGE_SCOPES)
+        token = bearer_token(self.headers.get("Authorization", ""))
+        refused = bearer_error(token, self.front.tokens, STORAGE_SCOPES)
         if refused is not None:
-            body = refusal(refused[0], bool(token), self.command, self.path.split("?", 1)[0])
+            body = refusal(refused[0], token is not None, self.command, self.path.split("?", 1)[0])
             self.fail(refused[0], json.dumps(body), "application/json; charset=UTF-8")
             return
         self.forward(self.front.backend, 300.0, self.forwarded_headers())
