@@ -48,7 +48,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 StateDir = Annotated[Path | None, typer.Option(
     "--state-dir", help="Where the local cloud keeps its state and endpoints.json "
-                        "[default: $CF2RUN_LOCALCLOUD_DIR or ~/.cf2run/localcloud].",
+                        "(default: $CF2RUN_LOCALCLOUD_DIR, else ~/.cf2run/localcloud).",
     show_default=False)]
 
 
@@ -295,10 +295,19 @@ def localcloud_logs(service: Annotated[str, typer.Argument(help="Cloud Run servi
 @localcloud_app.command("token")
 def localcloud_token(audience: Annotated[str, typer.Argument(help="The service URL.")],
                      state_dir: StateDir = None) -> None:
-    """Print an ID token for a private local service (curl -H "Authorization: Bearer TOKEN")."""
+    """Print an ID token for a private service of the running local cloud (curl -H "Authorization:
+    Bearer TOKEN"); exit 2 when none runs there (a token of a new key would be refused everywhere)."""
+    from cf2run.errors import Cf2RunError
+    from cf2run.localcloud.endpoints import Endpoints
     from cf2run.localcloud.metadata import TokenAuthority
 
-    typer.echo(TokenAuthority(state_dir or default_localcloud_dir()).mint(audience))
+    directory = state_dir or default_localcloud_dir()
+    try:
+        Endpoints.read(directory)
+    except Cf2RunError as error:
+        typer.secho(f"error: {error}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(TokenAuthority(directory).mint(audience))
 
 
 @localcloud_app.command("credentials")

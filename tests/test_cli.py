@@ -75,3 +75,20 @@ def test_localcloud_add_secret_refuses_a_bad_id_or_a_missing_file(tmp_path: Path
     assert missing.returncode == 2
     assert "--data-file" in missing.stderr and "No such file" in missing.stderr
     assert not (tmp_path / "secretmanager").exists()
+
+
+def test_localcloud_token_needs_a_running_local_cloud(tmp_path: Path, localcloud: LocalCloud) -> None:
+    """Issue 16: it minted a token of a brand-new key (refused by every service) when none ran."""
+    missing = cf2run("localcloud", "token", "http://127.0.0.1:1", "--state-dir", str(tmp_path / "none"))
+    assert missing.returncode == 2 and "no local cloud found" in missing.stderr
+    assert not (tmp_path / "none").exists()  # nothing created there
+    token = cf2run("localcloud", "token", "http://127.0.0.1:1", "--state-dir", str(localcloud.state_dir))
+    assert token.returncode == 0
+    assert localcloud.accounts.tokens.verify(token.stdout.strip(), "http://127.0.0.1:1")
+
+
+def test_help_shows_the_state_dir_default() -> None:
+    """Rich took `[default: ...]` for markup and dropped it."""
+    shown = cf2run("localcloud", "serve", "--help", env={"COLUMNS": "120"})
+    text = " ".join(shown.stdout.replace("│", " ").split())
+    assert "default: $CF2RUN_LOCALCLOUD_DIR, else ~/.cf2run/localcloud" in text
