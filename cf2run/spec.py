@@ -131,6 +131,35 @@ def _check_runtime_env(names: Collection[str], field: str, advice: str) -> None:
 
 _Model = StrictModel
 
+#: Names of variables that usually hold credentials.
+CREDENTIAL_NAME_RE = re.compile(
+    r"(PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|PRIVATE_?KEY|CREDENTIALS?|ACCESS_?KEY)", re.IGNORECASE)
+#: Shapes of well-known credentials (the prefixes their issuers document, as secret scanners use).
+CREDENTIAL_VALUES = (
+    (re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"), "a private key"),
+    (re.compile(r'"private_key"\s*:'), "a service-account key"),
+    (re.compile(r"\bya29\.[0-9A-Za-z_-]{20,}"), "a Google OAuth access token"),
+    (re.compile(r"\bAIza[0-9A-Za-z_-]{35}\b"), "a Google API key"),
+    (re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"), "an AWS access key"),
+    (re.compile(r"\b(?:gh[pousr]_[0-9A-Za-z]{36}|github_pat_[0-9A-Za-z_]{22,})"), "a GitHub token"),
+    (re.compile(r"\bglpat-[0-9A-Za-z_-]{20}"), "a GitLab token"),
+    (re.compile(r"\bnpm_[0-9A-Za-z]{36}\b"), "an npm token"),
+    (re.compile(r"\bxox[abprs]-[0-9A-Za-z-]{10,}"), "a Slack token"),
+    (re.compile(r"\b[rs]k_live_[0-9A-Za-z]{20,}"), "a Stripe key"),
+)
+
+
+def looks_like_credential(name: str, value: str) -> str | None:
+    """Why a variable looks like it holds a credential (its value's shape, or a non-empty value
+    under a credential's name), or None."""
+    for pattern, what in CREDENTIAL_VALUES:
+        if pattern.search(value):
+            return f"its value looks like {what}"
+    match = CREDENTIAL_NAME_RE.search(name)
+    if match and value.strip():
+        return f"its name says {match.group(1).upper()}"
+    return None
+
 
 
 def service_account_email(email: str | None, field: str) -> str | None:
@@ -208,7 +237,13 @@ class FunctionSpec(_Model):
     build_env: dict[str, str] = Field(
         default_factory=dict,
         description="Build-time environment variables passed to the buildpacks as pack --env "
-                    "(gen1 buildEnvironmentVariables).")
+                    "(gen1 buildEnvironmentVariables). Not secret: the values are stored in Prefect "
+                    "flow-run parameters and in the Cloud Build record, so values that look like "
+                    "credentials are refused (runtime secrets belong in secret_env).")
+    build_env_plain: list[str] = Field(
+        default_factory=list,
+        description="build_env names whose values look like credentials but may be stored in the "
+                    "open (checked by you): cf2run refuses them otherwise.")
     memory: str = Field(
         default="256Mi",
         description="Memory limit as a Kubernetes quantity (gen1 tiers: 128Mi, 256Mi, 512Mi, 1Gi, "
@@ -329,6 +364,22 @@ class FunctionSpec(_Model):
             raise ValueError(f"build_env sets {derived[0]}, which cf2run derives from the `{source}` "
                              f"field; remove it and set `{source}` instead")
         return build_env
+
+    @model_validator(mode="after")
+    def _no_credentials_in_build_env(self) -> FunctionSpec:
+        unknown = sorted(set(self.build_env_plain) - self.build_env.keys())
+        if unknown:
+            raise ValueError(f"build_env_plain names {', '.join(unknown)}, which build_env does not "
+                             "set; remove it from build_env_plain")
+        for name, value in self.build_env.items():
+            why = None if name in self.build_env_plain else looks_like_credential(name, value)
+            if why:
+                raise ValueError(
+                    f"build_env {name} looks like a credential ({why}); build_env values are stored "
+                    "in Prefect flow-run parameters and in the Cloud Build record, readable by "
+                    "anyone who may read those. Put runtime secrets in secret_env; if this value "
+                    f"may be stored in the open, add {name} to build_env_plain")
+        return self
 
     @field_validator("memory")
     @classmethod
@@ -725,6 +776,8 @@ class _StrictLoader(yaml.SafeLoader):
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
     seen: dict[Any, int] = {}
     for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: merged keys may be overridden
+            continue
         key = loader.construct_object(key_node)
         if isinstance(key, typing.Hashable) and key in seen:
             raise yaml.constructor.ConstructorError(
@@ -737,15 +790,38 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[An
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
+#: Bigger than any real manifest (1000 functions take ~200 KB): refused before it is parsed.
+MAX_MANIFEST_BYTES = 10 * 2**20
+#: Values a manifest may hold once YAML aliases are expanded (1000 functions take ~50k): an alias
+#: bomb ("billion laughs": aliases of aliases) stays a few lines of text and expands to billions.
+MAX_MANIFEST_VALUES = 1_000_000
+
+
 def _read_yaml(path: Path) -> Any:
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise SpecError(f"{path}: manifest not found", hint="give the path of a YAML manifest") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise SpecError(f"{path}: cannot read the manifest: {error}") from None
+    except OSError as error:
+        raise SpecError(f"{path}: cannot read the manifest: {error.strerror or error}") from None
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise SpecError(f"{path}: the manifest is {len(raw) / 2**20:.1f} MiB; cf2run reads manifests of "
+                        f"up to {MAX_MANIFEST_BYTES // 2**20} MiB",
+                        hint="split the fleet into several manifests")
     try:
-        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: safe
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw[:error.start].count(b"\n") + 1
+        column = error.start - (raw.rfind(b"\n", 0, error.start) + 1) + 1
+        raise SpecError(f"{path}: line {line}, column {column}: byte 0x{raw[error.start]:02x} is not "
+                        "UTF-8 text", hint="save the manifest as UTF-8 (the encoding of YAML)") from None
+    loader = _StrictLoader(text)  # a SafeLoader subclass: safe
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expanded_size(node, path)
+        return loader.construct_document(node)
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
@@ -753,6 +829,43 @@ def _read_yaml(path: Path) -> Any:
                         hint="check the indentation and quoting around that line") from None
     except yaml.YAMLError as error:
         raise SpecError(f"{path}: invalid YAML: {error}") from None
+    finally:
+        loader.dispose()
+
+
+def _check_expanded_size(root: yaml.Node, path: Path) -> None:
+    """SpecError when the document, with every alias expanded, holds more than MAX_MANIFEST_VALUES
+    values, or an alias inside its own anchor (a structure that contains itself). Counted on the
+    parsed nodes, where an alias is the anchored node itself: nothing is expanded to count."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            mark = node.start_mark
+            raise SpecError(f"{path}: line {mark.line + 1}: a YAML alias refers to the anchor it is "
+                            "inside of, so the value would contain itself",
+                            hint="write the value out, or anchor a value outside it")
+        open_nodes.add(key)
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        total = 1 + sum(size(child) for child in children)
+        open_nodes.discard(key)
+        sizes[key] = total
+        if total > MAX_MANIFEST_VALUES:
+            raise SpecError(f"{path}: with its YAML aliases (*name) expanded, the manifest holds more "
+                            f"than {MAX_MANIFEST_VALUES:,} values; aliases of aliases multiply "
+                            "(an alias bomb), and cf2run refuses it before expanding it",
+                            hint="use `defaults:` for shared settings instead of nested aliases")
+        return total
+
+    size(root)
 
 
 def _explain(error: ValidationError, shown: str, data: Mapping[str, Any]) -> str:
@@ -786,15 +899,42 @@ def _message(problem: Any) -> str:
     if kind == "value_error":
         return str(problem["msg"]).removeprefix("Value error, ")
     if kind == "missing":
-        return f"required field `{field}` is missing; add it (to the function or to defaults)"
+        if tuple(loc) == ("functions",):
+            return ("the manifest has no `functions:` list; add one with at least one function "
+                    "(name, source, runtime, entry_point)")
+        where = " (to the function or to defaults)" if len(loc) == 3 and loc[0] == "functions" else ""
+        return f"required field `{field}` is missing; add it{where}"
     if kind == "extra_forbidden":
         model = _model_at(Manifest, loc[:-1])
         hint = _did_you_mean(str(field), model) if model else ""
         return f"unknown field {field!r}{hint}"
+    if kind == "too_short" and tuple(loc) == ("functions",):
+        return "`functions` is empty; list at least one function to migrate"
+    if kind == "string_type" and isinstance(value, int | float | bool):
+        return _quote_it(loc, value)
+    if kind in ("model_type", "dict_type"):
+        model = _model_at(Manifest, loc)
+        names = [info.alias or name for name, info in model.model_fields.items()] if model else []
+        fields = f" ({', '.join(names[:4])}, ...)" if names else ""
+        return f"must be a mapping of fields{fields}, not {value!r}"
+    if kind == "list_type":
+        return f"must be a list (one `- item` per line), not {value!r}"
     message = str(problem["msg"])
     if isinstance(value, str | int | float | bool) or value is None:
         message += f" (got {value!r})"
     return message
+
+
+def _quote_it(loc: Sequence[int | str], value: int | float | bool) -> str:
+    """What to write when YAML read a number or a boolean where the manifest wants text."""
+    field = str(loc[-1])
+    if field == "memory" and not isinstance(value, bool):
+        return (f"memory {value} has no unit; write it with one, e.g. '{value}Mi' (MiB) or '1Gi' "
+                "(gen1's availableMemoryMb is in MiB)")
+    shown = yaml.safe_dump(value).removesuffix("\n...\n").strip()
+    kind = "a boolean" if isinstance(value, bool) else "a number"
+    return (f"{field} must be text, but YAML reads {shown} as {kind}; quote it: "
+            f'{field}: "{shown}"')
 
 
 def _model_at(model: type[BaseModel], loc: Sequence[int | str]) -> type[BaseModel] | None:
@@ -827,11 +967,33 @@ def _field_names(model: type[BaseModel]) -> set[str]:
     return names | {field.alias for field in model.model_fields.values() if field.alias}
 
 
+#: Names users write for a field, by meaning rather than spelling: gen1's own (gcloud's and the
+#: Cloud Functions API's camelCase), and what other tools call it.
+MEANT = {
+    "expect_code": "expect_status", "status": "expect_status", "status_code": "expect_status",
+    "expected_status": "expect_status", "code": "expect_status", "expect": "expect_body",
+    "body_contains": "expect_body", "entrypoint": "entry_point", "entryPoint": "entry_point",
+    "function_target": "entry_point", "target": "entry_point", "availableMemoryMb": "memory",
+    "memory_mb": "memory", "timeout": "timeout_s", "environmentVariables": "env",
+    "environment": "env", "env_vars": "env", "buildEnvironmentVariables": "build_env",
+    "build_env_vars": "build_env", "maxInstances": "max_instances", "minInstances": "min_instances",
+    "serviceAccountEmail": "service_account", "vpcConnector": "vpc_connector",
+    "vpcConnectorEgressSettings": "vpc_egress", "ingressSettings": "ingress",
+    "secretEnvironmentVariables": "secret_env", "secretVolumes": "secret_volumes",
+    "eventTrigger": "trigger", "public": "allow_unauthenticated",
+    "allow-unauthenticated": "allow_unauthenticated", "unauthenticated": "allow_unauthenticated",
+}
+
+
 def _did_you_mean(key: str, model: type[BaseModel]) -> str:
-    close = difflib.get_close_matches(key, sorted(_field_names(model)), n=1)
+    known = _field_names(model)
+    meant = MEANT.get(key)
+    if meant in known:
+        return f"; did you mean {meant!r}?"
+    close = difflib.get_close_matches(key, sorted(known), n=1)
     if close:
         return f"; did you mean {close[0]!r}?"
-    return f"; known fields: {', '.join(sorted(_field_names(model)))}"
+    return f"; known fields: {', '.join(sorted(known))}"
 
 
 def _merge(defaults: Mapping[str, Any], own: Mapping[str, Any]) -> dict[str, Any]:

@@ -254,3 +254,120 @@ def test_unknown_target_kind_flag(tmp_path: Path) -> None:
 def test_direct_construction_raises_validation_error_naming_the_field() -> None:
     with pytest.raises(ValidationError, match="PORT, which Cloud Run reserves"):
         FunctionSpec.model_validate(function(source=str(EXAMPLES / "python-http"), env={"PORT": "1"}))
+
+
+# -- hostile and careless manifests ----------------------------------------------------------
+
+
+def _bomb(levels: int) -> str:
+    """The "billion laughs" in a smoke request's JSON body (any JSON is allowed there): each level
+    is nine aliases of the one before, 9**levels strings once expanded."""
+    lines = ['        l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"        l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, levels + 1)]
+    return ("functions:\n  - name: a\n    source: src\n    runtime: python312\n"
+            "    entry_point: handle\n    smoke:\n      json:\n" + "\n".join(lines) + "\n")
+
+
+def test_an_alias_bomb_is_refused_before_it_is_expanded(tmp_path: Path) -> None:
+    path = write_manifest(tmp_path, {})
+    path.write_text(_bomb(9))  # 9**9 = 387 million strings once expanded
+    with pytest.raises(SpecError, match=r"aliases \(\*name\) expanded, the manifest holds more than "
+                                        r"1,000,000 values.*alias bomb"):
+        load_manifest(path)
+
+
+def test_anchors_aliases_and_merge_keys_work(tmp_path: Path) -> None:
+    write_manifest(tmp_path, {})
+    path = tmp_path / "manifest.yaml"
+    path.write_text("x-python: &python {runtime: python312, entry_point: handle, source: src}\n"
+                    "functions:\n  - {<<: *python, name: a}\n  - {<<: *python, name: b, "
+                    "entry_point: other}\n".replace("x-python: &python", "python: &python"))
+    with pytest.raises(SpecError, match="unknown field 'python'"):  # anchors live in known places
+        load_manifest(path)
+    path.write_text("defaults: &python {runtime: python312, entry_point: handle, source: src}\n"
+                    "functions:\n  - {<<: *python, name: a}\n  - {<<: *python, name: b, "
+                    "entry_point: other}\n")
+    manifest = load_manifest(path)
+    assert [(spec.name, spec.entry_point) for spec in manifest.functions] == [("a", "handle"),
+                                                                              ("b", "other")]
+
+
+def test_an_alias_inside_its_own_anchor_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "manifest.yaml"
+    path.write_text("defaults: &d {labels: *d}\nfunctions: []\n")
+    with pytest.raises(SpecError, match="line 1: a YAML alias refers to the anchor it is inside of"):
+        load_manifest(path)
+
+
+def test_a_huge_manifest_is_refused_unread(tmp_path: Path) -> None:
+    path = tmp_path / "manifest.yaml"
+    path.write_text("# " + "x" * (10 * 2**20) + "\nfunctions: []\n")
+    with pytest.raises(SpecError, match=r"the manifest is 10\.0 MiB; cf2run reads manifests of up "
+                                        r"to 10 MiB"):
+        load_manifest(path)
+
+
+def test_a_manifest_that_is_not_utf8_names_the_place(tmp_path: Path) -> None:
+    path = tmp_path / "manifest.yaml"
+    path.write_bytes(b"functions:\n  - name: caf\xe9\n")
+    with pytest.raises(SpecError, match=r"line 2, column 14: byte 0xe9 is not UTF-8 text.*save the "
+                                        "manifest as UTF-8"):
+        load_manifest(path)
+
+
+@pytest.mark.parametrize(("data", "says"), [
+    ({"functions": [function(memory=256)]},
+     "functions[0] (orders-api).memory: memory 256 has no unit; write it with one, e.g. '256Mi'"),
+    ({"functions": [function(env={"DEBUG": 1})]},
+     "functions[0] (orders-api).env.DEBUG: DEBUG must be text, but YAML reads 1 as a number; quote "
+     'it: DEBUG: "1"'),
+    ({"functions": [function(labels={"beta": True})]},
+     'beta must be text, but YAML reads true as a boolean; quote it: beta: "true"'),
+    ({"functions": [function(smoke={"expect_code": 201})]},
+     "smoke.expect_code: unknown field 'expect_code'; did you mean 'expect_status'?"),
+    ({"functions": [function(availableMemoryMb=256)]}, "did you mean 'memory'?"),
+    ({"functions": [function(entryPoint="x")]}, "did you mean 'entry_point'?"),
+    ({"target": {"kind": "local"}},
+     "functions: the manifest has no `functions:` list; add one with at least one function"),
+    ({"functions": []}, "functions: `functions` is empty; list at least one function to migrate"),
+    ({"functions": 3}, "functions: must be a list (one `- item` per line), not 3"),
+    ({"functions": [3]}, "functions[0]: must be a mapping of fields (name, source, runtime, "
+                         "entry_point, ...), not 3"),
+    ({"target": 3, "functions": [function()]}, "target: must be a mapping of fields (kind, project"),
+    ({"functions": [function(smoke=5)]}, "smoke: must be a mapping of fields (method, path, body, json"),
+    ({"functions": [function(secret_env={"A": {"version": "1"}})]},
+     "secret_env.A.secret: required field `secret` is missing; add it\n"),
+])
+def test_careless_values_get_a_message_in_the_users_words(tmp_path: Path, data: dict[str, Any],
+                                                          says: str) -> None:
+    message = rejected(tmp_path, data) + "\n"
+    assert says in message
+    for internal in ("FunctionSpec", "SmokeRequest", "Target", "Trigger", "SecretRef", "instance of",
+                     "Input should be"):
+        assert internal not in message
+
+
+@pytest.mark.parametrize(("build_env", "why"), [
+    ({"NPM_TOKEN": "abc123"}, "its name says TOKEN"),
+    ({"DB_PASSWORD": "hunter2"}, "its name says PASSWORD"),
+    ({"GITHUB": "ghp_" + "a" * 36}, "its value looks like a GitHub token"),
+    ({"KEY_FILE": '{"type": "service_account", "private_key": "x"}'},
+     "its value looks like a service-account key"),
+    ({"CERT": "-----BEGIN RSA PRIVATE KEY-----\nMII"}, "its value looks like a private key"),
+])
+def test_build_env_that_looks_like_a_credential_is_refused(tmp_path: Path, build_env: dict[str, str],
+                                                           why: str) -> None:
+    name = next(iter(build_env))
+    message = rejected(tmp_path, {"functions": [function(build_env=build_env)]})
+    assert f"build_env {name} looks like a credential ({why})" in message
+    assert "stored in Prefect flow-run parameters and in the Cloud Build record" in message
+    assert f"add {name} to build_env_plain" in message
+
+
+def test_build_env_plain_lets_a_checked_value_through(tmp_path: Path) -> None:
+    path = write_manifest(tmp_path, {"functions": [function(
+        build_env={"NPM_TOKEN": "public-mirror", "NODE_ENV": "production"},
+        build_env_plain=["NPM_TOKEN"])]})
+    assert load_manifest(path).functions[0].build_env["NPM_TOKEN"] == "public-mirror"
+    message = rejected(tmp_path, {"functions": [function(build_env={"A": "1"}, build_env_plain=["B"])]})
+    assert "build_env_plain names B, which build_env does not set" in message
