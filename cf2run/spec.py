@@ -146,6 +146,7 @@ CREDENTIAL_VALUES = (
     (re.compile(r"\bnpm_[0-9A-Za-z]{36}\b"), "an npm token"),
     (re.compile(r"\bxox[abprs]-[0-9A-Za-z-]{10,}"), "a Slack token"),
     (re.compile(r"\b[rs]k_live_[0-9A-Za-z]{20,}"), "a Stripe key"),
+    (re.compile(r"://[^/\s:@]+:[^/\s@]+@"), "a URL with a password"),
 )
 
 

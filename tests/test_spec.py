@@ -354,6 +354,8 @@ def test_careless_values_get_a_message_in_the_users_words(tmp_path: Path, data: 
     ({"KEY_FILE": '{"type": "service_account", "private_key": "x"}'},
      "its value looks like a service-account key"),
     ({"CERT": "-----BEGIN RSA PRIVATE KEY-----\nMII"}, "its value looks like a private key"),
+    ({"PIP_INDEX_URL": "https://ci:s3cret@pypi.example.org/simple"},
+     "its value looks like a URL with a password"),
 ])
 def test_build_env_that_looks_like_a_credential_is_refused(tmp_path: Path, build_env: dict[str, str],
                                                            why: str) -> None:
