@@ -108,8 +108,8 @@ class Result:
 
 def build(cloud: Cloud, spec: FunctionSpec, target: Target) -> tuple[BuiltImage, SourceArchive, float]:
     """Package and upload (untimed), then CreateBuild -> SUCCESS as the client sees it (timed)."""
-    tarball = make_tarball(spec.source)
-    archive = upload_archive(cloud.storage, target.bucket, archive_object_name(spec, tarball.sha256), tarball)
+    with make_tarball(spec.source) as tarball:
+        archive = upload_archive(cloud.storage, target.bucket, archive_object_name(spec, tarball), tarball)
     image = image_for(spec, target, archive.sha256)
     request = pack_build_request(spec, target, archive, image)
     parent = f"projects/{target.project}/locations/{target.region}"

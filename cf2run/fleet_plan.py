@@ -20,7 +20,7 @@ from cf2run.results import VerifiedImage
 from cf2run.spec import FunctionSpec, Target
 from tasks.build import image_for
 from tasks.deploy import get_service, serves, service_for, service_path, short_name
-from tasks.package import make_tarball
+from tasks.package import source_sha256
 from tasks.policy import RETRIES
 
 
@@ -52,7 +52,7 @@ class FunctionPlan(BaseModel):
 
 def plan(spec: FunctionSpec, target: Target, cloud: Cloud) -> FunctionPlan:
     """Find out, with read-only calls, whether `spec` needs a build and what its deploy would do."""
-    sha256 = make_tarball(spec.source).sha256
+    sha256 = source_sha256(spec.source)
     image = image_for(spec, target, sha256)
     built = cloud.registry.head_manifest(ImageRef.parse(image))
     existing = get_service(cloud.services, service_path(target, spec.name), step="plan")

@@ -2,35 +2,46 @@
 
 The archive is what `gcloud builds submit` uploads (REFERENCE §1): a gzip'd tar of the
 source directory with directories added explicitly, owner root, and gcloud's ignore rules.
-On top of that it is deterministic (sorted entries, zero mtimes, normalized modes, fixed
-gzip header), so the same tree gives the same bytes and sha256 whatever the file times, and
-the object is named by that sha256 and written only if absent (`if_generation_match=0`).
+On top of that it is deterministic (sorted entries, zero mtimes, normalized modes), so the same
+tree gives the same tar whatever the file times. The tar's sha256 is the source's identity
+(image tags, the service's source label, `cf2run plan`): it does not depend on the compressor.
+The .tgz is streamed, never held whole in memory: files are read in blocks, compressed with
+ISA-L's deflate (python-isal: several times the speed of zlib at a similar size; chosen in
+bench/package.py) into a temporary file (in memory below 8 MiB), and uploaded from there
+(resumable above 8 MiB, in 8 MiB chunks). The object is named by the .tgz's own sha256 and
+written only if absent (`if_generation_match=0`).
+
+Sizes are checked as 1st gen checked them, before anything is read: at most 500 MB of source
+and at most 100 MB compressed (cf2run/source_limits.py).
 """
 
 from __future__ import annotations
 
 import base64
-import gzip
 import hashlib
 import io
 import os
 import stat
 import tarfile
+import tempfile
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from types import TracebackType
+from typing import IO, Literal
 
 import pathspec
 from google.api_core.exceptions import Conflict, Forbidden, NotFound, PreconditionFailed
 from google.cloud.storage import Blob, Client
+from isal import isal_zlib
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from cf2run.cloud import Cloud
 from cf2run.errors import Cf2RunError, SourceError
 from cf2run.results import SourceArchive
+from cf2run.source_limits import check_compressed, check_uncompressed
 from cf2run.spec import FunctionSpec, Target
 from tasks.policy import RETRIES
 
@@ -41,17 +52,87 @@ DEFAULT_GIT_IGNORES = (".gcloudignore", ".git", ".gitignore")
 DIR_MODE, EXEC_MODE, FILE_MODE, LINK_MODE = 0o755, 0o755, 0o644, 0o777
 
 
-@dataclass(frozen=True)
+#: Archives up to this size stay in memory; bigger ones go to a temporary file.
+SPOOL_BYTES = 8 * 2**20
+#: Resumable upload chunk (a multiple of 256 KiB, as the JSON API requires); the client's default
+#: (100 MiB) would hold that much in memory per upload.
+UPLOAD_CHUNK_BYTES = 8 * 2**20
+#: ISA-L's deflate level (0-3); 2 compresses about as well as gzip -6 (bench/package.py).
+ISAL_LEVEL = 2
+#: zlib's window bits for a gzip wrapper (mtime 0 in its header: deterministic).
+GZIP_WBITS = 31
+
+
+@dataclass
 class Tarball:
-    """A deterministic .tgz of a source tree."""
+    """A deterministic .tgz of a source tree, in a temporary file (`open` it to read).
 
-    data: bytes
+    `sha256` is the tar's (the source's identity); `archive_sha256` and `md5` (base64, as Cloud
+    Storage reports it) are the .tgz's. Close it when done (or use it as a context manager).
+    """
+
     sha256: str
+    archive_sha256: str
+    md5: str
     files: int
+    size: int
+    file: IO[bytes] = field(repr=False)
 
-    @property
-    def size(self) -> int:
-        return len(self.data)
+    def open(self) -> IO[bytes]:
+        """The .tgz, from its first byte."""
+        self.file.seek(0)
+        return self.file
+
+    def read_all(self) -> bytes:
+        """The whole .tgz in memory (for small archives and tests)."""
+        return self.open().read()
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self) -> Tarball:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+class _TarSink(io.RawIOBase):
+    """Where tarfile writes: hashes the tar, and (with `out`) gzips it into `out`, hashing that."""
+
+    def __init__(self, out: IO[bytes] | None) -> None:
+        self.out = out
+        self.position = 0
+        self.tar_sha = hashlib.sha256()
+        self.gz_sha = hashlib.sha256()
+        self.gz_md5 = hashlib.md5()  # Cloud Storage's checksum, not for security
+        self.gz_size = 0
+        self._deflate = isal_zlib.compressobj(ISAL_LEVEL, isal_zlib.DEFLATED, GZIP_WBITS) if out else None
+
+    def writable(self) -> bool:
+        return True
+
+    def tell(self) -> int:  # tarfile asks where it is
+        return self.position
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        self.position += len(data)
+        self.tar_sha.update(data)
+        if self._deflate is not None:
+            self._emit(self._deflate.compress(data))
+        return len(data)
+
+    def finish(self) -> None:
+        if self._deflate is not None:
+            self._emit(self._deflate.flush())
+
+    def _emit(self, chunk: bytes) -> None:
+        if chunk and self.out is not None:
+            self.out.write(chunk)
+            self.gz_sha.update(chunk)
+            self.gz_md5.update(chunk)
+            self.gz_size += len(chunk)
 
 
 @dataclass(frozen=True)
@@ -60,6 +141,7 @@ class _Entry:
     path: Path
     kind: Literal["dir", "file", "link"]
     linkname: str = ""
+    size: int = 0
 
 
 # -- ignore rules (gcloud's, with pathspec's gitignore semantics) ------------------------------
@@ -109,11 +191,31 @@ def _ignore_lines(root: Path, name: str, seen: tuple[str, ...]) -> list[str]:
 
 
 def make_tarball(source_dir: Path) -> Tarball:
-    """A deterministic gzip'd tar of `source_dir` with gcloud's ignore rules.
+    """A deterministic gzip'd tar of `source_dir` with gcloud's ignore rules, streamed into a
+    temporary file.
 
-    Raises SourceError for a missing or empty directory, a symlink leaving the tree, or a
-    special file (socket, FIFO, device).
+    Raises SourceError for a missing or empty directory, a symlink leaving the tree, a special
+    file (socket, FIFO, device), or a source over 1st gen's size limits.
     """
+    out = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115 - the Tarball owns it
+    try:
+        files, sink = _write_tar(source_dir, out)
+        check_compressed(Path(source_dir), sink.gz_size)
+    except BaseException:
+        out.close()
+        raise
+    return Tarball(sha256=sink.tar_sha.hexdigest(), archive_sha256=sink.gz_sha.hexdigest(),
+                   md5=base64.b64encode(sink.gz_md5.digest()).decode(), files=files,
+                   size=sink.gz_size, file=out)  # type: ignore[arg-type]
+
+
+def source_sha256(source_dir: Path) -> str:
+    """The source's identity, `make_tarball(source_dir).sha256`, without compressing or keeping
+    anything (what `cf2run plan` needs to know whether the image exists)."""
+    return _write_tar(source_dir, None)[1].tar_sha.hexdigest()
+
+
+def _write_tar(source_dir: Path, out: IO[bytes] | None) -> tuple[int, _TarSink]:
     root = Path(source_dir)
     if not root.is_dir():
         raise SourceError(f"source directory {root} does not exist or is not a directory",
@@ -123,13 +225,13 @@ def make_tarball(source_dir: Path) -> Tarball:
     if files == 0:
         raise SourceError(f"source directory {root} has no files to upload",
                           hint="add the function's source, or check .gcloudignore / .gitignore rules")
-    buffer = io.BytesIO()
-    with gzip.GzipFile(filename="", mode="wb", fileobj=buffer, mtime=0) as compressed, \
-            tarfile.open(fileobj=compressed, mode="w", format=tarfile.PAX_FORMAT) as tar:
+    check_uncompressed(root, [(entry.name, entry.size) for entry in entries if entry.kind == "file"])
+    sink = _TarSink(out)
+    with tarfile.open(fileobj=sink, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for entry in entries:
             _add(tar, entry)
-    data = buffer.getvalue()
-    return Tarball(data=data, sha256=hashlib.sha256(data).hexdigest(), files=files)
+    sink.finish()
+    return files, sink
 
 
 def _walk(root: Path, rules: pathspec.GitIgnoreSpec | None, directory: Path | None = None,
@@ -152,7 +254,7 @@ def _walk(root: Path, rules: pathspec.GitIgnoreSpec | None, directory: Path | No
                 yield from _walk(root, rules, child, name + "/")
         elif child.is_file():
             if not (rules and rules.match_file(name)):
-                yield _Entry(name, child, "file")
+                yield _Entry(name, child, "file", size=_stat(child).st_size)
         elif not (rules and rules.match_file(name)):
             raise SourceError(f"{child} is not a regular file, directory or symlink",
                               hint="remove it or list it in .gcloudignore")
@@ -183,16 +285,22 @@ def _add(tar: tarfile.TarFile, entry: _Entry) -> None:
         info.type, info.mode, info.linkname = tarfile.SYMTYPE, LINK_MODE, entry.linkname
         tar.addfile(info)
     else:
-        data = _read(entry.path)
-        executable = entry.path.stat().st_mode & (stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+        executable = _stat(entry.path).st_mode & (stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
         info.mode = EXEC_MODE if executable else FILE_MODE
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
+        info.size = entry.size
+        try:
+            with entry.path.open("rb") as data:
+                tar.addfile(info, data)  # copied in blocks
+        except OSError as error:
+            raise SourceError(f"cannot read {entry.path}: {error.strerror or error}",
+                              hint="fix its permissions or list it in .gcloudignore "
+                                   "(a file that changes while it is packaged: package it again)"
+                              ) from None
 
 
-def _read(path: Path) -> bytes:
+def _stat(path: Path) -> os.stat_result:
     try:
-        return path.read_bytes()
+        return path.stat()
     except OSError as error:
         raise SourceError(f"cannot read {path}: {error.strerror}",
                           hint="fix its permissions or list it in .gcloudignore") from None
@@ -201,9 +309,10 @@ def _read(path: Path) -> bytes:
 # -- upload ------------------------------------------------------------------------------------
 
 
-def archive_object_name(spec: FunctionSpec, sha256: str) -> str:
-    """``source/NAME-SHA16.tgz``: named by content, so the same source is uploaded once."""
-    return f"source/{spec.name}-{sha256[:16]}.tgz"
+def archive_object_name(spec: FunctionSpec, tarball: Tarball) -> str:
+    """``source/NAME-SHA16.tgz`` (the .tgz's sha256): named by content, so the same archive is
+    uploaded once."""
+    return f"source/{spec.name}-{tarball.archive_sha256[:16]}.tgz"
 
 
 def upload_archive(client: Client, bucket_name: str, object_name: str, tarball: Tarball,
@@ -216,7 +325,7 @@ def upload_archive(client: Client, bucket_name: str, object_name: str, tarball: 
     """
     if owner_project is not None:
         check_owner(client, bucket_name, owner_project)
-    blob = client.bucket(bucket_name).blob(object_name)
+    blob = client.bucket(bucket_name).blob(object_name, chunk_size=UPLOAD_CHUNK_BYTES)
     try:
         _reload_same(blob, bucket_name, tarball)
     except NotFound:  # the object, or its bucket, is missing
@@ -243,7 +352,8 @@ def _write_new(client: Client, blob: Blob, tarball: Tarball) -> None:
 
 def _upload(blob: Blob, tarball: Tarball) -> None:
     try:
-        blob.upload_from_string(tarball.data, content_type="application/gzip", if_generation_match=0)
+        blob.upload_from_file(tarball.open(), size=tarball.size, content_type="application/gzip",
+                              if_generation_match=0)
     except Forbidden as error:
         raise _no_access(blob.bucket.name, error) from None
 
@@ -254,8 +364,7 @@ def _reload_same(blob: Blob, bucket_name: str, tarball: Tarball) -> None:
         blob.reload()
     except Forbidden as error:
         raise _no_access(bucket_name, error) from None
-    md5 = base64.b64encode(hashlib.md5(tarball.data).digest()).decode()  # GCS's checksum format
-    if blob.md5_hash and blob.md5_hash != md5:
+    if blob.md5_hash and blob.md5_hash != tarball.md5:
         raise Cf2RunError(f"gs://{bucket_name}/{blob.name} exists with other content",
                           hint="delete that object; cf2run names archives by their sha256")
 
@@ -319,8 +428,8 @@ def _no_access(bucket_name: str, error: Forbidden) -> Cf2RunError:
 @task(name="package", task_run_name="package[{spec.name}]", cache_policy=NO_CACHE, **RETRIES)
 def package_source(spec: FunctionSpec, target: Target) -> SourceArchive:
     """Tar the function's source deterministically and upload it to the staging bucket."""
-    tarball = make_tarball(spec.source)
     client = Cloud.for_target(target).storage
     owner = None if target.staging_bucket else target.project  # gcloud checks its default only
-    return upload_archive(client, target.bucket, archive_object_name(spec, tarball.sha256), tarball,
-                          owner_project=owner)
+    with make_tarball(spec.source) as tarball:
+        return upload_archive(client, target.bucket, archive_object_name(spec, tarball), tarball,
+                              owner_project=owner)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import os
 import tarfile
@@ -15,6 +16,7 @@ from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud.storage import Bucket, Client
 
+from cf2run import source_limits
 from cf2run.errors import Cf2RunError, SourceError
 from cf2run.localcloud.storage import StorageServer
 from cf2run.results import SourceArchive
@@ -32,7 +34,7 @@ def tree(root: Path, files: dict[str, str]) -> Path:
 
 
 def members(source: Path) -> dict[str, tarfile.TarInfo]:
-    with tarfile.open(fileobj=io.BytesIO(make_tarball(source).data), mode="r:gz") as tar:
+    with tarfile.open(fileobj=io.BytesIO(make_tarball(source).read_all()), mode="r:gz") as tar:
         return {info.name: info for info in tar.getmembers()}
 
 
@@ -46,7 +48,7 @@ def test_same_tree_same_bytes_whatever_the_file_times(tmp_path: Path) -> None:
     for path in [source, *source.rglob("*")]:
         os.utime(path, (1_000_000_000, 1_500_000_000))
     second = make_tarball(source)
-    assert second.data == first.data
+    assert second.read_all() == first.read_all()
     assert second.sha256 == first.sha256
     (source / "main.py").write_text("x = 2\n")
     assert make_tarball(source).sha256 != first.sha256
@@ -66,7 +68,7 @@ def test_entries_are_sorted_with_directories_and_root_ownership(tmp_path: Path) 
     (source / "run.sh").write_text("#!/bin/sh\n")
     (source / "run.sh").chmod(0o700)
     (source / "b.py").chmod(0o600)
-    with tarfile.open(fileobj=io.BytesIO(make_tarball(source).data), mode="r:gz") as tar:
+    with tarfile.open(fileobj=io.BytesIO(make_tarball(source).read_all()), mode="r:gz") as tar:
         infos = tar.getmembers()
     assert [info.name for info in infos] == ["a", "a/c.py", "a/z.py", "b.py", "run.sh"]
     assert infos[0].isdir()
@@ -77,7 +79,7 @@ def test_entries_are_sorted_with_directories_and_root_ownership(tmp_path: Path) 
 
 
 def test_gzip_header_has_no_time_and_no_name(tmp_path: Path) -> None:
-    data = make_tarball(tree(tmp_path / "src", {"main.py": ""})).data
+    data = make_tarball(tree(tmp_path / "src", {"main.py": ""})).read_all()
     assert data[:2] == b"\x1f\x8b"
     assert data[4:8] == b"\0\0\0\0"          # MTIME 0
     assert data[3] & 0x08 == 0                # no FNAME
@@ -182,11 +184,11 @@ def gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
 
 def test_upload_creates_the_bucket_and_reuses_an_existing_object(tmp_path: Path, gcs: Client) -> None:
     tarball = make_tarball(tree(tmp_path / "src", {"main.py": "def f(r):\n    return 'ok'\n"}))
-    name = f"source/fn-{tarball.sha256[:16]}.tgz"
+    name = f"source/fn-{tarball.archive_sha256[:16]}.tgz"
     first = upload_archive(gcs, "local-project_cloudbuild", name, tarball)
     assert first.uri == f"gs://local-project_cloudbuild/{name}"
-    assert (first.sha256, first.files, first.bytes) == (tarball.sha256, 1, len(tarball.data))
-    assert gcs.bucket("local-project_cloudbuild").blob(name).download_as_bytes() == tarball.data
+    assert (first.sha256, first.files, first.bytes) == (tarball.sha256, 1, len(tarball.read_all()))
+    assert gcs.bucket("local-project_cloudbuild").blob(name).download_as_bytes() == tarball.read_all()
     again = upload_archive(gcs, "local-project_cloudbuild", name, tarball)
     assert again == first  # same generation: nothing was rewritten
 
@@ -196,6 +198,53 @@ def test_an_object_with_other_content_under_the_name_is_an_error(tmp_path: Path,
     gcs.create_bucket("clash-bucket").blob("source/clash.tgz").upload_from_string(b"other")
     with pytest.raises(Cf2RunError, match="exists with other content"):
         upload_archive(gcs, "clash-bucket", "source/clash.tgz", tarball)
+
+
+def test_a_big_archive_streams_to_storage_in_chunks(tmp_path: Path, gcs: Client) -> None:
+    """Over 8 MiB the archive is a temporary file and goes up as a resumable upload in 8 MiB
+    chunks; the object holds exactly its bytes."""
+    source = tree(tmp_path / "src", {"main.py": "x = 1\n"})
+    (source / "model.bin").write_bytes(os.urandom(10 * 2**20))  # incompressible
+    with make_tarball(source) as tarball:
+        assert tarball.size > package.SPOOL_BYTES
+        assert tarball.file._rolled  # type: ignore[attr-defined]  # on disk, not in memory
+        archive = upload_archive(gcs, "big-archives", f"source/fn-{tarball.archive_sha256[:16]}.tgz",
+                                 tarball)
+        stored = gcs.bucket("big-archives").blob(archive.object_name).download_as_bytes()
+        assert hashlib.sha256(stored).hexdigest() == tarball.archive_sha256
+        assert archive.bytes == tarball.size == len(stored)
+
+
+def test_the_source_identity_is_the_tar_and_plan_gets_it_without_compressing(tmp_path: Path) -> None:
+    source = tree(tmp_path / "src", {"main.py": "x = 1\n", "lib/a.py": "y = 2\n"})
+    with make_tarball(source) as tarball:
+        assert package.source_sha256(source) == tarball.sha256
+        assert hashlib.sha256(gzip.decompress(tarball.read_all())).hexdigest() == tarball.sha256
+
+
+def test_a_source_over_500_mb_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    source = tree(tmp_path / "src", {"main.py": "x = 1\n"})
+    (source / "data").mkdir()
+    with (source / "data" / "dump.sql").open("wb") as sparse:  # 600 MB that take no disk
+        sparse.truncate(600 * 10**6)
+    with pytest.raises(SourceError, match=r"holds 600 MB to upload; Cloud Functions allowed at most "
+                                          r"500 MB uncompressed .*Biggest: data/ 600 MB, main.py 0 MB"
+                                          r".*\.gcloudignore") as caught:
+        package.source_sha256(source)
+    assert "quotas-1st-gen" in str(caught.value)
+    (source / ".gcloudignore").write_text("data/\n")
+    assert package.source_sha256(source)  # ignored: fine
+
+
+def test_an_archive_over_100_mb_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """100 MB of incompressible data would take a while to write; the limit is lowered instead
+    (the check is the same comparison)."""
+    monkeypatch.setattr(source_limits, "MAX_COMPRESSED_BYTES", 1000)
+    source = tree(tmp_path / "src", {"main.py": "x = 1\n"})
+    (source / "blob.bin").write_bytes(os.urandom(5000))
+    with pytest.raises(SourceError, match=r"the archive of .* is 0 MB; Cloud Functions allowed at "
+                                          r"most 0 MB compressed"):
+        make_tarball(source)
 
 
 # -- gcloud's default bucket must be the project's own --------------------------------------------
