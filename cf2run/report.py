@@ -47,6 +47,12 @@ def print_results(results: list[MigrationResult], title: str = "Migrations") -> 
     if not console.is_terminal:  # a log or a pipe: do not squeeze URLs into 80 columns
         console = Console(width=200)
     console.print(results_table(results, title))
+    warned = [(r.function, warning) for r in results for warning in r.warnings]
+    if warned:
+        console.print("\nWarnings:")
+        for function, warning in warned:
+            console.print(f"  {function}: {warning}", soft_wrap=True, crop=False, markup=False,
+                          highlight=False)
     triggers = [r for r in results if r.eventarc and r.status == "succeeded"]
     if triggers:
         console.print("\nEventarc triggers to create (once the events move from the Cloud Functions):")

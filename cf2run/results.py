@@ -27,6 +27,8 @@ class SourceArchive(_Result):
     sha256: str = Field(description="Hex sha256 of the archive bytes.")
     files: int = Field(description="Number of files (and symlinks) in the archive.")
     bytes: int = Field(description="Size of the archive in bytes.")
+    warnings: list[str] = Field(
+        default_factory=list, description="Files in it that look like secrets (cf2run/source_secrets.py).")
 
 
 class BuiltImage(_Result):
@@ -136,6 +138,9 @@ class MigrationResult(_Result):
         default=None, description="Event functions: the gcloud command that creates the Eventarc "
                                   "trigger routing their events to the service.")
     timings: dict[str, float] = Field(default_factory=dict, description="Seconds per step.")
+    warnings: list[str] = Field(
+        default_factory=list, description="What the user should look at although it did not fail "
+                                          "the migration (files in the source that look like secrets).")
 
     @property
     def build_note(self) -> str:

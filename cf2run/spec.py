@@ -241,6 +241,12 @@ class FunctionSpec(_Model):
                     "(gen1 buildEnvironmentVariables). Not secret: the values are stored in Prefect "
                     "flow-run parameters and in the Cloud Build record, so values that look like "
                     "credentials are refused (runtime secrets belong in secret_env).")
+    secret_files: Literal["warn", "refuse"] = Field(
+        default="warn",
+        description="What to do when the source holds files that look like secrets (.env, private "
+                    "keys, service-account keys, an .npmrc with a token) that gcloud's ignore rules "
+                    "would upload: 'warn' (in the log and the report, naming the .gcloudignore line "
+                    "that leaves each out) or 'refuse' (fail before anything is uploaded).")
     build_env_plain: list[str] = Field(
         default_factory=list,
         description="build_env names whose values look like credentials but may be stored in the "

@@ -120,6 +120,7 @@ def _migrate(spec: FunctionSpec, target: Target, leave_lane: Callable[[], None])
         Cloud.for_target(target).check_identity()
         with build_turn():
             archive = steps.run("package", package_source, spec, target)
+        result.warnings = archive.warnings
         built = steps.run("build", submit_pack_build, spec, target, archive)
         leave_lane()
         try:
@@ -211,6 +212,8 @@ def summary(result: MigrationResult, note: str | None = None) -> str:
                       "Cloud Function):", "", "```sh", result.eventarc, "```"]
     if note:
         lines += ["", f"> {note}"]
+    if result.warnings:
+        lines += ["", "**Warnings:**", ""] + [f"- {warning}" for warning in result.warnings]
     return "\n".join(lines) + "\n"
 
 

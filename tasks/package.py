@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import logging
 import os
 import stat
 import tarfile
@@ -35,16 +36,20 @@ import pathspec
 from google.api_core.exceptions import Conflict, Forbidden, NotFound, PreconditionFailed
 from google.cloud.storage import Blob, Client
 from isal import isal_zlib
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from cf2run import source_secrets
 from cf2run.cloud import Cloud
 from cf2run.errors import Cf2RunError, SourceError
 from cf2run.results import SourceArchive
 from cf2run.source_limits import check_compressed, check_uncompressed
+from cf2run.source_secrets import SecretFile
 from cf2run.spec import FunctionSpec, Target
+from tasks.deploy import Log
 from tasks.policy import RETRIES
 
+log = logging.getLogger(__name__)
 GCLOUDIGNORE = ".gcloudignore"
 INCLUDE_DIRECTIVE = "#!include:"
 #: gcloud's ignore rules when there is no .gcloudignore but the tree is a git checkout.
@@ -77,6 +82,7 @@ class Tarball:
     files: int
     size: int
     file: IO[bytes] = field(repr=False)
+    secret_files: list[SecretFile] = field(default_factory=list)
 
     def open(self) -> IO[bytes]:
         """The .tgz, from its first byte."""
@@ -199,14 +205,16 @@ def make_tarball(source_dir: Path) -> Tarball:
     """
     out = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115 - the Tarball owns it
     try:
-        files, sink = _write_tar(source_dir, out)
+        entries, sink = _write_tar(source_dir, out)
         check_compressed(Path(source_dir), sink.gz_size)
     except BaseException:
         out.close()
         raise
+    files = [(entry.name, entry.path) for entry in entries if entry.kind == "file"]
     return Tarball(sha256=sink.tar_sha.hexdigest(), archive_sha256=sink.gz_sha.hexdigest(),
-                   md5=base64.b64encode(sink.gz_md5.digest()).decode(), files=files,
-                   size=sink.gz_size, file=out)  # type: ignore[arg-type]
+                   md5=base64.b64encode(sink.gz_md5.digest()).decode(),
+                   files=sum(1 for entry in entries if entry.kind != "dir"), size=sink.gz_size,
+                   file=out, secret_files=source_secrets.find(files))  # type: ignore[arg-type]
 
 
 def source_sha256(source_dir: Path) -> str:
@@ -215,7 +223,7 @@ def source_sha256(source_dir: Path) -> str:
     return _write_tar(source_dir, None)[1].tar_sha.hexdigest()
 
 
-def _write_tar(source_dir: Path, out: IO[bytes] | None) -> tuple[int, _TarSink]:
+def _write_tar(source_dir: Path, out: IO[bytes] | None) -> tuple[list[_Entry], _TarSink]:
     root = Path(source_dir)
     if not root.is_dir():
         raise SourceError(f"source directory {root} does not exist or is not a directory",
@@ -231,7 +239,7 @@ def _write_tar(source_dir: Path, out: IO[bytes] | None) -> tuple[int, _TarSink]:
         for entry in entries:
             _add(tar, entry)
     sink.finish()
-    return files, sink
+    return entries, sink
 
 
 def _walk(root: Path, rules: pathspec.GitIgnoreSpec | None, directory: Path | None = None,
@@ -423,13 +431,25 @@ def _no_access(bucket_name: str, error: Forbidden) -> Cf2RunError:
                             "storage access to the credentials in use")
 
 
+def package(spec: FunctionSpec, target: Target, storage: Client, logger: Log = log) -> SourceArchive:
+    """Tar the function's source deterministically and upload it to the staging bucket; files
+    that look like secrets are warned about (or, with `secret_files: refuse`, refused first)."""
+    owner = None if target.staging_bucket else target.project  # gcloud checks its default only
+    with make_tarball(spec.source) as tarball:
+        warnings = [found.describe() for found in tarball.secret_files]
+        if warnings and spec.secret_files == "refuse":
+            raise SourceError(f"{spec.source}: {'; '.join(warnings)}",
+                              hint="leave them out, or set secret_files: warn to upload them anyway")
+        for warning in warnings:
+            logger.warning("%s: %s", spec.name, warning)
+        archive = upload_archive(storage, target.bucket, archive_object_name(spec, tarball), tarball,
+                                 owner_project=owner)
+    return archive.model_copy(update={"warnings": warnings})
+
+
 # Retried on transient errors only (tasks/policy.py). Not cached across runs: the key would be
 # the tree's content, which only packaging computes; the object name makes re-runs cheap anyway.
 @task(name="package", task_run_name="package[{spec.name}]", cache_policy=NO_CACHE, **RETRIES)
 def package_source(spec: FunctionSpec, target: Target) -> SourceArchive:
-    """Tar the function's source deterministically and upload it to the staging bucket."""
-    client = Cloud.for_target(target).storage
-    owner = None if target.staging_bucket else target.project  # gcloud checks its default only
-    with make_tarball(spec.source) as tarball:
-        return upload_archive(client, target.bucket, archive_object_name(spec, tarball), tarball,
-                              owner_project=owner)
+    """See `package`."""
+    return package(spec, target, Cloud.for_target(target).storage, get_run_logger())

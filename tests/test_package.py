@@ -9,7 +9,6 @@ import os
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from google.api_core.client_options import ClientOptions
@@ -247,6 +246,43 @@ def test_an_archive_over_100_mb_is_refused(tmp_path: Path, monkeypatch: pytest.M
         make_tarball(source)
 
 
+SA_KEY = '{"type": "service_account", "project_id": "p", "private_key": "-----BEGIN PRIVATE KEY-----"}'
+
+
+def test_files_that_look_like_secrets_are_named_with_the_rule_that_leaves_them_out(
+        tmp_path: Path, gcs: Client, caplog: pytest.LogCaptureFixture) -> None:
+    source = tree(tmp_path / "src", {
+        "main.py": "x = 1\n", ".env": "DB_PASSWORD=hunter2\n", ".env.example": "DB_PASSWORD=\n",
+        "keys/sa.json": SA_KEY, "package.json": '{"name": "x"}',
+        ".npmrc": "//registry.npmjs.org/:_authToken=npm_abc\n", "certs/ca.pem": "-----BEGIN CERTIFICATE-----",
+        "certs/server.pem": "-----BEGIN RSA PRIVATE KEY-----\n"})
+    spec = FunctionSpec(name="fn", source=source, runtime="python312", entry_point="f")
+    archive = package.package(spec, Target(staging_bucket="secrets-warned"), gcs)
+    assert archive.warnings == [
+        ".env looks like a dotenv file and would be uploaded with the source; add `/.env` to "
+        ".gcloudignore to leave it out",
+        ".npmrc looks like an .npmrc with a registry token and would be uploaded with the source; add "
+        "`/.npmrc` to .gcloudignore to leave it out",
+        "certs/server.pem looks like a private key and would be uploaded with the source; add "
+        "`/certs/server.pem` to .gcloudignore to leave it out",
+        "keys/sa.json looks like a service-account key and would be uploaded with the source; add "
+        "`/keys/sa.json` to .gcloudignore to leave it out"]
+    assert "fn: .env looks like a dotenv file" in caplog.text
+    # gcloud's rules decide what ships, as they would: the warning says what the user asked for.
+    (source / ".gcloudignore").write_text("/.env\n/.npmrc\n/certs/server.pem\n/keys/sa.json\n")
+    assert package.package(spec, Target(staging_bucket="secrets-warned"), gcs).warnings == []
+
+
+def test_secret_files_refuse_fails_before_anything_is_uploaded(tmp_path: Path, gcs: Client) -> None:
+    source = tree(tmp_path / "src", {"main.py": "x = 1\n", "config/.env.production": "TOKEN=x\n"})
+    spec = FunctionSpec(name="fn", source=source, runtime="python312", entry_point="f",
+                        secret_files="refuse")
+    with pytest.raises(SourceError, match=r"config/.env.production looks like a dotenv file.*add "
+                                          r"`/config/.env.production` to .gcloudignore"):
+        package.package(spec, Target(staging_bucket="never-created-bucket"), gcs)
+    assert gcs.lookup_bucket("never-created-bucket") is None
+
+
 # -- gcloud's default bucket must be the project's own --------------------------------------------
 
 
@@ -269,8 +305,7 @@ def migrate_package(tmp_path: Path, client: Client, monkeypatch: pytest.MonkeyPa
                     project: str) -> object:
     spec = FunctionSpec(name="fn", source=tree(tmp_path / "src", {"main.py": "x = 1\n"}),
                         runtime="python312", entry_point="f")
-    monkeypatch.setattr(package.Cloud, "for_target", lambda target: SimpleNamespace(storage=client))
-    return package.package_source.fn(spec, Target(project=project))
+    return package.package(spec, Target(project=project), client)
 
 
 def test_default_bucket_owned_by_another_project_is_refused(
