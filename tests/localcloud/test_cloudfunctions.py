@@ -228,6 +228,22 @@ def test_seeding_again_changes_only_what_changed(seeded: Seeded) -> None:
     assert seeded.clients.functions_v2.get_function(name=GEN2).labels == {"changed": "yes"}
 
 
+def test_an_internal_only_function_keeps_outside_callers_out(seeded: Seeded) -> None:
+    definition = seeded.seed / "private" / "function.json"
+    definition.write_text(json.dumps({**json.loads(definition.read_text()),
+                                      "ingressSettings": "ALLOW_INTERNAL_ONLY"}))
+    seeded.cloud.seed_functions(seeded.seed)  # a changed seed: version 2, built again
+    assert seeded.clients.functions.get_function(name=PRIVATE).version_id == 2
+    url = f"{seeded.cloud.endpoints.functions}/private"
+    token = {"Authorization": f"Bearer {seeded.cloud.id_token(url)}"}
+    assert httpx.get(url, headers=token, timeout=10).status_code == 404
+    seeded.cloud.settings.caller_in_vpc = True
+    try:
+        assert httpx.get(url, headers=token, timeout=10).status_code == 200
+    finally:
+        seeded.cloud.settings.caller_in_vpc = False
+
+
 def test_serve_refuses_a_bad_seed_directory(tmp_path: Path) -> None:
     cf2run = Path(sys.executable).with_name("cf2run")
     run = subprocess.run([str(cf2run), "localcloud", "serve", "--state-dir", str(tmp_path / "state"),
