@@ -63,7 +63,7 @@ class Stack:
 def functions_repository(localcloud: LocalCloud) -> None:
     """The repository the builds push into, created first as a user would (Artifact Registry
     takes images only into a repository that exists)."""
-    localcloud.create_repository("functions", project=PROJECT, location=REGION)
+    localcloud.repositories.ensure(PROJECT, REGION, "functions")
 
 
 @pytest.fixture

@@ -15,7 +15,17 @@ from google.api_core import exceptions as gexc
 from google.cloud import run_v2
 from google.cloud.devtools import cloudbuild_v1
 from google.iam.v1 import iam_policy_pb2
-from test_cloudbuild import PROJECT, REGION, Stack, finished, image_name, pack_build, submit, upload_source
+from test_cloudbuild import (  # noqa: F401 - functions_repository: its builds push there
+    PROJECT,
+    REGION,
+    Stack,
+    finished,
+    functions_repository,
+    image_name,
+    pack_build,
+    submit,
+    upload_source,
+)
 from test_cloudrun import APP, PARENT, Env, create, env_of, service_of, unique, update
 
 from cf2run.cloud import Cloud
