@@ -319,7 +319,7 @@ def localcloud_token(audience: Annotated[str, typer.Argument(help="The service U
 
     directory = state_dir or default_localcloud_dir()
     try:
-        Endpoints.read(directory)
+        Endpoints.running(directory)
     except Cf2RunError as error:
         typer.secho(f"error: {error}", fg="red", err=True)
         raise typer.Exit(2) from None

@@ -40,8 +40,9 @@ from google.oauth2 import service_account
 from cf2run.credentials import IdTokens, application_default, from_block, kind_of, resolve
 from cf2run.errors import Cf2RunError
 from cf2run.localcloud.accounts import route_google_auth, routed_to
-from cf2run.localcloud.endpoints import Endpoints
+from cf2run.localcloud.endpoints import Endpoints, serve_command
 from cf2run.oci import RegistryClient, basic_access_token
+from cf2run.reachability import ReachingInterceptor, ReachingSession
 
 if TYPE_CHECKING:
     from cf2run.spec import Target
@@ -97,6 +98,10 @@ GCP_POLLING = Polling(build=Backoff(1.0, 15.0, 2.0), operation=Backoff(0.5, 10.0
 LOCAL_POLLING = Polling(build=Backoff(0.1, 0.5, 1.5), operation=Backoff(0.05, 0.5, 1.5))
 
 
+#: The services' names in messages.
+SERVICE_NAMES = {"storage": "Cloud Storage", "cloudbuild": "Cloud Build", "cloudrun": "Cloud Run"}
+
+
 def default_localcloud_dir() -> Path:
     """Where `cf2run localcloud serve` keeps its state unless told otherwise."""
     return Path(os.environ.get("CF2RUN_LOCALCLOUD_DIR", Path.home() / ".cf2run" / "localcloud"))
@@ -117,19 +122,27 @@ class Cloud:
         self._resolve_credentials = credentials
         self._credentials: Credentials | None = None
         self._lock = threading.Lock()  # a fleet's threads ask for the credentials at once
+        #: What to check when an endpoint does not answer (cf2run/reachability.py).
+        self.unreachable_hint = ("check the network (DNS, proxy, firewall) and that the API is "
+                                 "reachable from here; then run it again")
 
     # -- constructors -------------------------------------------------------------------
 
     @classmethod
     def local(cls, endpoints: Endpoints, project: str = "local-project",
-              base: Callable[[], Credentials] | None = None, impersonate: str | None = None) -> Cloud:
+              base: Callable[[], Credentials] | None = None, impersonate: str | None = None,
+              state_dir: Path | None = None) -> Cloud:
         """Clients for the embedded local cloud: loopback endpoints, and (unless `base` says otherwise)
-        the local cloud's own service-account key (`endpoints.credentials`) through google-auth."""
+        the local cloud's own service-account key (`endpoints.credentials`) through google-auth.
+        `state_dir`: where it runs, named when it stops answering."""
         route_google_auth(endpoints.accounts)
         own_key = functools.partial(service_account.Credentials.from_service_account_file,
                                     endpoints.credentials)
-        return cls(project=project, endpoints=endpoints, polling=LOCAL_POLLING,
-                   credentials=functools.partial(resolve, base or own_key, impersonate))
+        cloud = cls(project=project, endpoints=endpoints, polling=LOCAL_POLLING,
+                    credentials=functools.partial(resolve, base or own_key, impersonate))
+        start = f"`{serve_command(state_dir)}`" if state_dir else "`cf2run localcloud serve`"
+        cloud.unreachable_hint = f"is the local cloud still running? start it again with {start}"
+        return cloud
 
     @classmethod
     def gcp(cls, project: str, base: Callable[[], Credentials] | None = None,
@@ -148,10 +161,10 @@ class Cloud:
     def for_target(cls, target: Target) -> Cloud:
         """The (process-wide, cached) clients for a target: its credentials block, else ADC on GCP and
         the local cloud's own key locally; impersonating the target's impersonate_service_account."""
-        if target.kind == "local":
-            directory = target.localcloud_dir or default_localcloud_dir()
-            return _cached_local(Endpoints.read(Path(directory)), target.project, target.credentials_block,
-                                 target.impersonate_service_account)
+        if target.kind == "local":  # a stopped or killed local cloud: LocalCloudNotRunning, at once
+            directory = Path(target.localcloud_dir or default_localcloud_dir())
+            return _cached_local(Endpoints.running(directory), target.project, target.credentials_block,
+                                 target.impersonate_service_account, directory)
         return _cached_gcp(target.project, target.credentials_block, target.impersonate_service_account)
 
     # -- credentials --------------------------------------------------------------------
@@ -198,16 +211,23 @@ class Cloud:
         if self.endpoints is None:
             return None
         plugin = AuthMetadataPlugin(self.credentials, google.auth.transport.requests.Request())
+        address = getattr(self.endpoints, service)
         # Call credentials need a secure channel; gRPC's local credentials are one over loopback TCP.
-        return grpc.secure_channel(getattr(self.endpoints, service), grpc.composite_channel_credentials(
+        channel = grpc.secure_channel(address, grpc.composite_channel_credentials(
             grpc.local_channel_credentials(), grpc.metadata_call_credentials(plugin)))
+        return grpc.intercept_channel(channel, ReachingInterceptor(
+            SERVICE_NAMES[service], address, self.unreachable_hint))
 
     # -- clients ------------------------------------------------------------------------
 
     @functools.cached_property
     def storage(self) -> StorageClient:
+        """Its session raises EndpointUnreachable for an endpoint nobody answers at, which the
+        client's own retry (120 s) does not repeat: the step's retries are the one budget."""
         local = ClientOptions(api_endpoint=self.endpoints.storage) if self.endpoints else None
-        return StorageClient(project=self.project, credentials=self.credentials, client_options=local)
+        session = ReachingSession(self.credentials, SERVICE_NAMES["storage"], self.unreachable_hint)
+        return StorageClient(project=self.project, credentials=self.credentials, client_options=local,
+                             _http=session)
 
     @functools.cached_property
     def builds(self) -> cloudbuild_v1.CloudBuildClient:
@@ -262,8 +282,9 @@ def _block(name: str | None) -> Callable[[], Credentials] | None:
 
 
 @functools.cache
-def _cached_local(endpoints: Endpoints, project: str, block: str | None, impersonate: str | None) -> Cloud:
-    return Cloud.local(endpoints, project, _block(block), impersonate)
+def _cached_local(endpoints: Endpoints, project: str, block: str | None, impersonate: str | None,
+                  state_dir: Path | None = None) -> Cloud:
+    return Cloud.local(endpoints, project, _block(block), impersonate, state_dir)
 
 
 @functools.cache

@@ -70,3 +70,13 @@ class RegistryError(Cf2RunError):
         self.transient = transient if transient is not None else (
             status is not None and (status == 429 or status >= 500))
         super().__init__(message, hint=hint)
+
+
+class EndpointUnreachable(TransientError):
+    """Nothing answers at an endpoint (connection refused, a host name that does not resolve, no
+    route to it): said at once, naming the service and its address (cf2run/reachability.py), not
+    retried inside the call; the step's own retries (tasks/policy.py) are its one retry budget."""
+
+
+class LocalCloudNotRunning(Cf2RunError):
+    """No local cloud runs in the state directory a local target names (stopped, or killed)."""

@@ -69,8 +69,8 @@ def plan(spec: FunctionSpec, target: Target, cloud: Cloud) -> FunctionPlan:
         result.revision = wanted.template.revision
         if existing is not None and serves(existing, wanted):
             result.deploy = "unchanged"
-    if result.deploy == "create":  # CreateService, then the allUsers binding of a public one
-        result.cloud_run_writes = 1 + spec.allow_unauthenticated
+    if result.deploy == "create":  # CreateService, then one SetIamPolicy for its invokers, if any
+        result.cloud_run_writes = 1 + bool(spec.allow_unauthenticated or spec.invokers)
     elif result.deploy == "update":  # the candidate revision, then promoting it
         result.cloud_run_writes = 2
     elif existing is not None and existing.ingress != mapping.INGRESS[spec.ingress]:

@@ -12,6 +12,7 @@ them: the manifest and the service only name secrets).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Literal
 
 from google.api_core import exceptions as api_exceptions
@@ -24,14 +25,25 @@ from cf2run.errors import Cf2RunError
 from cf2run.events import eventarc_command
 from cf2run.fleet_plan import plan as build_plan
 from cf2run.oci import ImageRef
+from cf2run.principals import ALL_USERS
 from cf2run.results import VerifiedImage
 from cf2run.spec import FunctionSpec, Target
 from cf2run.traffic import serving
-from tasks.deploy import get_service, has_public_binding, service_for, service_path
+from tasks.deploy import get_service, service_for, service_path
+from tasks.invokers import (
+    INVOKER_ROLE,
+    invoker_members,
+    read_policy,
+    removal_command,
+    unlisted,
+    wanted_invokers,
+)
 
 #: Shown for the image when the build has not run yet (its digest is not known).
 UNBUILT = "(built by this migration)"
 Action = Literal["create", "update", "unchanged"]
+#: What the plan says of an invoker the service has and the manifest does not name.
+KEPT = "cf2run does not remove invokers; remove it by hand"
 
 
 class Change(BaseModel):
@@ -71,8 +83,10 @@ class ServicePlan(BaseModel):
     notes: list[str] = Field(default_factory=list, description="Settings cf2run chose, and why.")
 
 
-def settings_view(service: run_v2.Service, public: bool | None) -> dict[str, str]:
-    """The settings a user reads in a plan, flattened to ``key: value`` (secrets by reference)."""
+def settings_view(service: run_v2.Service, public: bool | None, invokers: Iterable[str] = ()
+                  ) -> dict[str, str]:
+    """The settings a user reads in a plan, flattened to ``key: value`` (secrets by reference);
+    `invokers`: the members besides allUsers that may invoke it."""
     template = service.template
     container = template.containers[0] if template.containers else run_v2.Container()
     view = {"image": container.image or UNBUILT}
@@ -103,6 +117,7 @@ def settings_view(service: run_v2.Service, public: bool | None) -> dict[str, str
     view.update({f"label.{key}": value for key, value in sorted(service.labels.items())})
     if public is not None:
         view["iam"] = "public (allUsers may invoke)" if public else "private (ID token needed)"
+    view.update({f"invoker {member}": INVOKER_ROLE for member in invokers})
     return view
 
 
@@ -137,17 +152,21 @@ def _plan(spec: FunctionSpec, target: Target, cloud: Cloud) -> ServicePlan:
     result = ServicePlan(function=spec.name, build=built.build, image=image, service=name,
                          revision=built.revision, eventarc=eventarc_command(spec, target),
                          notes=[note] if note else [])
-    wanted_view = settings_view(wanted, spec.allow_unauthenticated)
+    wanted_view = settings_view(wanted, spec.allow_unauthenticated, spec.invokers)
     if existing is None:
         result.action = "create"
         result.changes = diff({}, wanted_view)
         return result
-    public = has_public_binding(cloud.services.get_iam_policy(request={"resource": name}))
-    if public and not spec.allow_unauthenticated:
-        wanted_view["iam"] += "; cf2run does not remove the allUsers binding: remove it by hand"
+    members = invoker_members(read_policy(cloud.services, name))
+    public, others = ALL_USERS in members, [member for member in members if member != ALL_USERS]
+    kept = unlisted(members, wanted_invokers(spec))  # cf2run does not remove invokers
+    if ALL_USERS in kept:
+        wanted_view["iam"] += f"; {KEPT}: {removal_command(name, ALL_USERS)}"
+    wanted_view.update({f"invoker {member}": f"{INVOKER_ROLE}; not in the manifest, {KEPT}: "
+                        f"{removal_command(name, member)}" for member in kept if member != ALL_USERS})
     result.url, result.serving = existing.uri, serving(existing)
     result.action = "unchanged" if built.deploy == "unchanged" else "update"
-    result.changes = [change for change in diff(settings_view(existing, public), wanted_view)
+    result.changes = [change for change in diff(settings_view(existing, public, others), wanted_view)
                       if not change.key.startswith("label.cf2run-source")]
     return result
 

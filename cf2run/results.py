@@ -103,6 +103,8 @@ class TrafficChange(_Result):
     changed: bool = Field(description="False when the traffic was already where it had to be.")
     public: bool | None = Field(default=None, description="Whether allUsers may invoke the service "
                                                           "(set by promote).")
+    invokers: list[str] | None = Field(default=None, description="The other members that may invoke "
+                                                                  "it (set by promote).")
 
 
 class SmokeResult(_Result):

@@ -33,6 +33,7 @@ from pydantic import (
     model_validator,
 )
 
+from cf2run import principals
 from cf2run.errors import SpecError
 from cf2run.spec_parts import SecretRef, SecretVolume, StrictModel, Trigger, overlapping_mounts
 
@@ -169,6 +170,38 @@ def service_account_email(email: str | None, field: str) -> str | None:
         raise ValueError(f"{field} {email!r} is not an email address; give the service account's "
                          "email, e.g. NAME@PROJECT.iam.gserviceaccount.com")
     return email
+
+PRINCIPAL_FORMS = ("user:EMAIL, serviceAccount:EMAIL, group:EMAIL, domain:DOMAIN, allAuthenticatedUsers, "
+                   "principal://... or principalSet://... "
+                   "(https://cloud.google.com/iam/docs/principal-identifiers)")
+
+
+def invoker_problem(member: str) -> str | None:
+    """What is wrong with `member` as an entry of `invokers` (cf2run/principals.py), or None."""
+    parsed = principals.parse(member)
+    if member == principals.ALL_USERS:
+        return ("invokers lists allUsers: to make the service public set allow_unauthenticated: "
+                "true (invokers names who else may call a private service)")
+    if parsed is None:
+        meant = principals.misspelled_type(member)
+        if meant == principals.ALL_USERS:
+            return invoker_problem(meant)
+        if meant:
+            return f"invokers member {member!r}: IAM's types are case-sensitive; write {meant!r}"
+        if principals.EMAIL_RE.match(member):
+            return (f"invokers member {member!r} has no type; write user:{member}, "
+                    f"serviceAccount:{member} or group:{member}")
+        return f"invokers member {member!r} is not an IAM principal; use {PRINCIPAL_FORMS}"
+    if parsed.kind == principals.DELETED:
+        return f"invokers member {member!r} is a deleted principal; remove it"
+    if not principals.well_formed(parsed):
+        what = {"domain": "a domain name such as example.com",
+                "principal": "a principal URI such as principal://iam.googleapis.com/...",
+                "principalSet": "a principal set URI such as principalSet://iam.googleapis.com/..."}
+        return (f"invokers member {member!r}: after '{parsed.kind}:' comes "
+                f"{what.get(parsed.kind, 'an email address')}")
+    return None
+
 
 class SmokeRequest(_Model):
     """The HTTP request that proves a migrated function works, and what it must answer."""
@@ -308,6 +341,13 @@ class FunctionSpec(_Model):
                     "'private-ranges-only' or 'all-traffic'.")
     allow_unauthenticated: bool = Field(
         default=False, description="Make the service public (allUsers may invoke it). Private by default.")
+    invokers: list[str] = Field(
+        default_factory=list,
+        description="IAM members given roles/run.invoker on the service at promote, after the smoke "
+                    "test (gen1's roles/cloudfunctions.invoker members): user:EMAIL, "
+                    "serviceAccount:EMAIL, group:EMAIL, domain:DOMAIN, allAuthenticatedUsers (any "
+                    "Google account), principal://... or principalSet://...; allUsers is "
+                    "allow_unauthenticated: true. cf2run adds members, never removes them.")
     trigger: Trigger | None = Field(
         default=None,
         description="Event functions: the event they react to (gen1 eventTrigger). The smoke test "
@@ -415,6 +455,18 @@ class FunctionSpec(_Model):
     @classmethod
     def _service_account(cls, email: str | None) -> str | None:
         return service_account_email(email, "service_account")
+
+    @field_validator("invokers")
+    @classmethod
+    def _invokers(cls, invokers: list[str]) -> list[str]:
+        for member in invokers:
+            problem = invoker_problem(member)
+            if problem:
+                raise ValueError(problem)
+        twice = sorted({member for member in invokers if invokers.count(member) > 1})
+        if twice:
+            raise ValueError(f"invokers lists {', '.join(twice)} more than once; keep one")
+        return invokers
 
     @field_validator("labels")
     @classmethod

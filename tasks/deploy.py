@@ -18,8 +18,8 @@
   nothing). It is left out of the revision name, so an ingress-only change makes no revision:
   the service already serves it, and promote changes the ingress alone.
 - `deploy_service` is the Prefect task, cached across flow runs on digest + settings + target.
-- The ``allUsers`` invoker binding (`ensure_invoker`), only for ``allow_unauthenticated``
-  services, is set by the promote step, after the smoke test.
+- Who may invoke the service (``allUsers`` for ``allow_unauthenticated``, the spec's
+  ``invokers``) is granted by the promote step, after the smoke test (tasks/invokers.py).
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ from google.api_core import exceptions as api_exceptions
 from google.api_core import operation as lro
 from google.api_core.future import polling
 from google.cloud import run_v2
-from google.iam.v1 import policy_pb2
 from prefect import get_run_logger, task
 from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy
 from prefect.context import TaskRunContext
@@ -61,12 +60,8 @@ MANAGED_BY_LABEL = ("managed-by", "cf2run")
 SOURCE_LABEL = "cf2run-source"
 SOURCE_LABEL_LEN = 12
 CLIENT = "cf2run"
-INVOKER_ROLE = "roles/run.invoker"
-#: The IAM policy version that carries conditional role bindings as they are.
-POLICY_VERSION = 3
 #: How many times a read-modify-write is tried again when its etag went stale meanwhile.
 ETAG_ATTEMPTS = 3
-ALL_USERS = "allUsers"
 #: How long to wait for Cloud Run to bring a revision to Ready (how often to ask: cf2run/cloud.py).
 DEPLOY_TIMEOUT_S = 900.0
 
@@ -393,76 +388,6 @@ def _with_details(message: str, details: list[str]) -> str:
     """`message` plus whichever of `details` it does not already say."""
     extra = [detail for detail in details if detail not in message]
     return f"{message} ({'; '.join(extra)})" if extra else message
-
-
-# -- IAM: the allUsers invoker binding -----------------------------------------------------------
-
-
-def has_public_binding(policy: policy_pb2.Policy) -> bool:
-    return any(b.role == INVOKER_ROLE and ALL_USERS in b.members for b in policy.bindings)
-
-
-def read_policy(services: run_v2.ServicesClient, service: str) -> policy_pb2.Policy:
-    """The service's IAM policy at version 3: conditional bindings as they are, so that writing
-    it back keeps them (read at a lower version, they come back renamed ``ROLE_withcond_HASH``
-    and cannot be written: cloud.google.com/iam/docs/policies#versions)."""
-    return services.get_iam_policy(request={
-        "resource": service, "options": {"requested_policy_version": POLICY_VERSION}})
-
-
-def with_public_binding(policy: policy_pb2.Policy) -> policy_pb2.Policy:
-    """A copy of `policy` (etag, version and conditional bindings kept) with ``allUsers`` in
-    the unconditional ``roles/run.invoker`` binding."""
-    updated = policy_pb2.Policy()
-    updated.CopyFrom(policy)
-    for binding in updated.bindings:
-        if binding.role == INVOKER_ROLE and not binding.HasField("condition"):
-            binding.members.append(ALL_USERS)
-            return updated
-    updated.bindings.add(role=INVOKER_ROLE, members=[ALL_USERS])
-    return updated
-
-
-#: What to check when a service cannot be made public.
-PUBLIC_HINT = ("the credentials need run.services.setIamPolicy on the service (roles/run.admin), and an "
-               "organization policy may forbid allUsers (constraints/iam.allowedPolicyMemberDomains); "
-               "or make it public yourself: gcloud run services add-iam-policy-binding SERVICE "
-               f"--member={ALL_USERS} --role={INVOKER_ROLE}")
-
-
-def ensure_invoker(services: run_v2.ServicesClient, service: str, public: bool, logger: Log) -> bool | None:
-    """Public services get ``allUsers`` -> ``roles/run.invoker`` (once); private ones are never opened.
-
-    Returns whether allUsers may invoke the service afterwards. A public service that cannot be
-    made public fails the step (transient errors are retried; others say what to check): a
-    migration is not done while its service refuses the public. For a private service a binding
-    that is already there is reported, not removed (None: the policy could not be read).
-    """
-    if public:
-        def make_public() -> None:
-            policy = read_policy(services, service)
-            if has_public_binding(policy):
-                return
-            cloud_run_write()
-            services.set_iam_policy(request={"resource": service, "policy": with_public_binding(policy)})
-            logger.info("%s is public: %s may invoke it", service, ALL_USERS)
-
-        with api_step(f"making {short_name(service)} public (SetIamPolicy)", hint=PUBLIC_HINT,
-                      step="promote"):
-            again_on_aborted(make_public, f"SetIamPolicy {service}", logger)
-        return True
-    try:
-        policy = read_policy(services, service)
-    except api_exceptions.GoogleAPICallError as error:
-        logger.warning("could not read the IAM policy of %s (%s)", service, error.message or error)
-        return None
-    if has_public_binding(policy):
-        logger.warning("%s is public (allUsers may invoke it) but the spec says allow_unauthenticated: "
-                       "false; cf2run does not remove bindings: run `gcloud run services "
-                       "remove-iam-policy-binding %s --member=%s --role=%s` to make it private",
-                       service, short_name(service), ALL_USERS, INVOKER_ROLE)
-        return True
-    return False
 
 
 # -- the Prefect task ------------------------------------------------------------------------------

@@ -3,10 +3,11 @@
 - `promote`: the tested revision gets 100% of the traffic and the candidate tag goes (a first
   deploy already has all the traffic: nothing moves), and in the same update the service gets
   the manifest's ingress (a service setting: the candidate ran under the one the service had,
-  tasks/deploy.py; an ingress-only change is an update of its own). Then, and only then, a service the spec
-  makes public gets its ``allUsers`` invoker binding: nobody outside could reach a revision
-  before it passed its smoke test. The step is done only when the binding is there (a failure
-  fails it: retried when transient) and the URL answers a caller without a token. The promoted
+  tasks/deploy.py; an ingress-only change is an update of its own). Then, and only then, the
+  members the spec names get ``roles/run.invoker`` (``allUsers`` for a public service, and its
+  ``invokers``; tasks/invokers.py): nobody outside could reach a revision before it passed its
+  smoke test. The step is done only when they have it (a failure fails it: retried when
+  transient) and, for a public service, the URL answers a caller without a token. The promoted
   revision is added to the history that `cf2run rollback` reads (cf2run/traffic.py).
 - `discard`: the candidate failed its smoke test; its tag goes, and the revisions that served
   keep all the traffic (they never lost any).
@@ -27,20 +28,13 @@ from prefect.cache_policies import NO_CACHE
 from cf2run import mapping
 from cf2run.cloud import Cloud
 from cf2run.errors import DeployFailed
+from cf2run.principals import ALL_USERS
 from cf2run.quotas import cloud_run_write
 from cf2run.results import Deployment, TrafficChange
 from cf2run.spec import FunctionSpec, Target
 from cf2run.traffic import all_to, candidate_tag, same_traffic, serving, with_promoted, without_tag
-from tasks.deploy import (
-    SUCCEEDED,
-    Log,
-    again_on_aborted,
-    api_step,
-    ensure_invoker,
-    get_service,
-    log,
-    wait_for,
-)
+from tasks.deploy import SUCCEEDED, Log, again_on_aborted, api_step, get_service, log, wait_for
+from tasks.invokers import ensure_invokers, wanted_invokers
 from tasks.policy import RETRIES
 from tasks.smoke import IAM_PROPAGATION_STATUSES, answers_without_token
 
@@ -91,7 +85,7 @@ def _move_once(cloud: Cloud, name: str, change: Change, step: str, logger: Log,
 
 
 def promote(cloud: Cloud, spec: FunctionSpec, deployment: Deployment, logger: Log = log) -> TrafficChange:
-    """All traffic to the deployed revision, the candidate tag removed; then the public binding."""
+    """All traffic to the deployed revision, the candidate tag removed; then the invokers."""
     revision, tag = deployment.revision, candidate_tag(spec.name)
 
     def change(current: run_v2.Service) -> tuple[list[run_v2.TrafficTarget], dict[str, str]] | None:
@@ -102,7 +96,9 @@ def promote(cloud: Cloud, spec: FunctionSpec, deployment: Deployment, logger: Lo
 
     moved = move_traffic(cloud, deployment.service, change, "promote", logger,
                          ingress=run_v2.IngressTraffic(mapping.INGRESS[spec.ingress]))
-    moved.public = ensure_invoker(cloud.services, deployment.service, spec.allow_unauthenticated, logger)
+    members = ensure_invokers(cloud.services, deployment.service, wanted_invokers(spec), logger)
+    if members is not None:
+        moved.public, moved.invokers = ALL_USERS in members, [m for m in members if m != ALL_USERS]
     if spec.allow_unauthenticated:  # done only when the public gets in (IAM may take a moment)
         status = answers_without_token(moved.url, spec.smoke.deadline_s, logger.info)
         if status in IAM_PROPAGATION_STATUSES:

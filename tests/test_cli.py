@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 from prefect.settings import PREFECT_API_URL
 
+from cf2run.localcloud.endpoints import FILENAME
 from cf2run.localcloud.server import LocalCloud
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,3 +94,33 @@ def test_help_shows_the_state_dir_default() -> None:
     shown = cf2run("localcloud", "serve", "--help", env={"COLUMNS": "120"})
     text = " ".join(shown.stdout.replace("│", " ").split())
     assert "default: $CF2RUN_LOCALCLOUD_DIR, else ~/.cf2run/localcloud" in text
+
+
+def test_every_command_says_at_once_that_the_local_cloud_is_stopped_or_killed(tmp_path: Path) -> None:
+    """Issue 16: `migrate` retried for ~10 minutes per function on a local cloud that was not
+    running. Stopped, its endpoints.json says so; killed (kill -9 leaves the file as it was, and
+    nothing listens on its ports), a refused connection says so."""
+    state = tmp_path / "cloud"
+    LocalCloud(state_dir=state).start().close()  # a real local cloud of this test's own, stopped
+    (tmp_path / "fn").mkdir()
+    manifest = tmp_path / "manifest.yaml"
+    manifest.write_text(f"target: {{kind: local, localcloud_dir: {state}}}\nfunctions:\n"
+                        "  - {name: hello, source: fn, runtime: python312, entry_point: main}\n")
+    commands = [("plan", str(manifest)), ("migrate", str(manifest)), ("fleet", str(manifest)),
+                ("rollback", "hello", "--manifest", str(manifest)),
+                ("localcloud", "token", "http://127.0.0.1:1", "--state-dir", str(state))]
+    unset = {"PREFECT_API_URL": ""}  # the fast path must not need a Prefect server either
+
+    def refused_by_all(why: str) -> None:
+        for command in commands:
+            run = cf2run(*command, env=unset)
+            assert run.returncode == 2, (command, run.stdout, run.stderr)
+            assert f"no local cloud is running in {state}: {why}" in run.stderr, (command, run.stderr)
+            assert f"start it with `cf2run localcloud serve --state-dir {state}`" in run.stderr
+            assert "Traceback" not in run.stderr
+
+    refused_by_all(f"{state / FILENAME} says it was stopped")
+    recorded = json.loads((state / FILENAME).read_text())
+    del recorded["stopped"]  # what kill -9 leaves: the file of a running cloud, and nobody there
+    (state / FILENAME).write_text(json.dumps(recorded))
+    refused_by_all(f"nothing answers at {recorded['accounts'].removeprefix('http://')}")

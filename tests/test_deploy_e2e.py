@@ -150,6 +150,43 @@ def test_public_service_is_opened_by_promote_after_its_smoke_test_and_without_a_
     assert is_public(cloud, first)
 
 
+def invoker_bindings(cloud: Cloud, deployment: Deployment) -> list[tuple[list[str], str]]:
+    """(members, condition) of each roles/run.invoker binding, read at version 3 by the official client."""
+    policy = cloud.services.get_iam_policy(request={
+        "resource": deployment.service, "options": {"requested_policy_version": 3}})
+    return sorted((sorted(b.members), b.condition.expression) for b in policy.bindings
+                  if b.role == "roles/run.invoker")
+
+
+def test_invokers_are_granted_at_promote_kept_with_other_members_and_never_removed(
+        cloud: Cloud, image: tuple[Path, VerifiedImage]) -> None:
+    source, verified = image
+    ci, team = "serviceAccount:ci@local-project.iam.gserviceaccount.com", "group:team@example.com"
+    spec = make_spec(source, invokers=[ci, team])
+    deployment = deploy(cloud, spec, Target(), verified)
+    assert invoker_bindings(cloud, deployment) == [], "granted before its smoke test"
+    # Someone else's grants: another member, and a conditional binding (kept as they are).
+    until = 'request.time < timestamp("2030-01-01T00:00:00Z")'
+    cloud.services.set_iam_policy(request={"resource": deployment.service, "policy": policy_pb2.Policy(
+        version=3, bindings=[
+            policy_pb2.Binding(role="roles/run.invoker", members=["user:ops@example.com"]),
+            policy_pb2.Binding(role="roles/run.invoker", members=[ci],
+                               condition=expr_pb2.Expr(title="until 2030", expression=until))])})
+
+    moved = promote(cloud, spec, deployment)
+    assert (moved.public, sorted(moved.invokers or [])) == (False, sorted([ci, team, "user:ops@example.com"]))
+    assert invoker_bindings(cloud, deployment) == sorted([
+        ([ci], until), (sorted([ci, team, "user:ops@example.com"]), "")])
+    assert httpx.get(deployment.url).status_code == 403  # still private: the members need ID tokens
+
+    etag = cloud.services.get_iam_policy(request={"resource": deployment.service}).etag
+    fewer = spec.model_copy(update={"invokers": [ci]})  # team dropped from the manifest
+    assert sorted(promote(cloud, fewer, deployment).invokers or []) == sorted(
+        [ci, team, "user:ops@example.com"])
+    assert cloud.services.get_iam_policy(request={"resource": deployment.service}).etag == etag, \
+        "a promote with nothing to grant wrote the policy"
+
+
 def test_private_service_answers_403_without_a_token_and_passes_its_smoke_test_with_one(
         cloud: Cloud, image: tuple[Path, VerifiedImage]) -> None:
     source, verified = image

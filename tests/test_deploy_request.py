@@ -9,19 +9,11 @@ from typing import Any
 
 import pytest
 from google.cloud import run_v2
-from google.iam.v1 import policy_pb2
 
 from cf2run.localcloud import cloudrun_rules
 from cf2run.results import VerifiedImage
 from cf2run.spec import FunctionSpec, Target
-from tasks.deploy import (
-    deploy_cache_key,
-    has_public_binding,
-    serves,
-    service_for,
-    service_path,
-    with_public_binding,
-)
+from tasks.deploy import deploy_cache_key, serves, service_for, service_path
 
 DIGEST = "sha256:" + "ab" * 32
 OTHER_DIGEST = "sha256:" + "cd" * 32
@@ -242,18 +234,3 @@ def test_does_not_serve_when_anything_differs(source: Path) -> None:
     assert not serves(served(wanted, traffic_statuses=split), wanted)
     assert not serves(served(wanted, terminal_condition=failed), wanted)
     assert not serves(served(wanted, labels={"managed-by": "cf2run"}), wanted)
-
-
-# -- the allUsers binding -------------------------------------------------------------------------
-
-
-def test_public_binding_is_added_once_keeping_other_members() -> None:
-    policy = policy_pb2.Policy(etag=b"e1", bindings=[
-        policy_pb2.Binding(role="roles/run.invoker", members=["serviceAccount:a@p.iam.gserviceaccount.com"]),
-        policy_pb2.Binding(role="roles/run.admin", members=["user:x@example.com"])])
-    assert not has_public_binding(policy)
-    updated = with_public_binding(policy)
-    assert has_public_binding(updated) and updated.etag == b"e1"
-    assert list(updated.bindings[0].members) == ["serviceAccount:a@p.iam.gserviceaccount.com", "allUsers"]
-    assert not has_public_binding(policy)  # the input is not modified
-    assert has_public_binding(with_public_binding(policy_pb2.Policy()))

@@ -205,6 +205,24 @@ def test_a_failed_public_binding_is_retried_and_the_url_answers_without_a_token(
     assert run_counts[f"promote[{spec.name}]"] == 2, run_counts
 
 
+def test_invokers_are_granted_at_promote_through_a_transient_failure(
+        samples: dict[str, FunctionSpec], target: Target, knobs: LocalCloudSettings,
+        tmp_path: Path) -> None:
+    """The invokers' grant is the promote step's job, as the public binding is: a transient
+    SetIamPolicy failure fails the step, Prefect runs it again, and the member gets the role."""
+    member = "serviceAccount:caller@local-project.iam.gserviceaccount.com"
+    spec = fresh_copy(samples["hello-python"], tmp_path).model_copy(update={"invokers": [member]})
+    knobs.faults = [Fault(method="Services.SetIamPolicy", code="UNAVAILABLE", first_n=1)]
+    result, run_counts = migrate(spec, target)
+    assert result.status == "succeeded", result.message
+    assert run_counts[f"promote[{spec.name}]"] == 2, run_counts
+    cloud = Cloud.for_target(target)
+    policy = cloud.services.get_iam_policy(request={
+        "resource": f"projects/{target.project}/locations/{target.region}/services/{spec.name}"})
+    assert [list(b.members) for b in policy.bindings if b.role == "roles/run.invoker"] == [[member]]
+    assert httpx.get(result.url or "", timeout=30).status_code == 403  # private: invokers need tokens
+
+
 def test_a_public_binding_refused_for_good_fails_the_migration_naming_the_permission(
         samples: dict[str, FunctionSpec], target: Target, knobs: LocalCloudSettings,
         tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
+from google.iam.v1 import policy_pb2
 from typer.testing import CliRunner
 
 from cf2run.cli import app
@@ -74,9 +75,19 @@ def test_plan_shows_create_then_nothing_then_a_readable_diff(
     assert f"{name}: unchanged" in same and "build: cached (image exists)" in same
     assert "no changes" in same and f"url: {result.url} (serving {result.revision})" in same
 
+    # Someone else lets ops in; the manifest names the team instead (cf2run adds, never removes).
+    cloud.services.set_iam_policy(request={"resource": service, "policy": policy_pb2.Policy(
+        etag=cloud.services.get_iam_policy(request={"resource": service}).etag,
+        bindings=[policy_pb2.Binding(role="roles/run.invoker", members=["user:ops@example.com"])])})
     changed = write(tmp_path, localcloud, name=name, env={"MODE": "prod"}, memory="512Mi",
-                    max_instances=5, allow_unauthenticated=True, secret_env={"API_KEY": "api-key"})
+                    max_instances=5, allow_unauthenticated=True, secret_env={"API_KEY": "api-key"},
+                    invokers=["group:team@example.com"])
     diff = plan(changed)
+    assert "+ invoker group:team@example.com: roles/run.invoker" in diff, diff
+    assert ("~ invoker user:ops@example.com: roles/run.invoker -> roles/run.invoker; not in the "
+            "manifest, cf2run does not remove invokers; remove it by hand: gcloud run services "
+            f"remove-iam-policy-binding {name} --member=user:ops@example.com --role=roles/run.invoker"
+            ) in diff, diff
     assert f"{name}: update: new revision as a candidate" in diff
     assert "build: cached (image exists)" in diff, "only service settings changed: no new build"
     for line in ("~ env.MODE: 'dev' -> 'prod'", "+ env.API_KEY: secret api-key:latest",

@@ -153,6 +153,16 @@ def test_every_field_has_a_description() -> None:
     ({"smoke": {"metod": "GET"}}, ".smoke.metod", "did you mean 'method'?"),
     ({"smoke": {"accept_unreachable": "yes"}}, ".smoke.accept_unreachable", "valid boolean"),
     ({"source": "missing-dir"}, "functions[0] (orders-api).source", "does not exist"),
+    ({"invokers": ["allUsers"]}, ".invokers", "set allow_unauthenticated: true"),
+    ({"invokers": ["allusers"]}, ".invokers", "set allow_unauthenticated: true"),
+    ({"invokers": ["ann@example.com"]}, ".invokers", "write user:ann@example.com, serviceAccount:"),
+    ({"invokers": ["serviceaccount:ci@p.iam.gserviceaccount.com"]}, ".invokers", "write 'serviceAccount'"),
+    ({"invokers": ["everyone"]}, ".invokers", "not an IAM principal; use user:EMAIL"),
+    ({"invokers": ["serviceAccount:ci"]}, ".invokers", "after 'serviceAccount:' comes an email address"),
+    ({"invokers": ["domain:example"]}, ".invokers", "after 'domain:' comes a domain name"),
+    ({"invokers": ["principal:iam.googleapis.com/x"]}, ".invokers", "a principal URI"),
+    ({"invokers": ["deleted:user:ann@example.com?uid=1"]}, ".invokers", "a deleted principal"),
+    ({"invokers": ["group:g@example.com", "group:g@example.com"]}, ".invokers", "more than once"),
 ])
 def test_invalid_function_is_rejected_naming_the_field(
         tmp_path: Path, overrides: dict[str, Any], where: str, says: str) -> None:
@@ -160,6 +170,16 @@ def test_invalid_function_is_rejected_naming_the_field(
     assert message.startswith(str(tmp_path / "manifest.yaml") + ": ")
     assert where in message
     assert says in message
+
+
+def test_invokers_take_every_principal_form_iam_lists(tmp_path: Path) -> None:
+    members = ["user:ann@example.com", "serviceAccount:ci@p-123.iam.gserviceaccount.com",
+               "serviceAccount:p-123.svc.id.goog[ns/ksa]", "group:team@example.com",
+               "domain:example.com", "allAuthenticatedUsers",
+               "principal://iam.googleapis.com/locations/global/workforcePools/pool/subject/ann",
+               "principalSet://iam.googleapis.com/locations/global/workforcePools/pool/group/eng"]
+    manifest = load_manifest(write_manifest(tmp_path, {"functions": [function(invokers=members)]}))
+    assert manifest.functions[0].invokers == members
 
 
 def test_error_names_the_function_by_index_and_name(tmp_path: Path) -> None:

@@ -65,8 +65,9 @@ import grpc
 from google.cloud import run_v2
 from google.iam.v1 import policy_pb2
 
+from cf2run import principals
 from cf2run.localcloud import fieldbehavior
-from cf2run.localcloud.grpcapi import RpcError
+from cf2run.localcloud.grpcapi import RpcError, invalid
 
 RESERVED_ENV = ("PORT", "K_SERVICE", "K_REVISION", "K_CONFIGURATION")
 SYSTEM_NAMESPACES = ("run.googleapis.com", "cloud.googleapis.com", "serving.knative.dev",
@@ -563,8 +564,15 @@ def check_etag(given: str, current: str, what: str) -> None:
 
 # -- IAM -----------------------------------------------------------------------------------
 
-_MEMBER = re.compile(r"^(allUsers|allAuthenticatedUsers|(user|serviceAccount|group|domain|principal|"
-                     r"principalSet|deleted):.+)$")
+#: Google's answer to a member of no form IAM knows (gcloud's output quoted in
+#: GoogleCloudPlatform/oss-test-infra#2440 and in hashicorp/terraform-provider-google reports; its
+#: BadRequest detail names the field ``policy.bindings.member``).
+MEMBER_FORM = 'Policy members must be of the form "<type>:<value>".'
+#: What IAM answers for an account it cannot find, which a value that is no email never is
+#: (gcloud's "INVALID_ARGUMENT: Invalid service account (EMAIL)." for an empty or line-broken
+#: email, "User EMAIL does not exist.", "Group EMAIL does not exist.", quoted in public runbooks).
+UNKNOWN_ACCOUNT = {"serviceAccount": "Invalid service account ({}).",
+                   "user": "User {} does not exist.", "group": "Group {} does not exist."}
 
 
 POLICY_VERSIONS = (0, 1, 3)
@@ -573,7 +581,8 @@ WITHCOND = "_withcond_"
 
 
 def check_policy(policy: policy_pb2.Policy, field: str) -> None:
-    """Roles are ``roles/...`` and members IAM principals (``allUsers``, ``user:EMAIL``, ...);
+    """Roles are ``roles/...`` and members IAM principals (``allUsers``, ``user:EMAIL``, ...:
+    `check_member`);
     a policy with conditions is version 3, and a role read at a lower version (``..._withcond_
     HASH``) is no role (google/iam/v1/policy.proto `version`: "Any operation that affects
     conditional role bindings must specify version 3"; cloud.google.com/iam/docs/policies#versions).
@@ -593,12 +602,20 @@ def check_policy(policy: policy_pb2.Policy, field: str) -> None:
                                                           "(such as 'roles/run.invoker'); a "
                                                           f"'{WITHCOND}' role is a conditional "
                                                           "binding read at a version below 3.")
-        for j, member in enumerate(binding.members):
-            if not _MEMBER.match(member):
-                raise violation(f"{field}.bindings[{i}].members[{j}]",
-                                f"{member!r} is not a principal: use allUsers, "
-                                "allAuthenticatedUsers or TYPE:ID (user:, serviceAccount:, "
-                                "group:, domain:).")
+        for member in binding.members:
+            check_member(member)
+
+
+def check_member(member: str) -> None:
+    """A member IAM takes (cf2run/principals.py has the forms), else INVALID_ARGUMENT in IAM's
+    words. A malformed ``domain:`` or principal URI is refused with the form's message: Google's
+    own words for those are not known here."""
+    parsed = principals.parse(member)
+    if parsed is None:
+        raise invalid(MEMBER_FORM)
+    if not principals.well_formed(parsed):
+        answer = UNKNOWN_ACCOUNT.get(parsed.kind)
+        raise invalid(answer.format(parsed.value) if answer else MEMBER_FORM)
 
 
 def policy_at_version(policy: policy_pb2.Policy, requested: int, field: str) -> policy_pb2.Policy:

@@ -1,13 +1,22 @@
-"""Where each local service listens: `DIR/endpoints.json`, readable by any process."""
+"""Where each local service listens: `DIR/endpoints.json`, readable by any process.
+
+A local cloud that stops marks its file ``"stopped": true`` (the ports stay in it: a restart
+reuses them); one that was killed leaves it unmarked, and `Endpoints.running` finds that out by
+connecting to it (a refused loopback connection fails at once).
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 FILENAME = "endpoints.json"
+STOPPED = "stopped"
+#: How long `Endpoints.running` waits for its connection (loopback: refused or accepted at once).
+PROBE_TIMEOUT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -43,6 +52,32 @@ class Endpoints:
         os.replace(tmp, path)
         return path
 
+    @staticmethod
+    def mark_stopped(state_dir: Path) -> None:
+        """Say in ``DIR/endpoints.json`` that nothing listens there any more (ports kept)."""
+        path = state_dir / FILENAME
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({**data, STOPPED: True}, indent=2) + "\n")
+        os.replace(tmp, path)
+
+    @classmethod
+    def running(cls, state_dir: Path) -> Endpoints:
+        """The endpoints of the local cloud that runs in `state_dir`; `LocalCloudNotRunning` naming
+        the directory and the command that starts it when it was stopped or killed."""
+        endpoints = cls.read(state_dir)
+        address = endpoints.accounts.removeprefix("http://")
+        host, port = address.rsplit(":", 1)
+        try:
+            socket.create_connection((host, int(port)), timeout=PROBE_TIMEOUT_S).close()
+        except OSError as error:
+            raise not_running(state_dir, f"nothing answers at {address} ({error.strerror or error}): "
+                                         "it was killed, or its machine restarted") from None
+        return endpoints
+
     @classmethod
     def read(cls, state_dir: Path) -> Endpoints:
         path = state_dir / FILENAME
@@ -55,6 +90,8 @@ class Endpoints:
                 f"no local cloud found: {path} does not exist",
                 hint="start one with `cf2run localcloud serve --state-dir DIR` and point the "
                      "target's localcloud_dir (or CF2RUN_LOCALCLOUD_DIR) at DIR") from None
+        if data.get(STOPPED):
+            raise not_running(state_dir, f"{path} says it was stopped")
         missing = [key for key in cls.__dataclass_fields__ if key not in data]
         if missing:
             from cf2run.errors import Cf2RunError
@@ -68,3 +105,15 @@ class Endpoints:
     def port_of(address: str) -> int:
         """The port of ``host:port`` or ``http://host:port`` (reused after a restart)."""
         return int(address.rsplit(":", 1)[1])
+
+
+def serve_command(state_dir: Path) -> str:
+    return f"cf2run localcloud serve --state-dir {state_dir}"
+
+
+def not_running(state_dir: Path, why: str) -> Exception:
+    """`LocalCloudNotRunning`: no local cloud runs in `state_dir`, `why`, and how to start it."""
+    from cf2run.errors import LocalCloudNotRunning
+
+    return LocalCloudNotRunning(f"no local cloud is running in {state_dir}: {why}",
+                                hint=f"start it with `{serve_command(state_dir)}`")

@@ -15,6 +15,7 @@ google-auth is imported). The tokens are JWTs signed with HS256: only the local 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import html
@@ -22,6 +23,7 @@ import json
 import logging
 import os
 import secrets
+import socket
 import threading
 import time
 import urllib.parse
@@ -178,8 +180,33 @@ class QuietHandler(BaseHTTPRequestHandler):
 class _QuietThreadingServer(ThreadingHTTPServer):
     daemon_threads = True
 
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(address, handler)
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.debug("error while serving %s", client_address, exc_info=True)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._connections_lock:
+            self._connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._connections_lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def end_connections(self) -> None:
+        """Stop reading from every open connection: an idle keep-alive connection ends (as a
+        stopped process's would: the client's next request on it goes to a new connection,
+        which is refused), a request whose answer is being written still gets it."""
+        with self._connections_lock:
+            connections = list(self._connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RD)
 
 
 class LoopbackServer:
@@ -194,8 +221,10 @@ class LoopbackServer:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop accepting requests and close the socket (requests in flight may finish)."""
+        """Stop accepting requests, end idle connections and close the socket (requests in flight
+        may finish)."""
         self.server.shutdown()
+        self.server.end_connections()
         self.server.server_close()
 
 

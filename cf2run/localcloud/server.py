@@ -6,7 +6,7 @@
 
 `cf2run localcloud serve --state-dir DIR` runs the same thing persistently: it reuses the
 ports recorded in DIR/endpoints.json, and services that were serving come back on the same
-URLs. No process outlives `close()`.
+URLs. No process outlives `close()`, which marks endpoints.json stopped (its ports kept).
 """
 
 from __future__ import annotations
@@ -191,6 +191,8 @@ class LocalCloud:
 
     def close(self) -> None:
         self._stack.close()
+        if self._endpoints is not None:  # commands then say at once that none runs here
+            Endpoints.mark_stopped(self.state_dir)
         self._endpoints = None
         if self._ephemeral:
             shutil.rmtree(self.state_dir, ignore_errors=True)

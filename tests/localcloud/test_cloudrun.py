@@ -504,9 +504,13 @@ def test_private_service_needs_a_token_until_all_users_may_invoke(
     allowed = env.services.test_iam_permissions(request=iam_policy_pb2.TestIamPermissionsRequest(
         resource=service.name, permissions=["run.routes.invoke", "storage.objects.get"]))
     assert list(allowed.permissions) == ["run.routes.invoke"]
-    with pytest.raises(exceptions.InvalidArgument, match=r"policy.bindings\[0\].members\[0\]"):
-        env.services.set_iam_policy(request={"resource": service.name, "policy": policy_pb2.Policy(
-            bindings=[policy_pb2.Binding(role="roles/run.invoker", members=["everyone"])])})
+    for member, answer in [("everyone", 'Policy members must be of the form "<type>:<value>".'),
+                           ("serviceAccount:ci", "Invalid service account (ci).")]:
+        with pytest.raises(exceptions.InvalidArgument) as raised:
+            env.services.set_iam_policy(request={"resource": service.name, "policy": policy_pb2.Policy(
+                bindings=[policy_pb2.Binding(role="roles/run.invoker", members=[member])])})
+        assert raised.value.message == answer
+    assert get(service.uri).status_code == 403  # nothing was stored
 
 
 def test_conditional_bindings_need_policy_version_3(env: Env, hello_v1: str) -> None:

@@ -17,6 +17,7 @@ from builder_samples import PYTHON_MAIN, python_function
 from google.cloud import run_v2
 
 from cf2run.cloud import Cloud
+from cf2run.errors import LocalCloudNotRunning
 from cf2run.localcloud.builder import build_function
 from cf2run.localcloud.endpoints import FILENAME, Endpoints
 
@@ -106,6 +107,9 @@ def test_restart_brings_services_back_on_the_same_urls(serve: Serve, tmp_path: P
     with pytest.raises(httpx.ConnectError):
         get(created.uri, token)
     assert processes_using(serve.state_dir) == [], "a revision outlived the local cloud"
+    with pytest.raises(LocalCloudNotRunning) as stopped:  # its endpoints.json says so
+        Endpoints.read(serve.state_dir)
+    assert f"cf2run localcloud serve --state-dir {serve.state_dir}" in str(stopped.value)
 
     again = serve.start()
     assert again == endpoints, "the services' endpoints moved after a restart"
