@@ -99,7 +99,8 @@ LOCAL_POLLING = Polling(build=Backoff(0.1, 0.5, 1.5), operation=Backoff(0.05, 0.
 
 
 #: The services' names in messages.
-SERVICE_NAMES = {"storage": "Cloud Storage", "cloudbuild": "Cloud Build", "cloudrun": "Cloud Run"}
+SERVICE_NAMES = {"storage": "Cloud Storage", "cloudbuild": "Cloud Build", "cloudrun": "Cloud Run",
+                 "cloudfunctions": "Cloud Functions"}
 
 
 def default_localcloud_dir() -> Path:
