@@ -31,6 +31,7 @@ from tests.discovery.seeds import (
 )
 
 GOLDEN = Path(__file__).parent / "discovery" / "samples.golden.yaml"
+HELLO = {"httpsTrigger": {}, "runtime": "python312", "entryPoint": "hello"}
 
 
 @pytest.fixture(scope="module")
@@ -149,8 +150,7 @@ def test_a_rerun_keeps_the_users_edits_and_says_what_changed(functions_cloud: Lo
     source = tmp_path / "functions" / "hello-python" / "main.py"
     source.write_text(source.read_text() + "# my note\n")
     seeds = tmp_path / "new-seed"
-    write_function(seeds, "hello-three", {"httpsTrigger": {}, "runtime": "python312", "entryPoint": "hello"},
-                   source=EXAMPLES / "python-http")
+    write_function(seeds, "hello-three", HELLO, source=EXAMPLES / "python-http")
     functions_cloud.seed_functions(seeds)
     forced = discover(functions_cloud, tmp_path, "--filter", "hello-*", "--force")
     assert forced.exit_code == 0, forced.output
@@ -158,6 +158,35 @@ def test_a_rerun_keeps_the_users_edits_and_says_what_changed(functions_cloud: Lo
     assert "# smoke: the default" in manifest.read_text()  # --force wrote it anew
     assert source.read_text().endswith("# my note\n")  # the function did not change: edits kept
     assert "kept your edits in" in forced.output
+
+    (seeds / "hello-three" / "function.json").write_text(
+        (seeds / "hello-three" / "function.json").read_text().replace('"python312"', '"python311"'))
+    functions_cloud.seed_functions(seeds)
+    updated = discover(functions_cloud, tmp_path, "--filter", "hello-*")
+    assert updated.exit_code == 0, updated.output
+    said = " ".join(updated.output.split())
+    assert "updated since the last discover: " + function_name("hello-three") in said
+    assert "runtime: python311" in manifest.read_text().split("functions/hello-three")[-1]
+
+
+def test_functions_of_several_regions_get_a_manifest_per_region(functions_cloud: LocalCloud,
+                                                                tmp_path: Path) -> None:
+    seeds = tmp_path / "seed"
+    for function_id, region in (("eu-hello", "europe-west1"), ("us-hello", "us-central1")):
+        write_function(seeds, function_id, HELLO, source=EXAMPLES / "python-http", project="two-regions",
+                       region=region)
+    functions_cloud.seed_functions(seeds)
+    assert discover(functions_cloud, tmp_path / "all", project="two-regions").exit_code == 0
+    for function_id, region in (("eu-hello", "europe-west1"), ("us-hello", "us-central1")):
+        written = yaml.safe_load((tmp_path / "all" / region / "manifest.yaml").read_text())
+        assert written["target"]["region"] == region
+        assert [item["name"] for item in written["functions"]] == [function_id]
+        assert (tmp_path / "all" / region / "functions" / function_id / "main.py").exists()
+    assert not (tmp_path / "all" / "manifest.yaml").exists()
+    one = discover(functions_cloud, tmp_path / "eu", "--region", "europe-west1", project="two-regions")
+    assert one.exit_code == 0, one.output
+    written = yaml.safe_load((tmp_path / "eu" / "manifest.yaml").read_text())
+    assert [item["name"] for item in written["functions"]] == ["eu-hello"]
 
 
 def test_the_old_functions_are_unchanged_by_discover(functions_cloud: LocalCloud, tmp_path: Path) -> None:

@@ -53,16 +53,17 @@ SAMPLES: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
 }
 
 
-def function_name(function_id: str) -> str:
-    return f"projects/{PROJECT}/locations/{REGION}/functions/{function_id}"
+def function_name(function_id: str, project: str = PROJECT, region: str = REGION) -> str:
+    return f"projects/{project}/locations/{region}/functions/{function_id}"
 
 
 def write_function(seed: Path, function_id: str, definition: dict[str, Any],
                    policy: dict[str, Any] | None = None, source: Path | None = None,
-                   source_zip: bytes | None = None, v2: bool = False) -> Path:
+                   source_zip: bytes | None = None, v2: bool = False, project: str = PROJECT,
+                   region: str = REGION) -> Path:
     folder = seed / function_id
     folder.mkdir(parents=True)
-    body = {"name": function_name(function_id), **definition}
+    body = {"name": function_name(function_id, project, region), **definition}
     (folder / ("function.v2.json" if v2 else "function.json")).write_text(json.dumps(body, indent=2))
     if policy:
         (folder / "iam.json").write_text(json.dumps(policy))
