@@ -4,6 +4,7 @@
     cf2run fleet MANIFEST [--max-parallel N] [--dry-run] [--fanout local|deployments]
     cf2run setup [--pool NAME] [--builds N] [--run-writes-per-minute N]
     cf2run plan MANIFEST [--only NAME] [--target local|gcp]
+    cf2run discover --project P [--region R ...] [--filter GLOB] [--out DIR] [--target local|gcp] [--force]
     cf2run rollback SERVICE [--to REVISION] [--manifest M] [--target local|gcp] [--project P] [--region R]
     cf2run demo
     cf2run localcloud serve [--state-dir DIR]
@@ -198,6 +199,50 @@ def plan(
     plans = [plan_function(spec, loaded.target, cloud) for spec in loaded.functions]
     typer.echo(render(plans), nl=False)
     raise typer.Exit(0 if all(p.ok for p in plans) else 1)
+
+
+@app.command()
+def discover(
+    project: Annotated[str, typer.Option("--project", help="Project whose functions to discover.")],
+    region: Annotated[list[str] | None, typer.Option(
+        "--region", help="Only this region (repeatable; default: every region).")] = None,
+    name_filter: Annotated[str | None, typer.Option(
+        "--filter", help="Only functions whose id matches this glob, e.g. 'orders-*'.")] = None,
+    out: Annotated[Path, typer.Option(
+        "--out", help="Directory for manifest.yaml and functions/NAME/ (one REGION/ folder each "
+                      "when the functions span several regions).")] = Path("discovered"),
+    target: Annotated[str, typer.Option(
+        "--target", help="Where the API calls go and the manifest's target kind: local or gcp.")] = "local",
+    localcloud_dir: Annotated[Path | None, typer.Option(
+        "--localcloud-dir", help="For --target local: the local cloud's directory (default: "
+                                 "$CF2RUN_LOCALCLOUD_DIR, else ~/.cf2run/localcloud).",
+        show_default=False)] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Overwrite a manifest (or source folder) you edited since the last run.")] = False,
+) -> None:
+    """Write a manifest from the project's 1st-gen Cloud Functions (settings, source, who may
+    invoke them); change nothing in the project."""
+    from cf2run.discovery.report import print_result
+    from cf2run.discovery.run import Clients, Request
+    from cf2run.discovery.run import discover as run_discover
+    from cf2run.errors import Cf2RunError
+
+    chosen = _target(None, target, project, region[0] if region else None)
+    if localcloud_dir is not None:
+        chosen = chosen.model_copy(update={"localcloud_dir": localcloud_dir})
+    cloud = _connect(chosen)
+    request = Request(project=chosen.project, out=out.resolve(), regions=region or (),
+                      name_glob=name_filter, kind=chosen.kind, localcloud_dir=localcloud_dir,
+                      force=force)
+    try:
+        result = run_discover(Clients(cloud.functions, cloud.functions_v2, cloud.storage), request)
+    except Cf2RunError as error:
+        typer.secho(f"error: {error}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    print_result(result)
+    if not result.manifests:
+        typer.secho("error: no function to migrate (see the table); nothing was written", fg="red", err=True)
+        raise typer.Exit(2)
 
 
 @app.command()
