@@ -86,12 +86,27 @@ def _message_bytes(data: Any) -> bytes:
     return json.dumps(data, separators=(",", ":")).encode()
 
 
-def smoke_request(spec: FunctionSpec, target: Target) -> SmokeRequest:
-    """The spec's smoke request, carrying its trigger's event (the spec's own headers win)."""
-    headers, data = smoke_event(spec, target)
+Event = tuple[dict[str, str], Any]
+
+
+def smoke_request(spec: FunctionSpec, target: Target, event: Event | None = None) -> SmokeRequest:
+    """The spec's smoke request, carrying its trigger's event (`event`, else a new one of
+    `smoke_event`; the spec's own headers win)."""
+    headers, data = event or smoke_event(spec, target)
     return spec.smoke.model_copy(update={
         "method": "POST", "headers": {**headers, **spec.smoke.headers},
         "body": json.dumps(data), "json_body": None})
+
+
+def gen1_data(spec: FunctionSpec, data: Any) -> Any:
+    """The data a 1st-gen background function gets for a CloudEvent's `data` (what CallFunction
+    passes it): Pub/Sub, the PubsubMessage ({data: BASE64, attributes, messageId, publishTime}:
+    "The `data` field contains the PubsubMessage message",
+    https://cloud.google.com/functions/1stgendocs/calling/pubsub, as `gcloud functions call
+    --data '{"data": "BASE64"}'` sends it); Storage, the object; others, the data itself."""
+    if spec.trigger is not None and spec.trigger.kind == "pubsub":
+        return data["message"]
+    return data
 
 
 def trigger_id(spec: FunctionSpec) -> str:
