@@ -71,9 +71,10 @@ class SmokeRefused(SmokeTestFailed):
 
 class ParityDiffers(CandidateRejected):
     """The new revision does not answer like the old function (parity.on_difference: fail).
-    `result`: the comparison."""
+    `result`: the comparison (optional only so that copy and pickle, which call the class with
+    the message alone, can make one)."""
 
-    def __init__(self, message: str, *, result: ParityResult, hint: str | None = None) -> None:
+    def __init__(self, message: str, *, result: ParityResult | None = None, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.result = result
 

@@ -177,6 +177,27 @@ def acceptance_difference(old_error: str | None, new: Answer) -> str | None:
     return f"old {old_said}, new {new_said}"
 
 
+COMPARED = {"auto": "status and body (JSON-equal when both are JSON)", "exact": "status and body byte "
+            "for byte", "json": "status and JSON body", "status": "status only"}
+
+
+def planned(check: ParityCheck) -> str | None:
+    """What the parity step will compare against, in one line (`cf2run plan`); None: no check."""
+    if not check.enabled:
+        return None
+    outcome = "fails the migration" if check.on_difference == "fail" else "is a warning (promoted anyway)"
+    if check.old_function:
+        return (f"the smoke event's data to {check.old_function} through CallFunction, the event to the "
+                f"candidate; each must accept it; a difference {outcome}")
+    compared = COMPARED[check.compare]
+    if check.json_fields:
+        compared += f" (only {', '.join(check.json_fields)})"
+    if check.headers:
+        compared += f", headers {', '.join(check.headers)}"
+    return (f"{1 + len(check.requests)} request(s) to {check.old_url} and to the candidate; compares "
+            f"{compared}; a difference {outcome}")
+
+
 def shown(value: Any, *, as_json: bool = False) -> str:
     """A value as a difference shows it, cut at SHOWN_CHARS: a JSON value as JSON, text (a line
     without its line ending, a header) quoted."""

@@ -212,7 +212,8 @@ def _parity(steps: _Steps, spec: FunctionSpec, target: Target, deployment: Deplo
     try:
         checked = _passed_or_discarded(steps, "parity", parity_check, spec, target, deployment, result)
     except ParityDiffers as error:
-        result.parity, result.parity_diffs = error.result.verdict, error.result.diffs
+        if error.result is not None:
+            result.parity, result.parity_diffs = error.result.verdict, error.result.diffs
         raise
     result.parity, result.parity_diffs = checked.verdict, checked.diffs
     return checked

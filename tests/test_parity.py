@@ -9,7 +9,14 @@ from typing import Any
 import pytest
 
 from cf2run.errors import SpecError
-from cf2run.parity import MISSING, Answer, acceptance_difference, differences, first_json_difference
+from cf2run.parity import (
+    MISSING,
+    Answer,
+    acceptance_difference,
+    differences,
+    first_json_difference,
+    planned,
+)
 from cf2run.spec import load_manifest
 from cf2run.spec_parts import ParityCheck
 
@@ -165,3 +172,14 @@ def test_a_parity_section_loads(tmp_path: Path) -> None:
                  "    signature_type: event\n")
     assert event.parity.enabled
     assert not load(tmp_path, "{}").parity.enabled
+
+
+def test_plan_line_says_what_parity_compares_against() -> None:
+    assert planned(ParityCheck()) is None
+    event = ParityCheck(old_function="projects/p/locations/us-central1/functions/orders")
+    assert planned(event) == ("the smoke event's data to projects/p/locations/us-central1/functions/orders "
+                              "through CallFunction, the event to the candidate; each must accept it; a "
+                              "difference fails the migration")
+    assert planned(check(compare="status")) == (
+        "1 request(s) to https://us-central1-p.cloudfunctions.net/f and to the candidate; compares "
+        "status only; a difference fails the migration")
