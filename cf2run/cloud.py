@@ -2,7 +2,8 @@
 
 Nothing else in cf2run knows whether it talks to real GCP or to the embedded local cloud:
 tasks ask `Cloud.for_target(target)` for `storage`, `builds`, `services`, `revisions`,
-`registry` and `id_token(audience)`, and get the same client types either way, with the
+`functions` (Cloud Functions v1), `functions_v2`, `registry` and `id_token(audience)`, and get
+the same client types either way, with the
 `polling` that suits the backend.
 Clients are never task parameters (they would break Prefect's cache keys).
 """
@@ -22,11 +23,15 @@ import grpc
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import Credentials
 from google.auth.transport.grpc import AuthMetadataPlugin
-from google.cloud import run_v2
+from google.cloud import functions_v1, functions_v2, run_v2
 from google.cloud.devtools import cloudbuild_v1
 from google.cloud.devtools.cloudbuild_v1.services.cloud_build.transports import (
     CloudBuildGrpcTransport,
 )
+from google.cloud.functions_v1.services.cloud_functions_service.transports import (
+    CloudFunctionsServiceGrpcTransport,
+)
+from google.cloud.functions_v2.services.function_service.transports import FunctionServiceGrpcTransport
 from google.cloud.run_v2.services.revisions.transports import RevisionsGrpcTransport
 from google.cloud.run_v2.services.services.transports import ServicesGrpcTransport
 from google.cloud.storage import Client as StorageClient
@@ -224,6 +229,23 @@ class Cloud:
         if channel is None:
             return run_v2.RevisionsClient(credentials=self.credentials)
         return run_v2.RevisionsClient(transport=RevisionsGrpcTransport(channel=channel))
+
+    @functools.cached_property
+    def functions(self) -> functions_v1.CloudFunctionsServiceClient:
+        """Cloud Functions v1: 1st-gen functions in their own shape (get, download URL, IAM, call)."""
+        channel = self._channel("cloudfunctions")
+        if channel is None:
+            return functions_v1.CloudFunctionsServiceClient(credentials=self.credentials)
+        return functions_v1.CloudFunctionsServiceClient(
+            transport=CloudFunctionsServiceGrpcTransport(channel=channel))
+
+    @functools.cached_property
+    def functions_v2(self) -> functions_v2.FunctionServiceClient:
+        """Cloud Functions v2: lists 1st- and 2nd-gen functions (`environment` GEN_1 / GEN_2)."""
+        channel = self._channel("cloudfunctions")
+        if channel is None:
+            return functions_v2.FunctionServiceClient(credentials=self.credentials)
+        return functions_v2.FunctionServiceClient(transport=FunctionServiceGrpcTransport(channel=channel))
 
     @functools.cached_property
     def registry(self) -> RegistryClient:

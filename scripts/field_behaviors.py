@@ -25,7 +25,8 @@ from google.api import annotations_pb2, field_behavior_pb2, http_pb2
 from google.protobuf import descriptor_pb2
 
 #: The APIs the local cloud serves through grpcapi.py, as googleapis paths.
-PROTO_DIRS = ("google/cloud/run/v2", "google/devtools/cloudbuild/v1")
+PROTO_DIRS = ("google/cloud/run/v2", "google/devtools/cloudbuild/v1", "google/cloud/functions/v1",
+              "google/cloud/functions/v2")
 TABLE = Path(__file__).resolve().parent.parent / "cf2run" / "localcloud" / "field_behavior_table.py"
 #: The behaviours the local services act on (OPTIONAL, IDENTIFIER, ... change nothing there).
 KEPT = frozenset({"REQUIRED", "OUTPUT_ONLY", "IMMUTABLE"})

@@ -15,19 +15,36 @@ from typing import Any
 
 import grpc
 import proto  # type: ignore[import-untyped]
+from google.protobuf import any_pb2
 from google.protobuf.message import Message
+from google.rpc import status_pb2
+from grpc_status import rpc_status
 
 from cf2run.localcloud import fieldbehavior
 from cf2run.localcloud.settings import FaultInjector
 
 
 class RpcError(Exception):
-    """Answer the call with `code` and `message`, as Google's API would."""
+    """Answer the call with `code` and `message`, as Google's API would; `details` (google.rpc
+    messages such as ErrorInfo and Help) go in the rich status (``grpc-status-details-bin``),
+    where google-api-core reads them (`GoogleAPICallError.details`, `.reason`)."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, details: Sequence[Message] = ()) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.details = tuple(details)
+
+    def abort(self, context: grpc.ServicerContext) -> None:
+        if not self.details:
+            context.abort(self.code, self.message)
+        packed = []
+        for detail in self.details:
+            holder = any_pb2.Any()
+            holder.Pack(detail)
+            packed.append(holder)
+        context.abort_with_status(rpc_status.to_status(status_pb2.Status(
+            code=self.code.value[0], message=self.message, details=packed)))
 
 
 def invalid(message: str) -> RpcError:
@@ -86,7 +103,7 @@ def _guarded(method: str, func: Callable[[Any], Any], faults: FaultInjector,
             accept(request, missing)
             return func(request)
         except RpcError as error:
-            context.abort(error.code, error.message)
+            error.abort(context)
 
     return call
 

@@ -175,22 +175,30 @@ class _ServiceHandler(ProxyHandler):
     # -- access --------------------------------------------------------------------------------
 
     def _authorize(self, route: Route, headers: list[tuple[str, str]]) -> int | None:
-        """None when a bearer ID token lets the caller in (X-Serverless-Authorization first, as Cloud
-        Run does; the revision receives it without its signature). Else the status Cloud Run answers:
-        403 without a token, 401 with one it refuses (expired, not Google's, another audience: the
-        "401 Unauthorized" page of google/adk-python#3814). Besides the URL, Cloud Run takes user ID
-        tokens issued to gcloud's OAuth clients (accounts.GCLOUD_CLIENT_IDS)."""
-        audiences = (*(route.audiences or (self.router.url(self.key) or "",)), *GCLOUD_CLIENT_IDS)
-        refused = 403
-        for header in ("x-serverless-authorization", "authorization"):
-            for i, (name, value) in enumerate(headers):
-                scheme, _, token = value.partition(" ")
-                token = token.strip()
-                if name.lower() != header or scheme.lower() != "bearer":
-                    continue
-                if self.router.tokens.verify(token, audiences):
-                    headers[i] = (name, f"{scheme} {token.rsplit('.', 1)[0]}.{REMOVED_SIGNATURE}")
-                    return None
-                refused = 401
-        return refused
+        """None when a bearer ID token for the URL (or the route's audiences) lets the caller in,
+        else the status Cloud Run answers (`id_token_refusal`)."""
+        audiences = route.audiences or (self.router.url(self.key) or "",)
+        return id_token_refusal(headers, self.router.tokens, audiences)
 
+
+def id_token_refusal(headers: list[tuple[str, str]], tokens: TokenAuthority,
+                     audiences: Sequence[str]) -> int | None:
+    """None when a bearer ID token in `headers` lets the caller in (X-Serverless-Authorization first,
+    as Cloud Run does; the backend receives it without its signature, changed in `headers`). Else
+    the status Google's front end answers: 403 without a token, 401 with one it refuses (expired,
+    not Google's, another audience: the "401 Unauthorized" page of google/adk-python#3814). Besides
+    `audiences` (the URL), user ID tokens issued to gcloud's OAuth clients (accounts.GCLOUD_CLIENT_IDS)
+    are taken, as Cloud Run and 1st-gen Cloud Functions take `gcloud auth print-identity-token`."""
+    accepted = (*audiences, *GCLOUD_CLIENT_IDS)
+    refused = 403
+    for header in ("x-serverless-authorization", "authorization"):
+        for i, (name, value) in enumerate(headers):
+            scheme, _, token = value.partition(" ")
+            token = token.strip()
+            if name.lower() != header or scheme.lower() != "bearer":
+                continue
+            if tokens.verify(token, accepted):
+                headers[i] = (name, f"{scheme} {token.rsplit('.', 1)[0]}.{REMOVED_SIGNATURE}")
+                return None
+            refused = 401
+    return refused

@@ -1,4 +1,4 @@
-"""`LocalCloud`: the four Google services on 127.0.0.1, started and stopped as one.
+"""`LocalCloud`: the Google services on 127.0.0.1, started and stopped as one.
 
     with LocalCloud() as cloud:            # ephemeral state dir, for tests and the demo
         cloud.endpoints.cloudrun            # '127.0.0.1:PORT'
@@ -24,8 +24,12 @@ import grpc
 
 from cf2run.localcloud.accounts import Accounts, AccountsServer, bearer_error
 from cf2run.localcloud.cloudbuild import CloudBuildService
+from cf2run.localcloud.cloudfunctions import CloudFunctionsService
+from cf2run.localcloud.cloudfunctions_store import FunctionStore
 from cf2run.localcloud.cloudrun import CloudRunService
 from cf2run.localcloud.endpoints import FILENAME, Endpoints
+from cf2run.localcloud.gen1 import Gen1Functions
+from cf2run.localcloud.gen1_frontend import FunctionsFrontEnd
 from cf2run.localcloud.grpcapi import serve
 from cf2run.localcloud.grpcauth import RequireAccessToken
 from cf2run.localcloud.metadata import CLOUD_PLATFORM_SCOPE, MetadataServer, TokenAuthority
@@ -43,7 +47,7 @@ SERVICE_AGENT = "service-000000000000@gcp-sa-cloudbuild.iam.gserviceaccount.com"
 
 
 class LocalCloud:
-    """Cloud Storage, Artifact Registry, Cloud Build and Cloud Run on loopback."""
+    """Cloud Storage, Artifact Registry, Cloud Build, Cloud Run and Cloud Functions on loopback."""
 
     def __init__(self, state_dir: Path | None = None,
                  settings: LocalCloudSettings | None = None) -> None:
@@ -129,13 +133,46 @@ class LocalCloud:
         run_server, run_port = serve(self.cloudrun.handlers(), previous.get("cloudrun", 0), front_end)
         stack.callback(_stopper(run_server))
         self.cloudrun.restore()
+        functions_port, functions_url = self._start_functions(
+            previous, tokens, runtime, registry_client, storage.url, storage_front.url)
 
         self._endpoints = Endpoints(
             storage=storage_front.url, registry=registry.address,
             cloudbuild=f"127.0.0.1:{build_port}", cloudrun=f"127.0.0.1:{run_port}",
             metadata=metadata.url, accounts=accounts.url,
+            cloudfunctions=f"127.0.0.1:{functions_port}", functions=functions_url,
             credentials=str(self.accounts.default_key_file()))
         self._endpoints.write(state)  # kept after close: a restart reuses its ports
+
+    def _start_functions(self, previous: dict[str, int], tokens: TokenAuthority, runtime: Runtime,
+                         registry: RegistryClient, storage_backend: str, storage_url: str) -> tuple[int, str]:
+        """Cloud Functions: the API (gRPC) and the 1st-gen functions' front end; the functions
+        seeded before serve again. Returns (the API's port, the front end's URL)."""
+        stack, state = self._stack, self.state_dir / "cloudfunctions"
+        front = FunctionsFrontEnd(tokens, resolve=runtime.address,
+                                  inside_vpc=lambda: self.settings.caller_in_vpc,
+                                  port=previous.get("functions", 0))
+        front.start()
+        stack.callback(front.stop)
+        gen1 = Gen1Functions(state / "gen1", front, runtime, registry, self.repositories,
+                             self.cloudbuild.cache_dir,
+                             source_of=lambda record: self.cloudfunctions.source_of(record))
+        self.cloudfunctions = CloudFunctionsService(FunctionStore(state / "functions"), self.settings,
+                                                    self.faults, tokens, storage_backend, storage_url, gen1)
+        server, port = serve(self.cloudfunctions.handlers(), previous.get("cloudfunctions", 0),
+                             [RequireAccessToken(tokens)])
+        stack.callback(_stopper(server))
+        self.cloudfunctions.restore()
+        return port, front.url
+
+    def seed_functions(self, directory: Path) -> list[str]:
+        """Take the Cloud Functions of a seed directory (cloudfunctions_seed.py; SeedError naming
+        the file when it is bad, before anything changes) and serve the 1st-gen ones; returns their
+        resource names. Idempotent: an unchanged function is not deployed or built again. Kept in
+        the state dir: a restarted local cloud serves them again."""
+        if self._endpoints is None:
+            raise RuntimeError("the local cloud is not started")
+        return self.cloudfunctions.seed(Path(directory))
 
     def create_repository(self, repository: str, project: str = DEFAULT_REPOSITORY[0],
                           location: str = DEFAULT_REPOSITORY[1]) -> str:

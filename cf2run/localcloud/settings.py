@@ -7,6 +7,7 @@ lists and objects as JSON), mutable at run time by whoever holds the `LocalCloud
     CF2RUN_LOCALCLOUD_MAX_CONCURRENT_BUILDS=10
     CF2RUN_LOCALCLOUD_FORK_SERVER=0
     CF2RUN_LOCALCLOUD_CALLER_IN_VPC=1
+    CF2RUN_LOCALCLOUD_FUNCTIONS_API_DISABLED=1
     CF2RUN_LOCALCLOUD_FAULTS='[{"method": "CloudBuild.CreateBuild", "code": "UNAVAILABLE", "first_n": 1}]'
 """
 
@@ -86,6 +87,13 @@ class LocalCloudSettings(BaseSettings):
                                    "services' VPC network, so services with ingress internal-only or "
                                    "internal-and-gclb let it in (false: callers come from the internet "
                                    "and those services answer 404, as Cloud Run does).")
+    functions_denied: bool = Field(
+        default=False, description="The caller lacks every Cloud Functions permission (no "
+                                   "roles/cloudfunctions.viewer): each Cloud Functions API call answers "
+                                   "PERMISSION_DENIED naming the permission, as Google does.")
+    functions_api_disabled: bool = Field(
+        default=False, description="The Cloud Functions API is not enabled in any project: each call "
+                                   "answers PERMISSION_DENIED, reason SERVICE_DISABLED, as Google does.")
     fork_server: bool = Field(
         default=True, description="Fork Python revisions from a zygote that imported their dependency set "
                                   "once (false: a new interpreter per revision).")

@@ -17,6 +17,7 @@ import re
 import socket
 import subprocess
 import time
+import urllib.parse
 from pathlib import Path
 from typing import IO
 
@@ -28,6 +29,7 @@ from cf2run.localcloud.metadata import CLOUD_PLATFORM_SCOPE, LoopbackService, To
 from cf2run.localcloud.proxy import ConnectionPool, ProxyHandler
 
 START_DEADLINE_S = 30.0
+SIGNED_URL_LIFETIME_S = 1800
 STOP_GRACE_S = 5.0
 _ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
 
@@ -223,11 +225,29 @@ class StorageFront(LoopbackService):
         self.pool.clear()
 
 
+def signed_url(storage_url: str, tokens: TokenAuthority, bucket: str, name: str, signer: str,
+               lifetime_s: int = SIGNED_URL_LIFETIME_S) -> str:
+    """A URL that downloads ``gs://BUCKET/NAME`` from the front end without credentials until it
+    expires, shaped like Cloud Storage's V2 signed URLs (``https://storage.googleapis.com/BUCKET/
+    OBJECT?GoogleAccessId=...&Expires=...&Signature=...``,
+    https://cloud.google.com/storage/docs/access-control/signed-urls-v2); the signature is one of
+    the local cloud's tokens for ``gs://BUCKET/NAME``, which only it can check."""
+    signature = tokens.mint(f"gs://{bucket}/{name}", email=signer, lifetime_s=lifetime_s)
+    query = urllib.parse.urlencode({"GoogleAccessId": signer, "Expires": int(time.time()) + lifetime_s,
+                                    "Signature": signature})
+    return f"{storage_url.rstrip('/')}/{bucket}/{urllib.parse.quote(name)}?{query}"
+
+
 class _StorageHandler(ProxyHandler):
     front: StorageFront
     backend = "fake-gcs-server"
 
     def handle_any(self) -> None:
+        path, _, query = self.path.partition("?")
+        signature = urllib.parse.parse_qs(query).get("Signature")
+        if signature:
+            self._signed(path, signature[0])
+            return
         token = bearer_token(self.headers.get("Authorization", ""))
         refused = bearer_error(token, self.front.tokens, STORAGE_SCOPES)
         if refused is not None:
@@ -237,3 +257,18 @@ class _StorageHandler(ProxyHandler):
         self.forward(self.front.backend, 300.0, self.forwarded_headers())
 
     do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = handle_any
+
+    def _signed(self, path: str, signature: str) -> None:
+        """A signed URL's download: no credentials, the signature must be good for the object."""
+        bucket, _, name = path.lstrip("/").partition("/")
+        name = urllib.parse.unquote(name)
+        if self.command not in ("GET", "HEAD") or not self.front.tokens.verify(signature, f"gs://{bucket}/{name}"):
+            # Cloud Storage's XML API answer for a signature it does not take (expired ones included).
+            self.fail(403, "<?xml version='1.0' encoding='UTF-8'?><Error><Code>SignatureDoesNotMatch</Code>"
+                           "<Message>The request signature we calculated does not match the signature you "
+                           "provided. Check your Google secret key and signing method.</Message></Error>",
+                      "application/xml; charset=UTF-8")
+            return
+        self.path = f"/storage/v1/b/{bucket}/o/{urllib.parse.quote(name, safe='')}?alt=media"
+        headers = [h for h in self.forwarded_headers() if h[0].lower() != "authorization"]
+        self.forward(self.front.backend, 300.0, headers)
