@@ -37,6 +37,7 @@ from cf2run.spec_parts import Trigger
 PUBSUB_SOURCE = "//pubsub.googleapis.com"
 STORAGE_SOURCE = "//storage.googleapis.com"
 SMOKE_MESSAGE = "cf2run smoke test"
+PUBSUB_MESSAGE_TYPE = "type.googleapis.com/google.pubsub.v1.PubsubMessage"
 SMOKE_OBJECT = "cf2run-smoke/object.txt"
 
 
@@ -100,12 +101,13 @@ def smoke_request(spec: FunctionSpec, target: Target, event: Event | None = None
 
 def gen1_data(spec: FunctionSpec, data: Any) -> Any:
     """The data a 1st-gen background function gets for a CloudEvent's `data` (what CallFunction
-    passes it): Pub/Sub, the PubsubMessage ({data: BASE64, attributes, messageId, publishTime}:
-    "The `data` field contains the PubsubMessage message",
-    https://cloud.google.com/functions/1stgendocs/calling/pubsub, as `gcloud functions call
-    --data '{"data": "BASE64"}'` sends it); Storage, the object; others, the data itself."""
+    passes it): Pub/Sub, the PubsubMessage with its ``@type`` ({"@type": ..., data: BASE64,
+    attributes, messageId, publishTime}), as the Functions Framework turns the CloudEvent back
+    into gen1's event (functions-framework-python, event_conversion.py, _PUBSUB_MESSAGE_TYPE) and
+    as `gcloud functions call --data '{"data": "BASE64"}'` sends it; Storage, the object; others,
+    the data itself."""
     if spec.trigger is not None and spec.trigger.kind == "pubsub":
-        return data["message"]
+        return {"@type": PUBSUB_MESSAGE_TYPE, **data["message"]}
     return data
 
 

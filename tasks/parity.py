@@ -93,8 +93,7 @@ def call_old_function(cloud: Cloud, name: str, data: str) -> str | None:
     error, or the API's refusal (not found, permission denied). Transient API errors are raised,
     for the task's retries."""
     try:
-        # Cloud.functions (functions_v1.CloudFunctionsServiceClient) comes with branch cf-standin.
-        response = cloud.functions.call_function(name=name, data=data)  # type: ignore[attr-defined]
+        response = cloud.functions.call_function(name=name, data=data)
     except api_exceptions.GoogleAPICallError as error:
         if is_transient(error):
             raise

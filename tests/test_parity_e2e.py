@@ -1,16 +1,18 @@
 """Parity with the old function, through the migrate-function flow on the local cloud.
 
-The old function is a real one the local cloud serves: a second, private Cloud Run service
-deployed from the same source (its URL is `parity.old_url`, called with an ID token whose
-audience is that URL, as a private gen1 function is). The story: the unchanged function
-answers like the old one (parity same, promoted); a build whose answer differs by one byte is
-not promoted and the revision before it keeps serving; with `on_difference: warn` it is
-promoted and the result says what differs. The JSON route answers a new request id on every
-call, so only `json_fields` makes it comparable.
+The old function is a 1st-gen function the local cloud's Cloud Functions stand-in serves,
+seeded from the same source: private, at its gen1-shaped URL (`parity.old_url`, called with an
+ID token whose audience is that URL). The story: the unchanged function answers like the old
+one (parity same, promoted); a build whose answer differs by one byte is not promoted and the
+revision before it keeps serving; with `on_difference: warn` it is promoted and the result
+says what differs. The JSON route answers a new request id on every call, so only
+`json_fields` makes it comparable. A Pub/Sub function's old function gets the event's data
+through CallFunction. The old functions are never changed.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 from typing import Any
@@ -60,17 +62,39 @@ def target(localcloud: LocalCloud) -> Target:
     return Target(kind="local", localcloud_dir=localcloud.state_dir)
 
 
+def seed(localcloud: LocalCloud, directory: Path, code: Path, **function: Any) -> str:
+    """A 1st-gen function seeded into the local cloud (contract.md's seed format); its name."""
+    function_id = f"old-{uuid.uuid4().hex[:6]}"
+    folder = directory / function_id
+    folder.mkdir(parents=True)
+    (folder / "source").symlink_to(code)
+    (folder / "function.json").write_text(json.dumps({"runtime": "python311", **function}))
+    [name] = localcloud.seed_functions(folder.parent)
+    return str(name)
+
+
+def definition(cloud: Cloud, name: str) -> tuple[int, str, str]:
+    found = cloud.functions.get_function(name=name)
+    return found.version_id, str(found.update_time), found.source_archive_url
+
+
 @pytest.fixture(scope="module")
-def old_url(target: Target, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The old function: a private service of the local cloud serving the original source."""
-    result, _ = migrate(spec(f"old-{uuid.uuid4().hex[:6]}", source(tmp_path_factory.mktemp("old"), "old")),
-                        target)
-    assert result.status == "succeeded" and result.url, result.message
-    return result.url
+def old_function(localcloud: LocalCloud, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The old HTTP function: private (no iam.json), serving the original source."""
+    code = source(tmp_path_factory.mktemp("old-source"), "old")
+    return seed(localcloud, tmp_path_factory.mktemp("seed"), code, entryPoint="hello", httpsTrigger={})
+
+
+@pytest.fixture(scope="module")
+def old_url(cloud: Cloud, old_function: str) -> str:
+    url = cloud.functions.get_function(name=old_function).https_trigger.url
+    assert url.endswith("/" + old_function.rsplit("/", 1)[1])
+    return str(url)
 
 
 def test_an_unchanged_function_is_the_same_and_a_one_byte_change_is_not_promoted(
-        target: Target, old_url: str, cloud: Cloud, tmp_path: Path) -> None:
+        target: Target, old_function: str, old_url: str, cloud: Cloud, tmp_path: Path) -> None:
+    before = definition(cloud, old_function)
     name = f"par-{uuid.uuid4().hex[:6]}"
     parity = {"old_url": old_url, "json_fields": ["order"],
               "requests": [{"path": "/order"}], "headers": ["content-type"]}
@@ -101,6 +125,8 @@ def test_an_unchanged_function_is_the_same_and_a_one_byte_change_is_not_promoted
                                               f"services/{name}")
     assert [(t.revision.rsplit("/", 1)[-1], t.percent, t.tag) for t in service.traffic_statuses] == [
         (first.revision, 100, "")], "the candidate kept its tag or took traffic"
+    assert definition(cloud, old_function) == before, "the old function was changed"
+    assert serving_text(cloud, old_url) == "hello from the function\n"
 
 
 def test_on_difference_warn_promotes_and_reports_the_difference(
@@ -129,3 +155,37 @@ def test_json_fields_ignore_the_other_fields(target: Target, old_url: str, tmp_p
     fields, _ = migrate(spec(name, code, old_url=old_url, requests=[{"path": "/order"}],
                              json_fields=["order.id", "order.total"]), target)
     assert fields.status == "succeeded" and fields.parity == "same", fields.message
+
+
+EVENT_SOURCE = '''
+import base64
+import json
+
+
+def on_order(event, context):
+    order = json.loads(base64.b64decode(event["data"]))
+    print(f"order {order['order']} by {context.event_type}")
+'''
+
+
+def test_an_event_functions_old_function_gets_the_event_through_call_function(
+        localcloud: LocalCloud, target: Target, cloud: Cloud, tmp_path: Path) -> None:
+    """A Pub/Sub background function: its old function gets the message through CallFunction, the
+    candidate the CloudEvent; each accepted it, so parity is the same. Both printed the order
+    they decoded: each really ran, on the same message."""
+    code = source(tmp_path, "event", EVENT_SOURCE)
+    old = seed(localcloud, tmp_path / "seed", code, entryPoint="on_order",
+               eventTrigger={"eventType": "google.pubsub.topic.publish",
+                             "resource": "projects/local-project/topics/orders"})
+    before = definition(cloud, old)
+    name = f"pubsub-{uuid.uuid4().hex[:6]}"
+    migrated = FunctionSpec.model_validate({
+        "name": name, "source": code, "runtime": "python311", "entry_point": "on_order",
+        "signature_type": "event", "parity": {"old_function": old},
+        "trigger": {"event_type": "google.pubsub.topic.publish", "topic": "orders", "data": {"order": 42}}})
+    result, runs = migrate(migrated, target)
+    assert result.status == "succeeded", result.message
+    assert result.parity == "same" and f"parity[{name}]" in runs
+    assert "order 42 by google.pubsub.topic.publish" in localcloud.logs(name)
+    assert "order 42 by google.pubsub.topic.publish" in localcloud.logs(old.rsplit("/", 1)[1])
+    assert definition(cloud, old) == before
