@@ -266,16 +266,32 @@ def _target(manifest: Path | None, kind: str | None, project: str | None, region
 
 
 @localcloud_app.command("serve")
-def localcloud_serve(state_dir: StateDir = None) -> None:
-    """Run the local cloud until interrupted; services that were serving come back."""
+def localcloud_serve(
+    state_dir: StateDir = None,
+    seed_functions: Annotated[Path | None, typer.Option(
+        "--seed-functions", help="A directory of Cloud Functions (NAME/function.json or function.v2.json, "
+                                 "NAME/source/ or source.zip, NAME/iam.json) to serve as the project's "
+                                 "deployed functions; 1st-gen HTTP ones answer at FUNCTIONS/NAME.")] = None,
+) -> None:
+    """Run the local cloud until interrupted; services and functions that were serving come back."""
+    from cf2run.errors import Cf2RunError
     from cf2run.localcloud.server import LocalCloud
 
     state_dir = state_dir or default_localcloud_dir()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with LocalCloud(state_dir=state_dir) as cloud:
+        if seed_functions is not None:
+            try:
+                names = cloud.seed_functions(seed_functions)
+            except Cf2RunError as error:
+                typer.secho(f"error: {error}", fg="red", err=True)
+                raise typer.Exit(2) from None
+            for name in names:
+                problem = cloud.cloudfunctions.gen1.problem(name)
+                typer.echo(f"function {name}" + (f" (listed, not served: {problem})" if problem else ""))
         for name, address in vars(cloud.endpoints).items():
-            typer.echo(f"{name:>10}  {address}")
+            typer.echo(f"{name:>14}  {address}")
         typer.echo(f"endpoints written to {state_dir / 'endpoints.json'}; Ctrl-C to stop")
         with contextlib.suppress(KeyboardInterrupt):
             stop.wait()

@@ -41,7 +41,8 @@ class Fault(BaseModel):
 
     `method` is ``Service.Method`` as the API names it: ``CloudBuild.CreateBuild``,
     ``CloudBuild.GetBuild``, ``Services.CreateService``, ``Services.UpdateService``,
-    ``Revisions.ListRevisions``, ``Operations.GetOperation``, or for the registry
+    ``Revisions.ListRevisions``, ``Operations.GetOperation``, ``CloudFunctionsService.GetFunction``
+    (v1), ``FunctionService.ListFunctions`` (v2), or for the registry
     ``Registry.<Verb>`` with Verb one of ``GetManifest HeadManifest PutManifest GetBlob
     HeadBlob StartUpload PatchUpload PutUpload GetUpload CancelUpload ListTags Ping
     GetToken``. ``*`` matches every method.
