@@ -7,6 +7,12 @@ the error (`transient`), which the tasks' retry condition reads.
 
 from __future__ import annotations
 
+import copy
+from typing import TYPE_CHECKING, Self
+
+if TYPE_CHECKING:
+    from cf2run.results import ParityResult
+
 
 class Cf2RunError(Exception):
     """Base class. `hint` tells the user what to do about it."""
@@ -39,7 +45,18 @@ class DeployFailed(Cf2RunError):
     """Cloud Run did not bring the revision to Ready."""
 
 
-class SmokeTestFailed(Cf2RunError):
+class CandidateRejected(Cf2RunError):
+    """A check before promotion refused the new revision: it is discarded, never promoted."""
+
+    def with_outcome(self, outcome: str) -> Self:
+        """The same error, its message followed by `outcome` (what became of the candidate)."""
+        again = copy.copy(self)
+        again.message = f"{self.message}{outcome}"
+        again.args = (f"{again.message} ({self.hint})" if self.hint else again.message,)
+        return again
+
+
+class SmokeTestFailed(CandidateRejected):
     """The deployed service did not answer the smoke request as expected."""
 
 
@@ -50,6 +67,16 @@ class SmokeRefused(SmokeTestFailed):
     def __init__(self, message: str, *, hint: str | None = None, attempts: int = 1) -> None:
         super().__init__(message, hint=hint)
         self.attempts = attempts
+
+
+class ParityDiffers(CandidateRejected):
+    """The new revision does not answer like the old function (parity.on_difference: fail).
+    `result`: the comparison (optional only so that copy and pickle, which call the class with
+    the message alone, can make one)."""
+
+    def __init__(self, message: str, *, result: ParityResult | None = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.result = result
 
 
 class TransientError(Cf2RunError):

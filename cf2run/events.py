@@ -37,6 +37,7 @@ from cf2run.spec_parts import Trigger
 PUBSUB_SOURCE = "//pubsub.googleapis.com"
 STORAGE_SOURCE = "//storage.googleapis.com"
 SMOKE_MESSAGE = "cf2run smoke test"
+PUBSUB_MESSAGE_TYPE = "type.googleapis.com/google.pubsub.v1.PubsubMessage"
 SMOKE_OBJECT = "cf2run-smoke/object.txt"
 
 
@@ -86,12 +87,28 @@ def _message_bytes(data: Any) -> bytes:
     return json.dumps(data, separators=(",", ":")).encode()
 
 
-def smoke_request(spec: FunctionSpec, target: Target) -> SmokeRequest:
-    """The spec's smoke request, carrying its trigger's event (the spec's own headers win)."""
-    headers, data = smoke_event(spec, target)
+Event = tuple[dict[str, str], Any]
+
+
+def smoke_request(spec: FunctionSpec, target: Target, event: Event | None = None) -> SmokeRequest:
+    """The spec's smoke request, carrying its trigger's event (`event`, else a new one of
+    `smoke_event`; the spec's own headers win)."""
+    headers, data = event or smoke_event(spec, target)
     return spec.smoke.model_copy(update={
         "method": "POST", "headers": {**headers, **spec.smoke.headers},
         "body": json.dumps(data), "json_body": None})
+
+
+def gen1_data(spec: FunctionSpec, data: Any) -> Any:
+    """The data a 1st-gen background function gets for a CloudEvent's `data` (what CallFunction
+    passes it): Pub/Sub, the PubsubMessage with its ``@type`` ({"@type": ..., data: BASE64,
+    attributes, messageId, publishTime}), as the Functions Framework turns the CloudEvent back
+    into gen1's event (functions-framework-python, event_conversion.py, _PUBSUB_MESSAGE_TYPE) and
+    as `gcloud functions call --data '{"data": "BASE64"}'` sends it; Storage, the object; others,
+    the data itself."""
+    if spec.trigger is not None and spec.trigger.kind == "pubsub":
+        return {"@type": PUBSUB_MESSAGE_TYPE, **data["message"]}
+    return data
 
 
 def trigger_id(spec: FunctionSpec) -> str:

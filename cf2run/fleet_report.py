@@ -15,7 +15,7 @@ from cf2run.fleet_plan import FunctionPlan
 from cf2run.results import MigrationResult
 
 #: Steps in pipeline order; a step not listed here (a newer one) is shown after these.
-STEP_ORDER = ("plan", "package", "build", "verify", "deploy", "smoke", "promote", "discard")
+STEP_ORDER = ("plan", "package", "build", "verify", "deploy", "smoke", "parity", "promote", "discard")
 
 
 class FleetReport(BaseModel):
@@ -63,14 +63,15 @@ def steps_of(results: list[MigrationResult]) -> list[str]:
 
 
 def result_rows(results: list[MigrationResult]) -> list[dict[str, Any]]:
-    """Table artifact rows: status, failed step, URL, digest, revision, cached or built, seconds per step."""
+    """Table artifact rows: status, failed step, URL, digest, revision, cached or built, parity with
+    the old function, seconds per step."""
     steps = steps_of(results)
     rows = []
     for r in results:
         row: dict[str, Any] = {
             "function": r.function, "status": r.status, "failed step": r.failed_step or "",
             "URL": r.url or "", "digest": r.digest or "", "revision": r.revision or "",
-            "build": r.build_note}
+            "build": r.build_note, "parity": r.parity or ""}
         row |= {f"{step} s": r.timings.get(step) for step in steps}
         row["total s"] = round(sum(r.timings.values()), 3)
         row["message"] = r.message or ""
@@ -103,8 +104,9 @@ def result_markdown(report: FleetReport) -> str:
         lines += ["## Failed", "", "| function | step | why |", "|---|---|---|"]
         lines += [f"| {r.function} | {r.failed_step or '-'} | {_cell(r.message)} |" for r in failed]
         lines.append("")
-    lines += ["## Functions", "", "| function | status | build | seconds | URL |", "|---|---|---|---|---|"]
-    lines += [f"| {r.function} | {r.status} | {_cell(r.build_note)} | "
+    lines += ["## Functions", "", "| function | status | build | parity | seconds | URL |",
+              "|---|---|---|---|---|---|"]
+    lines += [f"| {r.function} | {r.status} | {_cell(r.build_note)} | {r.parity or '-'} | "
               f"{sum(r.timings.values()):.1f} | {r.url or '-'} |" for r in results]
     return "\n".join(lines) + "\n"
 

@@ -25,6 +25,7 @@ from cf2run.errors import Cf2RunError
 from cf2run.events import eventarc_command
 from cf2run.fleet_plan import plan as build_plan
 from cf2run.oci import ImageRef
+from cf2run.parity import planned
 from cf2run.principals import ALL_USERS
 from cf2run.results import VerifiedImage
 from cf2run.spec import FunctionSpec, Target
@@ -80,6 +81,7 @@ class ServicePlan(BaseModel):
     revision: str | None = Field(default=None, description="Revision the deploy would create.")
     changes: list[Change] = Field(default_factory=list)
     eventarc: str | None = Field(default=None, description="The Eventarc trigger to create.")
+    parity: str | None = Field(default=None, description="What the parity step compares against.")
     notes: list[str] = Field(default_factory=list, description="Settings cf2run chose, and why.")
 
 
@@ -151,6 +153,7 @@ def _plan(spec: FunctionSpec, target: Target, cloud: Cloud) -> ServicePlan:
     note = mapping.max_instances_note(spec)
     result = ServicePlan(function=spec.name, build=built.build, image=image, service=name,
                          revision=built.revision, eventarc=eventarc_command(spec, target),
+                         parity=planned(spec.parity),
                          notes=[note] if note else [])
     wanted_view = settings_view(wanted, spec.allow_unauthenticated, spec.invokers)
     if existing is None:
@@ -185,6 +188,8 @@ def render(plans: list[ServicePlan]) -> str:
         body = [change.line() for change in plan.changes]
         if plan.action == "unchanged" and not body:
             body = ["  no changes"]
+        if plan.parity:
+            body.append(f"  parity: {plan.parity}")
         if plan.eventarc:
             body.append(f"  eventarc trigger to create: {plan.eventarc}")
         body += [f"  note: {note}" for note in plan.notes]
@@ -199,5 +204,6 @@ def _action_text(plan: ServicePlan) -> str:
         if any(change.key == "ingress" for change in plan.changes):
             return "no new revision: the service serves this image; promote changes its ingress"
         return "unchanged: the service already serves this image and these settings"
-    return ("update: new revision as a candidate (no traffic, tag URL), smoke-tested, then promoted"
+    checks = "smoke-tested and compared with the old function" if plan.parity else "smoke-tested"
+    return (f"update: new revision as a candidate (no traffic, tag URL), {checks}, then promoted"
             + (f" (revision {plan.revision})" if plan.revision else ""))

@@ -33,11 +33,11 @@ def results_table(results: list[MigrationResult], title: str = "Migrations") -> 
     table = Table(title=title)
     for column in ("function", "status", "URL"):
         table.add_column(column, no_wrap=True)
-    for column in ("smoke / error", "build", "time"):
+    for column in ("smoke / error", "build", "parity", "time"):
         table.add_column(column)
     for r in results:
         status = "[green]ok[/]" if r.status == "succeeded" else f"[red]failed at {r.failed_step}[/]"
-        table.add_row(r.function, status, r.url or "-", r.message or "-", r.build_note,
+        table.add_row(r.function, status, r.url or "-", r.message or "-", r.build_note, r.parity or "-",
                       f"{sum(r.timings.values()):.1f}s")
     return table
 

@@ -119,6 +119,51 @@ class SmokeResult(_Result):
                                    "manifest accepts that (smoke.accept_unreachable): nothing was tested.")
 
 
+class RequestParity(_Result):
+    """One request sent to the old function and to the new revision, and whether they matched."""
+
+    request: str = Field(description="What was sent, e.g. 'GET /orders' or 'event "
+                                     "google.cloud.pubsub.topic.v1.messagePublished'.")
+    old: str = Field(description="What the old function answered: 'HTTP 200', 'accepted', 'error ...'.")
+    new: str = Field(description="What the new revision answered.")
+    diff: list[str] = Field(
+        default_factory=list, description="Each difference in one line (status a vs b, the first "
+                                          "differing line or JSON path with both values, header a vs "
+                                          "b); empty = the same.")
+
+    @property
+    def same(self) -> bool:
+        return not self.diff
+
+
+#: MigrationResult.parity's values.
+ParityVerdict = Literal["same", "differs", "differs (warned)"]
+
+
+class ParityResult(_Result):
+    """The old function and the new revision, asked the same requests (parity step)."""
+
+    old: str = Field(description="The old function: its URL, or its resource name (CallFunction).")
+    compare: str = Field(description="How bodies were compared (auto, exact, json, status, accepted).")
+    requests: list[RequestParity] = Field(description="One per request, the smoke request first.")
+    warned: bool = Field(
+        default=False, description="True when it differs and the manifest makes that a warning "
+                                   "(parity.on_difference: warn).")
+
+    @property
+    def same(self) -> bool:
+        return all(request.same for request in self.requests)
+
+    @property
+    def verdict(self) -> ParityVerdict:
+        return "same" if self.same else "differs (warned)" if self.warned else "differs"
+
+    @property
+    def diffs(self) -> list[str]:
+        """Every difference, each prefixed with its request: ``GET /: status: old 200, new 500``."""
+        return [f"{request.request}: {line}" for request in self.requests for line in request.diff]
+
+
 class MigrationResult(_Result):
     """One function's migration, as the flow returns it and the report shows it."""
 
@@ -139,6 +184,12 @@ class MigrationResult(_Result):
     eventarc: str | None = Field(
         default=None, description="Event functions: the gcloud command that creates the Eventarc "
                                   "trigger routing their events to the service.")
+    parity: ParityVerdict | None = Field(
+        default=None, description="Parity with the old function: 'same', 'differs' (not promoted) or "
+                                  "'differs (warned)' (promoted: parity.on_difference: warn); None "
+                                  "without a parity check.")
+    parity_diffs: list[str] = Field(
+        default_factory=list, description="The differences parity found, one per line.")
     timings: dict[str, float] = Field(default_factory=dict, description="Seconds per step.")
     warnings: list[str] = Field(
         default_factory=list, description="What the user should look at although it did not fail "

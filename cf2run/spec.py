@@ -26,7 +26,6 @@ import yaml
 from pydantic import (
     BaseModel,
     Field,
-    StrictBool,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -35,14 +34,21 @@ from pydantic import (
 
 from cf2run import principals
 from cf2run.errors import SpecError
-from cf2run.spec_parts import SecretRef, SecretVolume, StrictModel, Trigger, overlapping_mounts
+from cf2run.spec_parts import (
+    ParityCheck,
+    SecretRef,
+    SecretVolume,
+    SmokeRequest,
+    StrictModel,
+    Trigger,
+    overlapping_mounts,
+)
 
 Runtime = Literal[
     "python38", "python39", "python310", "python311", "python312", "python313",
     "nodejs16", "nodejs18", "nodejs20", "nodejs22",
 ]
 SignatureType = Literal["http", "event", "cloudevent"]
-HttpMethod = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 Ingress = Literal["all", "internal-only", "internal-and-gclb"]
 VpcEgress = Literal["private-ranges-only", "all-traffic"]
 
@@ -203,47 +209,6 @@ def invoker_problem(member: str) -> str | None:
     return None
 
 
-class SmokeRequest(_Model):
-    """The HTTP request that proves a migrated function works, and what it must answer."""
-
-    method: HttpMethod = Field(default="GET", description="HTTP method of the smoke request.")
-    path: str = Field(default="/", description="Path (and query string) on the service URL; starts with '/'.")
-    body: str | None = Field(
-        default=None, description="Raw request body (text). Mutually exclusive with `json`.")
-    json_body: Any | None = Field(
-        default=None, alias="json",
-        description="Request body sent as JSON (Content-Type: application/json). "
-                    "Mutually exclusive with `body`.")
-    headers: dict[str, str] = Field(
-        default_factory=dict,
-        description="Extra request headers, e.g. CloudEvents binary-mode `ce-*` headers.")
-    expect_status: int = Field(
-        default=200, ge=100, le=599, description="HTTP status the service must answer.")
-    expect_body: str | None = Field(
-        default=None, description="Text the response body must contain (substring); unset = any body.")
-    deadline_s: float = Field(
-        default=60, gt=0, le=3600,
-        description="Seconds to keep retrying connection errors, 429 and 5xx (cold starts) before failing.")
-    accept_unreachable: StrictBool = Field(
-        default=False,
-        description="When the service's ingress (internal-only, internal-and-gclb) keeps the worker "
-                    "out (it runs outside the service's VPC network), skip the smoke test and report "
-                    "it as unreachable instead of failing; nothing is then tested before promote.")
-
-    @field_validator("path")
-    @classmethod
-    def _path_is_absolute(cls, path: str) -> str:
-        if not path.startswith("/"):
-            raise ValueError(f"path {path!r} must start with '/', e.g. '/{path}'")
-        return path
-
-    @model_validator(mode="after")
-    def _one_body(self) -> SmokeRequest:
-        if self.body is not None and self.json_body is not None:
-            raise ValueError("smoke request sets both `body` and `json`; keep only one of them")
-        return self
-
-
 class FunctionSpec(_Model):
     """One Cloud Function to migrate: its source, how to build it and how Cloud Run should run it."""
 
@@ -355,6 +320,11 @@ class FunctionSpec(_Model):
                     "Eventarc trigger to create.")
     smoke: SmokeRequest = Field(
         default_factory=lambda: SmokeRequest(), description="The request that checks the deployed service.")
+    parity: ParityCheck = Field(
+        default_factory=lambda: ParityCheck(),
+        description="Parity with the old function: after the smoke test, the same requests go to the "
+                    "old function and to the new revision, whose answers must match before it is "
+                    "promoted. Unset (no old_url nor old_function) = no parity check.")
 
     @field_validator("name")
     @classmethod
@@ -518,6 +488,7 @@ class FunctionSpec(_Model):
             raise ValueError("vpc_egress 'all-traffic' needs vpc_connector; name the connector or "
                              "remove vpc_egress")
         self._check_trigger()
+        self._check_parity()
         return self
 
     def _check_trigger(self) -> None:
@@ -535,6 +506,13 @@ class FunctionSpec(_Model):
         if self.smoke.body is not None or self.smoke.json_body is not None:
             raise ValueError("smoke sets a body, but a function with a trigger is smoke-tested with "
                              "an event of that trigger; put the event's data in trigger.data")
+
+    def _check_parity(self) -> None:
+        old_function = self.parity.old_function
+        if old_function and self.signature_type == "http" and self.trigger is None:
+            raise ValueError(f"parity.old_function {old_function!r} is for event functions (called "
+                             "through CallFunction); an http function is compared over HTTP: set "
+                             "parity.old_url to its URL instead")
 
     @model_validator(mode="after")
     def _cloud_run_rules(self) -> FunctionSpec:

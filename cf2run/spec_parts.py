@@ -1,4 +1,5 @@
-"""The nested parts of a function's manifest entry: Secret Manager references and triggers.
+"""The nested parts of a function's manifest entry: Secret Manager references, triggers, the
+smoke request and the parity check against the old function.
 
 gen1 names (Cloud Functions v1 API) -> manifest:
 
@@ -16,8 +17,17 @@ from __future__ import annotations
 import posixpath
 import re
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    field_validator,
+    model_validator,
+)
 
 SECRET_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 #: 'latest', a version number, or an alias (Secret Manager alias rules).
@@ -151,6 +161,164 @@ def overlapping_mounts(volumes: list[SecretVolume]) -> tuple[str, str] | None:
             if inner == outer or inner.startswith(outer + "/"):
                 return outer, inner
     return None
+
+
+# -- requests ------------------------------------------------------------------------------------
+
+HttpMethod = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+class SmokeRequest(StrictModel):
+    """The HTTP request that proves a migrated function works, and what it must answer."""
+
+    method: HttpMethod = Field(default="GET", description="HTTP method of the smoke request.")
+    path: str = Field(default="/", description="Path (and query string) on the service URL; starts with '/'.")
+    body: str | None = Field(
+        default=None, description="Raw request body (text). Mutually exclusive with `json`.")
+    json_body: Any | None = Field(
+        default=None, alias="json",
+        description="Request body sent as JSON (Content-Type: application/json). "
+                    "Mutually exclusive with `body`.")
+    headers: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra request headers, e.g. CloudEvents binary-mode `ce-*` headers.")
+    expect_status: int = Field(
+        default=200, ge=100, le=599, description="HTTP status the service must answer.")
+    expect_body: str | None = Field(
+        default=None, description="Text the response body must contain (substring); unset = any body.")
+    deadline_s: float = Field(
+        default=60, gt=0, le=3600,
+        description="Seconds to keep retrying connection errors, 429 and 5xx (cold starts) before failing.")
+    accept_unreachable: StrictBool = Field(
+        default=False,
+        description="When the service's ingress (internal-only, internal-and-gclb) keeps the worker "
+                    "out (it runs outside the service's VPC network), skip the smoke test and report "
+                    "it as unreachable instead of failing; nothing is then tested before promote.")
+
+    @field_validator("path")
+    @classmethod
+    def _path_is_absolute(cls, path: str) -> str:
+        if not path.startswith("/"):
+            raise ValueError(f"path {path!r} must start with '/', e.g. '/{path}'")
+        return path
+
+    @model_validator(mode="after")
+    def _one_body(self) -> SmokeRequest:
+        if self.body is not None and self.json_body is not None:
+            raise ValueError("smoke request sets both `body` and `json`; keep only one of them")
+        return self
+
+
+
+# -- parity with the old function -----------------------------------------------------------
+
+#: gen1 function names: a letter, then letters, digits, '_' and '-', at most 63 characters.
+OLD_FUNCTION_RE = re.compile(r"^projects/[^/\s]+/locations/[a-z]+-[a-z]+[0-9]+/functions/"
+                             r"[A-Za-z][A-Za-z0-9_-]{0,62}$")
+#: An HTTP header name (RFC 9110 token).
+HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+#: A JSON path: keys (or list indexes) joined by dots, e.g. ``order.items.0.id``.
+JSON_FIELD_RE = re.compile(r"^[^.\s]+(?:\.[^.\s]+)*$")
+Compare = Literal["auto", "exact", "json", "status"]
+
+
+class ParityCheck(StrictModel):
+    """How the new service proves it answers like the old function, before it is promoted."""
+
+    old_url: str | None = Field(
+        default=None,
+        description="URL of the old function (gen1: https://REGION-PROJECT.cloudfunctions.net/NAME). "
+                    "The smoke request (or the trigger's event) and every parity request go to it and "
+                    "to the new revision, each with an ID token whose audience is its URL.")
+    old_function: str | None = Field(
+        default=None,
+        description="Event functions: the old function as projects/P/locations/R/functions/NAME. It "
+                    "gets the smoke event's data through the Cloud Functions API's CallFunction, the "
+                    "new revision the event itself; parity = each accepted it. Set old_url or this, "
+                    "not both.")
+    requests: list[SmokeRequest] = Field(
+        default_factory=list,
+        description="More requests sent to both, beside the smoke request (method, path, body, "
+                    "headers, deadline_s as in smoke; expect_* are not checked: the old function's "
+                    "answer is the expectation).")
+    compare: Compare = Field(
+        default="auto",
+        description="What must be equal besides the status: 'auto' (JSON-equal when both bodies are "
+                    "JSON, else byte for byte), 'exact' (byte for byte), 'json' (JSON-equal) or "
+                    "'status' (the status only).")
+    json_fields: list[str] = Field(
+        default_factory=list,
+        description="With compare auto or json: compare only these parts of the JSON bodies, as "
+                    "dotted paths (order.id, items.0.sku); empty = the whole body.")
+    headers: list[str] = Field(
+        default_factory=list,
+        description="Response headers whose values must be equal too, e.g. content-type.")
+    on_difference: Literal["fail", "warn"] = Field(
+        default="fail",
+        description="'fail': a difference fails the migration at step parity and the candidate is "
+                    "discarded, as for a failed smoke test; 'warn': it is promoted and the report "
+                    "shows the difference.")
+
+    @field_validator("old_url")
+    @classmethod
+    def _old_url(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"old_url {url!r} is not an http(s) URL; give the old function's URL, "
+                             "e.g. https://us-central1-PROJECT.cloudfunctions.net/NAME")
+        if parts.query or parts.fragment:
+            raise ValueError(f"old_url {url!r} has a query or fragment; give the function's URL only "
+                             "and put paths and queries in smoke.path or parity.requests[].path")
+        return url
+
+    @field_validator("old_function")
+    @classmethod
+    def _old_function(cls, name: str | None) -> str | None:
+        if name is not None and not OLD_FUNCTION_RE.match(name):
+            raise ValueError(f"old_function {name!r} is not a Cloud Functions resource name; write it "
+                             "as projects/PROJECT/locations/REGION/functions/NAME")
+        return name
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, headers: list[str]) -> list[str]:
+        for name in headers:
+            if not HEADER_NAME_RE.match(name):
+                raise ValueError(f"headers: {name!r} is not an HTTP header name (e.g. content-type)")
+        return [name.lower() for name in headers]
+
+    @field_validator("json_fields")
+    @classmethod
+    def _json_fields(cls, fields: list[str]) -> list[str]:
+        for path in fields:
+            if not JSON_FIELD_RE.match(path):
+                raise ValueError(f"json_fields: {path!r} is not a dotted path; write keys (or list "
+                                 "indexes) joined by '.', e.g. order.id or items.0.sku")
+        return fields
+
+    @model_validator(mode="after")
+    def _settings_together(self) -> ParityCheck:
+        if self.old_url and self.old_function:
+            raise ValueError("parity sets both old_url and old_function; set old_url for an HTTP "
+                             "function (or to send the event over HTTP), old_function for an event "
+                             "function called through CallFunction")
+        if self.json_fields and self.compare not in ("auto", "json"):
+            raise ValueError(f"json_fields compares parts of JSON bodies, but compare is "
+                             f"{self.compare!r}; set compare: json (or auto), or remove json_fields")
+        if self.old_function:
+            given = [name for name in ("requests", "json_fields", "headers") if getattr(self, name)]
+            if given:
+                raise ValueError(f"parity.{given[0]} needs HTTP answers, but old_function is called "
+                                 "through CallFunction, which only says whether the event was "
+                                 f"accepted; remove {given[0]}, or give old_url instead")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        """Whether there is anything to compare against (neither URL nor function: no check)."""
+        return bool(self.old_url or self.old_function)
 
 
 # -- event triggers ----------------------------------------------------------------------------

@@ -1,11 +1,14 @@
 """migrate_function: one Cloud Function onto Cloud Run, step by step.
 
-    package_source -> submit_pack_build -> verify_image -> deploy_service -> smoke_test -> promote
+    package_source -> submit_pack_build -> verify_image -> deploy_service -> smoke_test
+        -> parity_check (when the manifest names the old function) -> promote
 
 A service that already serves gets the new revision as a candidate (no traffic, its own tag
-URL); the smoke test calls that URL, and only when it passes does `promote` move the traffic
-(and, for a public service, add the allUsers binding). When it fails, `discard` removes the
-tag and the previous revision keeps serving, untouched.
+URL); the smoke test calls that URL, parity compares its answers with the old function's, and
+only when both pass does `promote` move the traffic (and, for a public service, add the
+allUsers binding). When either fails, `discard` removes the tag and the previous revision keeps
+serving, untouched (`parity.on_difference: warn` promotes a candidate that differs, and the
+result says so).
 
 Each step is a Prefect task run named after the step and the function (`build[orders-api]`),
 retried only on transient errors and cached across flow runs on its content. `migrate` runs
@@ -30,14 +33,15 @@ from prefect.utilities.annotations import opaque
 
 from cf2run import events
 from cf2run.cloud import Cloud
-from cf2run.errors import ImageVerificationError, SmokeTestFailed
+from cf2run.errors import CandidateRejected, ImageVerificationError, ParityDiffers, SmokeTestFailed
 from cf2run.quotas import build_lane, build_turn
-from cf2run.results import Deployment, MigrationResult, SmokeResult
+from cf2run.results import Deployment, MigrationResult, ParityResult, SmokeResult
 from cf2run.slots import settle
 from cf2run.spec import FunctionSpec, Target
 from tasks.build import submit_pack_build
 from tasks.deploy import deploy_service, still_in_effect
 from tasks.package import package_source
+from tasks.parity import parity_check
 from tasks.promote import discard_candidate, promote_revision
 from tasks.smoke import smoke_test
 from tasks.verify import verify_image
@@ -78,7 +82,7 @@ class _Steps:
 @flow(name="migrate-function", flow_run_name="migrate[{spec.name}]", log_prints=False,
       persist_result=True)
 def migrate_function(spec: FunctionSpec, target: Target | None = None) -> State[MigrationResult]:
-    """Migrate one function: package, pack build, verify, deploy, smoke test, promote."""
+    """Migrate one function: package, pack build, verify, deploy, smoke test, parity, promote."""
     result = migrate(spec, target or Target())
     settle()  # its build slot is back on the server before the flow run's client closes
     create_markdown_artifact(markdown=summary(result, events.missing_trigger_note(spec)),
@@ -143,7 +147,7 @@ def _migrate(spec: FunctionSpec, target: Target, leave_lane: Callable[[], None])
                                    refresh=True)
         result.url, result.revision = deployment.url, deployment.revision
         try:
-            smoke = _smoke_or_discard(steps, spec, target, deployment, result)
+            smoke = _passed_or_discarded(steps, "smoke", smoke_test, spec, target, deployment, result)
         except SmokeTestFailed as error:
             if not steps.cached["deploy"]:
                 raise
@@ -154,13 +158,19 @@ def _migrate(spec: FunctionSpec, target: Target, leave_lane: Callable[[], None])
             deployment = steps.run("deploy", deploy_service, spec, target, image, archive.sha256,
                                    refresh=True)
             result.url, result.revision = deployment.url, deployment.revision
-            smoke = _smoke_or_discard(steps, spec, target, deployment, result)
+            smoke = _passed_or_discarded(steps, "smoke", smoke_test, spec, target, deployment, result)
+        parity = _parity(steps, spec, target, deployment, result, smoke)
         promoted = steps.run("promote", promote_revision, spec, target, deployment)
         result.serving = promoted.serving
         result.status = "succeeded"
         result.message = ("smoke not run: the service's ingress keeps this worker out "
                           "(accepted by smoke.accept_unreachable)" if smoke.unreachable
                           else f"smoke {smoke.status} in {smoke.latency_s:.2f}s")
+        if parity is not None:
+            result.message += f"; parity {parity.verdict}" + (
+                f": {'; '.join(parity.diffs)}" if parity.warned else "")
+        elif spec.parity.enabled:
+            result.message += "; parity not checked (the candidate is unreachable from this worker)"
         if promoted.changed:
             result.message += f"; traffic moved from {', '.join(promoted.previous)}"
     except Exception as error:
@@ -170,16 +180,15 @@ def _migrate(spec: FunctionSpec, target: Target, leave_lane: Callable[[], None])
     return result
 
 
-def _smoke_or_discard(steps: _Steps, spec: FunctionSpec, target: Target, deployment: Deployment,
-                      result: MigrationResult) -> SmokeResult:
-    """The smoke test; when a candidate fails it, its tag is removed and the error says what
-    keeps serving."""
+def _passed_or_discarded(steps: _Steps, name: str, check: Task[..., T], spec: FunctionSpec,
+                         target: Target, deployment: Deployment, result: MigrationResult) -> T:
+    """The check before promotion (smoke, parity); when it rejects a candidate, the candidate's tag
+    is removed and the error says what keeps serving (a new service: that it stays private)."""
     try:
-        return steps.run("smoke", smoke_test, spec, target, deployment)
-    except SmokeTestFailed as error:
+        return steps.run(name, check, spec, target, deployment)
+    except CandidateRejected as error:
         if deployment.created and spec.allow_unauthenticated:
-            raise SmokeTestFailed(f"{error.message}; the new service stays private (not made public)",
-                                  hint=error.hint) from error
+            raise error.with_outcome("; the new service stays private (not made public)") from error
         if not deployment.candidate_url:
             raise
         try:
@@ -190,9 +199,25 @@ def _smoke_or_discard(steps: _Steps, spec: FunctionSpec, target: Target, deploym
         except Exception as discard_error:
             outcome = (f"the traffic never moved to it, but removing its tag {deployment.tag!r} "
                        f"failed: {discard_error}")
-        steps.current = "smoke"
-        raise SmokeTestFailed(f"{error.message}. Candidate {deployment.revision} was not promoted: "
-                              f"{outcome}", hint=error.hint) from error
+        steps.current = name
+        raise error.with_outcome(f". Candidate {deployment.revision} was not promoted: {outcome}") \
+            from error
+
+
+def _parity(steps: _Steps, spec: FunctionSpec, target: Target, deployment: Deployment,
+            result: MigrationResult, smoke: SmokeResult) -> ParityResult | None:
+    """The parity check, when the manifest names the old function and the smoke test reached the
+    candidate; its verdict goes into `result` (a difference that fails: raised, candidate discarded)."""
+    if not spec.parity.enabled or smoke.unreachable:
+        return None
+    try:
+        checked = _passed_or_discarded(steps, "parity", parity_check, spec, target, deployment, result)
+    except ParityDiffers as error:
+        if error.result is not None:
+            result.parity, result.parity_diffs = error.result.verdict, error.result.diffs
+        raise
+    result.parity, result.parity_diffs = checked.verdict, checked.diffs
+    return checked
 
 
 def summary(result: MigrationResult, note: str | None = None) -> str:
@@ -206,7 +231,12 @@ def summary(result: MigrationResult, note: str | None = None) -> str:
               f"| Revision | {result.revision or '-'} |",
               f"| Serving | {', '.join(result.serving) or '-'} |",
               f"| Build | {result.build_note} |"]
+    if result.parity:
+        lines.append(f"| Parity | {result.parity} |")
     lines += [f"| {step} | {seconds:.2f}s |" for step, seconds in result.timings.items()]
+    if result.parity_diffs:
+        lines += ["", "**Parity differences** (old function vs new revision):", ""]
+        lines += [f"- {diff}" for diff in result.parity_diffs]
     if result.eventarc:
         lines += ["", "**Eventarc trigger to create** (once you switch the events over from the "
                       "Cloud Function):", "", "```sh", result.eventarc, "```"]

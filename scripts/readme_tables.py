@@ -15,7 +15,7 @@ from pydantic_core import PydanticUndefined
 
 from cf2run.localcloud.settings import Fault, LocalCloudSettings
 from cf2run.spec import FunctionSpec, SmokeRequest, Target
-from cf2run.spec_parts import SecretFile, SecretRef, SecretVolume, Trigger
+from cf2run.spec_parts import ParityCheck, SecretFile, SecretRef, SecretVolume, Trigger
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 SECTIONS: dict[str, list[tuple[str, type[BaseModel]]]] = {
@@ -24,7 +24,8 @@ SECTIONS: dict[str, list[tuple[str, type[BaseModel]]]] = {
                         ("functions[].secret_env.NAME (or SECRET, or SECRET:VERSION)", SecretRef),
                         ("functions[].secret_volumes[]", SecretVolume),
                         ("functions[].secret_volumes[].versions[]", SecretFile),
-                        ("functions[].trigger", Trigger)],
+                        ("functions[].trigger", Trigger),
+                        ("functions[].parity", ParityCheck)],
     "knobs": [("LocalCloudSettings", LocalCloudSettings), ("faults[]", Fault)],
 }
 

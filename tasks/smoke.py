@@ -41,7 +41,7 @@ MAX_REQUEST_TIMEOUT_S = 30.0
 
 
 @dataclass
-class _Attempts:
+class Attempts:
     """What the retry loop saw: the number of requests and the last answer or error."""
 
     count: int = 0
@@ -81,7 +81,7 @@ def run_smoke(url: str, smoke: SmokeRequest, token: str | None = None, *, public
     """
     target = request_url(url, smoke.path)
     retry = RETRY_STATUSES | (IAM_PROPAGATION_STATUSES if public else frozenset())
-    attempts = _send_until_warm(target, smoke, request_headers(smoke, token), retry, log, sleep, clock)
+    attempts = send_until_warm(target, smoke, request_headers(smoke, token), retry, log, sleep, clock)
     response = attempts.response
     if response is None:
         raise SmokeTestFailed(
@@ -139,11 +139,14 @@ def _http() -> httpx.Client:
     return httpx.Client(follow_redirects=False)
 
 
-def _send_until_warm(url: str, smoke: SmokeRequest, headers: dict[str, str], retry: frozenset[int],
-                     log: Callable[[str], None], sleep: Callable[[float], None],
-                     clock: Callable[[], float]) -> _Attempts:
+def send_until_warm(url: str, smoke: SmokeRequest, headers: dict[str, str],
+                    retry: frozenset[int] = RETRY_STATUSES, log: Callable[[str], None] = lambda line: None,
+                    sleep: Callable[[float], None] = time.sleep,
+                    clock: Callable[[], float] = time.monotonic) -> Attempts:
+    """Send `smoke` to `url` (with `headers`) again while the answer is a connection error or a
+    `retry` status other than the expected one, until `smoke.deadline_s`; what the last try got."""
     deadline = clock() + smoke.deadline_s
-    attempts = _Attempts()
+    attempts = Attempts()
     delay = FIRST_DELAY_S
     http = _http()
     while True:
@@ -179,7 +182,7 @@ def answers_without_token(url: str, deadline_s: float, log: Callable[[str], None
     allUsers binding takes a moment to apply), 429 or 5xx, until `deadline_s`; None: no answer."""
     request = SmokeRequest(deadline_s=deadline_s)
     retry = RETRY_STATUSES | IAM_PROPAGATION_STATUSES
-    attempts = _send_until_warm(url, request, {}, retry, log, sleep, clock)
+    attempts = send_until_warm(url, request, {}, retry, log, sleep, clock)
     return attempts.response.status_code if attempts.response is not None else None
 
 

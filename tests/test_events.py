@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from cf2run.events import eventarc_command, missing_trigger_note, smoke_event, smoke_request
+from cf2run.events import eventarc_command, gen1_data, missing_trigger_note, smoke_event, smoke_request
 from cf2run.spec import FunctionSpec, Target
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -127,3 +127,19 @@ def test_event_function_without_trigger_is_told_what_to_add(source: Path) -> Non
     assert eventarc_command(fn, TARGET) is None
     assert "add `trigger:" in (missing_trigger_note(fn) or "")
     assert missing_trigger_note(fn.model_copy(update={"signature_type": "http"})) is None
+
+
+def test_gen1_data_of_an_event_is_what_a_background_function_gets(source: Path) -> None:
+    """CallFunction hands a 1st-gen function gen1's data: the PubsubMessage itself (with its @type),
+    not the CloudEvent's {message, subscription}; a Storage event's object as it is."""
+    pubsub = spec(source, {"event_type": "google.pubsub.topic.publish", "topic": "orders",
+                           "data": {"order": 42}})
+    event = smoke_event(pubsub, TARGET, now=NOW, event_id="e-1")
+    request = smoke_request(pubsub, TARGET, event)
+    assert request.headers["ce-id"] == "e-1" and json.loads(request.body or "") == event[1]
+    data = gen1_data(pubsub, event[1])
+    assert data["@type"] == "type.googleapis.com/google.pubsub.v1.PubsubMessage"
+    assert json.loads(base64.b64decode(data["data"])) == {"order": 42} and data["messageId"] == "e-1"
+    storage = spec(source, {"event_type": "google.storage.object.finalize", "bucket": "uploads"})
+    _, obj = smoke_event(storage, TARGET, now=NOW)
+    assert gen1_data(storage, obj) == obj

@@ -172,19 +172,22 @@ def test_only_and_exclude_select_functions_and_refuse_unknown_names(tmp_path: Pa
         manifest.select(only=["one"], exclude=["one"])
 
 
-def test_report_rows_give_status_failed_step_build_and_seconds_per_step() -> None:
+def test_report_rows_give_status_failed_step_build_parity_and_seconds_per_step() -> None:
     report = FleetReport(seconds=3.0, results=[
         MigrationResult(function="a", status="succeeded", url="http://a", digest="sha256:1", revision="a-1",
-                        build_cached=True, timings={"package": 0.1, "build": 0.2, "deploy": 0.3}),
+                        build_cached=True, parity="same",
+                        timings={"package": 0.1, "build": 0.2, "deploy": 0.3}),
         MigrationResult(function="b", status="failed", failed_step="build", message="no | main.py",
                         build_cached=None, timings={"package": 0.1, "build": 1.0})])
     rows = report.rows()
-    assert [(r["function"], r["status"], r["failed step"], r["build"]) for r in rows] == \
-        [("a", "succeeded", "", "cached"), ("b", "failed", "build", "-")]
-    assert list(rows[0])[7:10] == ["package s", "build s", "deploy s"]
+    assert [(r["function"], r["status"], r["failed step"], r["build"], r["parity"]) for r in rows] == \
+        [("a", "succeeded", "", "cached", "same"), ("b", "failed", "build", "-", "")]
+    assert list(rows[0])[8:11] == ["package s", "build s", "deploy s"]
     assert rows[1]["deploy s"] is None and rows[1]["total s"] == 1.1
     assert report.summary == "1 of 2 functions failed: b (build)"
     assert "| b | build | no \\| main.py |" in report.markdown()
+    assert "| a | succeeded | cached | same | 0.6 | http://a |" in report.markdown()
+    assert "| b | failed | - | - | 1.1 | - |" in report.markdown()
 
 
 def test_pull_step_finds_the_checkout_or_says_how_to_name_it(monkeypatch: pytest.MonkeyPatch,

@@ -105,3 +105,15 @@ def test_plan_shows_create_then_nothing_then_a_readable_diff(
            "(built by this migration)" in rebuilt
     revisions = [r.name for r in cloud.revisions.list_revisions(parent=service)]
     assert len(revisions) == 1, "planning created a revision"
+
+
+def test_plan_says_what_parity_compares_against(localcloud: LocalCloud, tmp_path: Path) -> None:
+    old = "https://us-central1-local-project.cloudfunctions.net/orders"
+    path = write(tmp_path, localcloud, name=f"plan-{uuid.uuid4().hex[:6]}",
+                 parity={"old_url": old, "requests": [{"path": "/order"}], "json_fields": ["order.id"],
+                         "headers": ["content-type"], "on_difference": "warn"})
+    assert (f"  parity: 2 request(s) to {old} and to the candidate; compares status and body (JSON-equal "
+            "when both are JSON) (only order.id), headers content-type; a difference is a warning "
+            "(promoted anyway)") in plan(path)
+    quiet = write(tmp_path, localcloud, name=f"plan-{uuid.uuid4().hex[:6]}")
+    assert "parity:" not in plan(quiet)
