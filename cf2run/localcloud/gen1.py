@@ -179,6 +179,17 @@ def is_public(policy: dict[str, object]) -> bool:
     return any(b.get("role") == INVOKER and "allUsers" in b.get("members", []) for b in bindings)
 
 
+#: What gen1 gives a background function as `context.resource` for Pub/Sub and Storage events: an
+#: object naming the service and the message type, not the bare resource name (the "GCF HTTP"
+#: representation in GoogleCloudPlatform/functions-framework-conformance docs/mapping.md, which
+#: functions-framework-python's event_conversion.py rebuilds as `_PUBSUB_MESSAGE_TYPE` and
+#: `storage#object`). Other event types carry the name as a string.
+RESOURCE_SHAPES = {
+    "pubsub": ("pubsub.googleapis.com", "type.googleapis.com/google.pubsub.v1.PubsubMessage"),
+    "storage": ("storage.googleapis.com", "storage#object"),
+}
+
+
 def legacy_event(trigger: dict[str, str], data: str) -> dict[str, object]:
     """A background function's event of CallFunction's `data` (JSON if it parses, else the text)."""
     try:
@@ -186,6 +197,12 @@ def legacy_event(trigger: dict[str, str], data: str) -> dict[str, object]:
     except ValueError:
         payload = data
     now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    event_type, name = trigger.get("eventType", ""), trigger.get("resource", "")
+    kind = next((kind for kind in RESOURCE_SHAPES if f".{kind}." in event_type
+                 or f"cloud.{kind}/" in event_type), None)
+    resource: object = name
+    if kind is not None:
+        service, message_type = RESOURCE_SHAPES[kind]
+        resource = {"service": service, "name": name, "type": message_type}
     return {"data": payload, "context": {"eventId": str(secrets.randbelow(10**16)), "timestamp": now,
-                                         "eventType": trigger.get("eventType", ""),
-                                         "resource": trigger.get("resource", "")}}
+                                         "eventType": event_type, "resource": resource}}

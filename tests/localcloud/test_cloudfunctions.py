@@ -199,7 +199,10 @@ def test_a_private_http_function_wants_an_id_token_for_its_url(seeded: Seeded) -
 def test_call_function_delivers_a_legacy_event(seeded: Seeded) -> None:
     done = seeded.clients.functions.call_function(name=ON_EVENT, data='{"n": 7}')
     assert done.execution_id and not done.error
-    assert f"EVENT {{'n': 7}} {PUBLISH} projects/local-project/topics/t" in seeded.cloud.logs("on_event")
+    # gen1's context.resource of a Pub/Sub event is an object, not the topic's name alone
+    assert (f"EVENT {{'n': 7}} {PUBLISH} {{'service': 'pubsub.googleapis.com', 'name': "
+            "'projects/local-project/topics/t', 'type': 'type.googleapis.com/google.pubsub.v1."
+            "PubsubMessage'}") in seeded.cloud.logs("on_event")
     failed = seeded.clients.functions.call_function(name=ON_EVENT, data='{"fail": true}')
     assert failed.error and failed.execution_id != done.execution_id
     with pytest.raises(gexc.FailedPrecondition, match="escapes the archive"):
