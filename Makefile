@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -c "import cf2run, prefect, google.cloud.run_v2"
 	touch $@
 
-demo: $(STAMP)  ## migrate the sample functions on the embedded local cloud
+demo: $(STAMP)  ## local cloud with the samples as Cloud Functions: discover, fleet, parity
 	$(BIN)/cf2run demo
 
 test: $(STAMP)  ## lint, type-check and run the whole test suite

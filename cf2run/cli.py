@@ -46,6 +46,8 @@ localcloud_app = typer.Typer(help="The embedded local cloud (Cloud Storage, Arti
 app.add_typer(localcloud_app, name="localcloud")
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+#: The project examples/gen1's functions are deployed in.
+DEMO_PROJECT = "local-project"
 
 StateDir = Annotated[Path | None, typer.Option(
     "--state-dir", help="Where the local cloud keeps its state and endpoints.json "
@@ -72,22 +74,63 @@ def migrate(
 
 
 @app.command()
-def demo(keep: Annotated[bool, typer.Option(
-        "--keep", help="Keep the services serving until Ctrl-C.")] = False) -> None:
-    """Start a local cloud and migrate the sample functions in examples/ onto it."""
+def demo(
+    keep: Annotated[bool, typer.Option(
+        "--keep", help="Keep the old functions and the new services serving until Ctrl-C.")] = False,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Keep the discovered manifest and sources here (default: a temporary "
+                      "directory, removed at the end).", show_default=False)] = None,
+    max_parallel: Annotated[int, typer.Option(
+        "--max-parallel", min=1, max=500, help="Functions migrated at the same time.")] = 6,
+) -> None:
+    """The whole story on the embedded local cloud: the samples in examples/ deployed as the
+    project's Cloud Functions (examples/gen1), `discover` writes the manifest, the fleet migrates
+    it, and each new service is checked against its old function (parity) before it takes traffic."""
+    from cf2run.discovery.report import print_result
+    from cf2run.discovery.run import Clients, Request
+    from cf2run.discovery.run import discover as run_discover
     from cf2run.localcloud.server import LocalCloud
-    from cf2run.report import migrate_each, print_results
 
-    manifest = _load(EXAMPLES / "manifest.yaml", None, "local")
     with LocalCloud() as cloud:
-        target = manifest.target.model_copy(update={"localcloud_dir": cloud.state_dir})
-        results = migrate_each(manifest.functions, target)
-        print_results(results, "cf2run demo (embedded local cloud)")
+        typer.echo("deploying the sample functions as the project's Cloud Functions (examples/gen1)...")
+        cloud.seed_functions(EXAMPLES / "gen1")
+        target = _target(None, "local", DEMO_PROJECT, None).model_copy(
+            update={"localcloud_dir": cloud.state_dir})
+        clouds = _connect(target)
+        request = Request(project=DEMO_PROJECT, out=(out or cloud.state_dir / "discovered").resolve(),
+                          kind="local", localcloud_dir=cloud.state_dir, force=True)
+        discovered = run_discover(Clients(clouds.functions, clouds.functions_v2, clouds.storage), request)
+        print_result(discovered)
+        manifest = _load(discovered.manifests[0], None, "local")
+        failed = _run_fleet(manifest.model_copy(update={"target": manifest.target.model_copy(
+            update={"localcloud_dir": cloud.state_dir})}), max_parallel, "cf2run demo: discover, then fleet")
         if keep:
-            typer.echo("serving; Ctrl-C to stop")
+            typer.echo(f"old functions at {cloud.endpoints.functions}/NAME, new services at the URLs "
+                       "above; Ctrl-C to stop")
             with contextlib.suppress(KeyboardInterrupt):
                 threading.Event().wait()
-    raise typer.Exit(0 if all(r.status == "succeeded" for r in results) else 1)
+    raise typer.Exit(1 if failed else 0)
+
+
+def _run_fleet(manifest: Manifest, max_parallel: int, title: str, dry_run: bool = False,
+               fanout: str = "local") -> list[str]:
+    """The migrate-fleet flow over `manifest`, its table printed; returns the functions that failed."""
+    from cf2run.fleet_report import FleetReport
+    from cf2run.report import print_results
+    from flows.migrate_fleet import migrate_fleet
+
+    state = migrate_fleet(manifest, max_parallel=max_parallel, dry_run=dry_run,
+                          fanout=fanout, return_state=True)  # type: ignore[arg-type]
+    report = state.result(raise_on_failure=False)
+    if not isinstance(report, FleetReport):
+        typer.secho(f"error: the fleet run crashed: {report}", fg="red", err=True)
+        raise typer.Exit(1)
+    if dry_run:
+        _print_rows(report.rows(), f"{title} --dry-run (nothing changed)")
+    else:
+        print_results(report.results, title)
+    typer.echo(report.summary)
+    return report.failed
 
 
 @app.command()
@@ -108,10 +151,6 @@ def fleet(
         "--target", help="Override the manifest's target kind: local or gcp.")] = None,
 ) -> None:
     """Migrate the functions of a manifest many at a time (the migrate-fleet flow)."""
-    from cf2run.fleet_report import FleetReport
-    from cf2run.report import print_results
-    from flows.migrate_fleet import migrate_fleet
-
     if fanout not in ("local", "deployments"):
         raise typer.BadParameter("must be 'local' or 'deployments'", param_hint="--fanout")
     loaded = _load(manifest, None, target)
@@ -122,18 +161,8 @@ def fleet(
         raise typer.Exit(2) from error
     if fanout == "local":  # with deployments, the workers' credentials are the ones that count
         _connect(loaded.target)
-    state = migrate_fleet(loaded, max_parallel=max_parallel, dry_run=dry_run,
-                          fanout=fanout, return_state=True)  # type: ignore[arg-type]
-    report = state.result(raise_on_failure=False)
-    if not isinstance(report, FleetReport):
-        typer.secho(f"error: the fleet run crashed: {report}", fg="red", err=True)
-        raise typer.Exit(1)
-    if dry_run:
-        _print_rows(report.rows(), f"cf2run fleet {manifest} --dry-run (nothing changed)")
-    else:
-        print_results(report.results, f"cf2run fleet {manifest}")
-    typer.echo(report.summary)
-    raise typer.Exit(1 if report.failed else 0)
+    failed = _run_fleet(loaded, max_parallel, f"cf2run fleet {manifest}", dry_run, fanout)
+    raise typer.Exit(1 if failed else 0)
 
 
 @app.command()

@@ -12,7 +12,6 @@ import json
 import re
 import subprocess
 import sys
-import time
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -222,10 +221,8 @@ def test_a_bad_seed_is_refused_naming_the_file_and_nothing_changes(seeded: Seede
 
 def test_seeding_again_changes_only_what_changed(seeded: Seeded) -> None:
     before = seeded.clients.functions.get_function(name=HELLO)
-    started = time.monotonic()
     seeded.cloud.seed_functions(seeded.seed)
-    assert time.monotonic() - started < 5  # nothing is built again
-    assert seeded.clients.functions.get_function(name=HELLO) == before
+    assert seeded.clients.functions.get_function(name=HELLO) == before  # same build id: not rebuilt
     (seeded.seed / "gen2" / "function.v2.json").write_text(json.dumps({"labels": {"changed": "yes"}}))
     seeded.cloud.seed_functions(seeded.seed)
     assert seeded.clients.functions_v2.get_function(name=GEN2).labels == {"changed": "yes"}
