@@ -79,6 +79,8 @@ class ServicePlan(BaseModel):
     url: str | None = None
     serving: list[str] = Field(default_factory=list, description="Revisions serving now.")
     revision: str | None = Field(default=None, description="Revision the deploy would create.")
+    reuses: bool = Field(default=False, description="The revision exists already (it served before: "
+                                                    "a rollback moved the traffic off it).")
     changes: list[Change] = Field(default_factory=list)
     eventarc: str | None = Field(default=None, description="The Eventarc trigger to create.")
     parity: str | None = Field(default=None, description="What the parity step compares against.")
@@ -169,6 +171,8 @@ def _plan(spec: FunctionSpec, target: Target, cloud: Cloud) -> ServicePlan:
                         f"{removal_command(name, member)}" for member in kept if member != ALL_USERS})
     result.url, result.serving = existing.uri, serving(existing)
     result.action = "unchanged" if built.deploy == "unchanged" else "update"
+    if result.action == "update" and built.revision:
+        result.reuses = _revision_exists(cloud, f"{name}/revisions/{built.revision}")
     result.changes = [change for change in diff(settings_view(existing, public, others), wanted_view)
                       if not change.key.startswith("label.cf2run-source")]
     return result
@@ -205,5 +209,16 @@ def _action_text(plan: ServicePlan) -> str:
             return "no new revision: the service serves this image; promote changes its ingress"
         return "unchanged: the service already serves this image and these settings"
     checks = "smoke-tested and compared with the old function" if plan.parity else "smoke-tested"
+    if plan.reuses:  # what tasks/deploy.py does with a revision it made before (A, B, then A again)
+        return (f"update: revision {plan.revision} exists and serves nothing now: it is the candidate "
+                f"again (tag URL), {checks}, then promoted; no new revision")
     return (f"update: new revision as a candidate (no traffic, tag URL), {checks}, then promoted"
             + (f" (revision {plan.revision})" if plan.revision else ""))
+
+
+def _revision_exists(cloud: Cloud, name: str) -> bool:
+    try:
+        cloud.revisions.get_revision(name=name)
+    except api_exceptions.NotFound:
+        return False
+    return True

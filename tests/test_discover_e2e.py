@@ -11,15 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
-from google.cloud import functions_v1
-from typer.testing import CliRunner, Result
-
-from cf2run.cli import app
-from cf2run.cloud import Cloud
-from cf2run.localcloud.server import LocalCloud
-from cf2run.localcloud.settings import LocalCloudSettings
-from cf2run.spec import FunctionSpec, load_manifest
-from tests.discovery.seeds import (
+from discover_fixtures.seeds import (
     CALLER,
     EXAMPLES,
     PROJECT,
@@ -29,8 +21,16 @@ from tests.discovery.seeds import (
     samples_seed,
     write_function,
 )
+from google.cloud import functions_v1
+from typer.testing import CliRunner, Result
 
-GOLDEN = Path(__file__).parent / "discovery" / "samples.golden.yaml"
+from cf2run.cli import app
+from cf2run.cloud import Cloud
+from cf2run.localcloud.server import LocalCloud
+from cf2run.localcloud.settings import LocalCloudSettings
+from cf2run.spec import FunctionSpec, load_manifest
+
+GOLDEN = Path(__file__).parent / "discover_fixtures" / "samples.golden.yaml"
 HELLO = {"httpsTrigger": {}, "runtime": "python312", "entryPoint": "hello"}
 
 

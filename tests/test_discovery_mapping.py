@@ -8,6 +8,14 @@ from typing import Any
 
 import pytest
 import yaml
+from discover_fixtures.gen1_functions import (
+    PROJECT,
+    REGION,
+    every_setting,
+    every_setting_policy,
+    name,
+    pubsub_function,
+)
 from google.cloud import functions_v1 as f
 from google.iam.v1 import policy_pb2
 
@@ -17,16 +25,8 @@ from cf2run.discovery.manifest_writer import render
 from cf2run.discovery.names import service_names
 from cf2run.discovery.signature import declared_signature
 from cf2run.spec import FunctionSpec, load_manifest
-from tests.discovery.gen1_functions import (
-    PROJECT,
-    REGION,
-    every_setting,
-    every_setting_policy,
-    name,
-    pubsub_function,
-)
 
-GOLDEN = Path(__file__).parent / "discovery" / "every_setting.golden.yaml"
+GOLDEN = Path(__file__).parent / "discover_fixtures" / "every_setting.golden.yaml"
 
 
 def golden_text() -> str:

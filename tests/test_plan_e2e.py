@@ -117,3 +117,33 @@ def test_plan_says_what_parity_compares_against(localcloud: LocalCloud, tmp_path
             "(promoted anyway)") in plan(path)
     quiet = write(tmp_path, localcloud, name=f"plan-{uuid.uuid4().hex[:6]}")
     assert "parity:" not in plan(quiet)
+
+
+def test_plan_and_migrate_agree_after_a_rollback(localcloud: LocalCloud, cloud: Cloud,
+                                                 tmp_path: Path) -> None:
+    """A, then B, then a rollback to A: the manifest (B) is not what serves. plan says that B's
+    revision comes back (no new one), migrate does exactly that, and then both say unchanged."""
+    name = f"plan-rb-{uuid.uuid4().hex[:6]}"
+    service = f"projects/local-project/locations/us-central1/services/{name}"
+    path = write(tmp_path, localcloud, name=name)
+
+    def migrated() -> MigrationResult:
+        manifest = load_manifest(path)
+        result = migrate_function(manifest.functions[0], manifest.target, return_state=True).result()
+        assert isinstance(result, MigrationResult) and result.status == "succeeded", result
+        return result
+
+    first = migrated()
+    (tmp_path / "fn" / "main.py").write_text("def hello(request):\n    return 'hi, B'\n")
+    second = migrated()
+    rolled = CliRunner().invoke(app, ["rollback", name, "--manifest", str(path)])
+    assert rolled.exit_code == 0 and f"to {first.revision}" in rolled.output, rolled.output
+
+    after_rollback = plan(path)
+    assert (f"{name}: update: revision {second.revision} exists and serves nothing now: it is the "
+            "candidate again") in after_rollback, after_rollback
+    assert "no new revision" in after_rollback and "build: cached" in after_rollback
+    again = migrated()
+    assert (again.revision, again.serving) == (second.revision, [second.revision])
+    assert f"{name}: unchanged" in plan(path)
+    assert len(list(cloud.revisions.list_revisions(parent=service))) == 2, "no new revision"
