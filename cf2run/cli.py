@@ -34,6 +34,7 @@ import typer
 from cf2run.cloud import default_localcloud_dir
 from cf2run.errors import SpecError
 from cf2run.localcloud.accounts import DEFAULT_ACCOUNT as LOCAL_ACCOUNT
+from cf2run.prefect_server import TIP, configured_api_url, use_background_server
 
 if TYPE_CHECKING:
     from cf2run.cloud import Cloud
@@ -44,6 +45,20 @@ app = typer.Typer(help="Migrate Google Cloud Functions to Cloud Run with buildpa
 localcloud_app = typer.Typer(help="The embedded local cloud (Cloud Storage, Artifact Registry, "
                                   "Cloud Build, Cloud Run on 127.0.0.1).", no_args_is_help=True)
 app.add_typer(localcloud_app, name="localcloud")
+
+
+@app.callback()
+def _prefect_server() -> None:
+    """Migrate Google Cloud Functions to Cloud Run with buildpacks, on Prefect."""
+    # Before any command imports Prefect: a server running in the background is used when none
+    # is configured (cf2run/prefect_server.py).
+    use_background_server()
+
+
+def _tell_about_the_prefect_server() -> None:
+    """The tip, for commands that run flows, when they will start a temporary Prefect server."""
+    if configured_api_url() is None:
+        typer.secho(f"note: {TIP}", fg="yellow", err=True)
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 #: The project examples/gen1's functions are deployed in.
@@ -68,6 +83,7 @@ def migrate(
 
     loaded = _load(manifest, only, target)
     _connect(loaded.target)
+    _tell_about_the_prefect_server()
     results = migrate_each(loaded.functions, loaded.target)
     print_results(results, f"cf2run migrate {manifest}")
     raise typer.Exit(0 if all(r.status == "succeeded" for r in results) else 1)
@@ -161,6 +177,7 @@ def fleet(
         raise typer.Exit(2) from error
     if fanout == "local":  # with deployments, the workers' credentials are the ones that count
         _connect(loaded.target)
+    _tell_about_the_prefect_server()
     failed = _run_fleet(loaded, max_parallel, f"cf2run fleet {manifest}", dry_run, fanout)
     raise typer.Exit(1 if failed else 0)
 

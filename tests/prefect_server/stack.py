@@ -49,6 +49,7 @@ class PrefectStack:
     workdir: Path
     localcloud_dir: Path
     workers: list[Service] = field(default_factory=list)
+    server_pid: int = 0
 
     def client(self) -> SyncPrefectClient:
         return SyncPrefectClient(self.api_url)
@@ -140,7 +141,7 @@ def running_stack(workdir: Path) -> Iterator[PrefectStack]:
     logs = workdir / "logs"
     services = [start("prefect-server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
                                          "--port", str(port)], env, logs)]
-    the_stack = PrefectStack(api_url, env, workdir, localcloud_dir)
+    the_stack = PrefectStack(api_url, env, workdir, localcloud_dir, server_pid=services[0].popen.pid)
     try:
         services.append(start("localcloud", [str(BIN / "cf2run"), "localcloud", "serve",
                                              "--state-dir", str(localcloud_dir)], env, logs))
