@@ -177,13 +177,16 @@ class QuietHandler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
 
-class _QuietThreadingServer(ThreadingHTTPServer):
+class TrackingServer(ThreadingHTTPServer):
+    """A ThreadingHTTPServer that knows its open connections, so that stopping it also ends idle
+    keep-alive ones (`end_connections`), as a stopped process's would end."""
+
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
-        super().__init__(address, handler)
+    def server_bind(self) -> None:
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
+        super().server_bind()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.debug("error while serving %s", client_address, exc_info=True)
@@ -198,22 +201,22 @@ class _QuietThreadingServer(ThreadingHTTPServer):
             self._connections.discard(request)
         super().shutdown_request(request)
 
-    def end_connections(self) -> None:
-        """Stop reading from every open connection: an idle keep-alive connection ends (as a
-        stopped process's would: the client's next request on it goes to a new connection,
-        which is refused), a request whose answer is being written still gets it."""
+    def end_connections(self, how: int = socket.SHUT_RD) -> None:
+        """Stop reading from every open connection (`how`): an idle keep-alive connection ends
+        (the client's next request on it goes to a new connection, which is refused), a request
+        whose answer is being written still gets it (unless `how` is SHUT_RDWR)."""
         with self._connections_lock:
             connections = list(self._connections)
         for connection in connections:
             with contextlib.suppress(OSError):
-                connection.shutdown(socket.SHUT_RD)
+                connection.shutdown(how)
 
 
 class LoopbackServer:
     """A ThreadingHTTPServer on 127.0.0.1 serving in a daemon thread."""
 
     def __init__(self, handler: type[BaseHTTPRequestHandler], port: int = 0) -> None:
-        self.server = _QuietThreadingServer(("127.0.0.1", port), handler)
+        self.server = TrackingServer(("127.0.0.1", port), handler)
         self.port: int = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self._thread = threading.Thread(target=self.server.serve_forever, name=f"http-{self.port}",

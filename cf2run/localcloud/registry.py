@@ -53,10 +53,11 @@ import urllib.parse
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
+from cf2run.localcloud.metadata import TrackingServer
 from cf2run.localcloud.repositories import DockerRepositories, denied_message
 from cf2run.localcloud.settings import FAULT_HTTP_STATUS, FaultInjector
 from cf2run.oci import (
@@ -698,10 +699,9 @@ _ROUTES: list[tuple[re.Pattern[str], dict[str, tuple[str, Handler]]]] = [
 ]
 
 
-class _HTTPServer(ThreadingHTTPServer):
-    """Tracks open connections so that stopping also ends idle keep-alive ones."""
+class _HTTPServer(TrackingServer):
+    """The registry's listener (open connections tracked: stopping also ends idle keep-alive ones)."""
 
-    daemon_threads = True
     request_queue_size = 128
 
     def __init__(self, port: int, store: BlobStore, faults: FaultInjector,
@@ -710,33 +710,11 @@ class _HTTPServer(ThreadingHTTPServer):
         self.faults = faults
         self.tokens = tokens
         self.repositories = repositories
-        self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
         super().__init__(("127.0.0.1", port), _RequestHandler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self._connections_lock:
-            self._connections.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._connections_lock:
-            self._connections.discard(request)
-        super().shutdown_request(request)
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.server_address[1]}"
-
-    def close_connections(self) -> None:
-        with self._connections_lock:
-            connections = list(self._connections)
-        for connection in connections:
-            with contextlib.suppress(OSError):
-                connection.shutdown(socket.SHUT_RDWR)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        log.debug("registry: error serving %s", client_address, exc_info=True)
 
 
 class RegistryServer:
@@ -780,7 +758,7 @@ class RegistryServer:
             return
         self._server.shutdown()
         self._server.server_close()
-        self._server.close_connections()
+        self._server.end_connections(socket.SHUT_RDWR)
         if self._thread is not None:
             self._thread.join(timeout=5)
         self._server = None
