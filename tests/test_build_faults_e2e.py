@@ -44,7 +44,8 @@ def test_a_build_cloud_build_itself_failed_is_built_again_and_the_migration_succ
     result, run_counts = migrate(spec, target)
     assert result.status == "succeeded", result.message
     assert run_counts[f"build[{spec.name}]"] == 2, run_counts
-    assert [b.status for b in builds_of(cloud, target, spec.name)] == [Status.SUCCESS, getattr(Status, status)]
+    statuses = [b.status for b in builds_of(cloud, target, spec.name)]
+    assert statuses == [Status.SUCCESS, getattr(Status, status)]
     assert len(revisions_of(cloud, target, spec.name)) == 1
 
 
