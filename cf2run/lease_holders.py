@@ -2,13 +2,15 @@
 
 A flow run killed with `kill -9` keeps its slots of `cf2run-cloud-build` until their leases run
 out (300 s; quotas.py), and stays Running for good: Prefect 3 notices a dead flow run only from
-missing heartbeats, which only runners and workers send, and only an automation the user
-creates acts on them (https://docs.prefect.io/v3/advanced/detect-zombie-flows). Prefect 3.9 has
-no API that lists a limit's leases either (its lease storage's ``list_holders_for_limit`` serves
-only the v1 tag endpoints). So cf2run names the holder of each lease itself, in one Prefect
-Variable per lease (``cf2run-lease-LEASE_ID``, tag ``cf2run-lease``): the flow run that took it,
-and its process (host, PID and start time). `note` when a slot is taken, `drop` when it is given
-back; `reclaim` (each fleet, `cf2run setup`) releases the leases whose holder is known dead:
+missing heartbeats, which only flow runs of deployments send (PREFECT_FLOWS_HEARTBEAT_FREQUENCY
+set), and only an automation the user creates then marks it Crashed
+(https://docs.prefect.io/v3/advanced/detect-zombie-flows); a fleet run from the command line
+sends none. Prefect 3.9 has no API that lists a limit's leases either (its lease storage's
+``list_holders_for_limit`` serves only the v1 tag endpoints). So cf2run names the holder of each
+lease itself, in one Prefect Variable per lease (``cf2run-lease-LEASE_ID``, tag
+``cf2run-lease``): the flow run that took it, and its process (host, PID and start time). `note`
+when a slot is taken, `drop` when it is given back; `reclaim` (each fleet, `cf2run setup`)
+releases the leases whose holder is known dead:
 
 - its flow run is in a final state (it crashed, failed, was cancelled, or ended), or
 - its process ran on this host and is gone (not a reused PID: the start time is compared); its
