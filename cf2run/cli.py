@@ -371,7 +371,12 @@ def localcloud_serve(
     state_dir = state_dir or default_localcloud_dir()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with LocalCloud(state_dir=state_dir) as cloud:
+    try:
+        cloud = LocalCloud(state_dir=state_dir).start()
+    except Cf2RunError as error:  # another local cloud serves there, a port is taken, ...
+        typer.secho(f"error: {error}", fg="red", err=True)
+        raise typer.Exit(1) from None
+    with contextlib.closing(cloud):
         if seed_functions is not None:
             try:
                 names = cloud.seed_functions(seed_functions)

@@ -37,6 +37,13 @@ class BuildFailed(Cf2RunError):
     """Cloud Build ran and the build did not succeed. Not retried: the same input fails again."""
 
 
+class BuildInfrastructureFailed(Cf2RunError):
+    """Cloud Build failed the build for a cause of its own (INTERNAL_ERROR, EXPIRED, a logging
+    failure, a first timeout), not the source's: retried (cf2run/build_outcome.py)."""
+
+    transient = True
+
+
 class ImageVerificationError(Cf2RunError):
     """The built image is not what the build said it is (digest, platform, web process)."""
 

@@ -9,6 +9,9 @@ run more builds, or write to Cloud Run faster, than the project's quota allows:
 | `cf2run-cloud-build` | concurrency | 10 | concurrent builds per project (REFERENCE §1) |
 | `cf2run-cloud-run-writes` | rate limit | 60 a minute | Cloud Run Admin API writes per minute, region |
 
+A slot held by a run that was killed (`kill -9`) is taken back by the next fleet or `cf2run
+setup` on the same Prefect server (lease_holders.py), not only when its lease runs out.
+
 Set them to your project's quotas (IAM & Admin > Quotas) with `cf2run setup --builds N
 --run-writes-per-minute N`, or `prefect gcl update NAME --limit N`. A limit that does not
 exist is not waited for (a warning is logged): `cf2run setup` and every fleet run create
@@ -31,7 +34,8 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from pydantic import BaseModel, ConfigDict, Field
 
-from cf2run.slots import LocalQueue, Slot, spend
+from cf2run import lease_holders
+from cf2run.slots import LocalQueue, Slot, _logger, spend
 
 BUILD_LIMIT = "cf2run-cloud-build"
 RUN_WRITES_LIMIT = "cf2run-cloud-run-writes"
@@ -69,6 +73,11 @@ def ensure_limits(quotas: QuotaLimits | None = None, *, replace: Collection[str]
     if client is None:
         with get_client(sync_client=True) as own:
             return ensure_limits(quotas, replace=replace, client=own)
+    reclaimed = lease_holders.reclaim(client)  # slots of killed runs, before anyone waits for them
+    if reclaimed:
+        _logger().warning("took back %d build slot(s) held by runs that were killed: %s", len(reclaimed),
+                          ", ".join(sorted({f"flow run {h.flow_run} (pid {h.pid} on {h.host})"
+                                            for h in reclaimed})))
     changed, sizes = [], {}
     for limit in (quotas or QuotaLimits()).creates():
         if limit.name in replace:

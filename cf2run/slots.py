@@ -41,6 +41,8 @@ from prefect.client.schemas.responses import ConcurrencyLimitWithLeaseResponse
 from prefect.context import TaskRunContext
 from prefect.exceptions import MissingContextError
 
+from cf2run import lease_holders
+
 #: A lease is renewed once this share of it has passed.
 RENEW_AFTER = 0.75
 
@@ -62,6 +64,9 @@ class Slot:
                 lambda: client.increment_concurrency_slots_with_lease(
                     names=[limit], slots=1, mode="concurrency", lease_duration=lease_s,
                     holder=_holder())))
+            if granted.limits:
+                _bookkeeping("record the holder of", granted.lease_id,
+                             lambda: lease_holders.note(client, granted.lease_id))
         if not granted.limits:
             _missing(limit)
             return cls(None, lease_s)
@@ -87,8 +92,7 @@ class Slot:
 
         def give_back() -> None:
             try:
-                self._call("release", lambda client: client.release_concurrency_slots_with_lease(
-                    lease_id=lease_id))
+                self._call("release", lambda client: _give_back(client, lease_id))
             finally:
                 with _releasing_lock:
                     _releasing.discard(threading.current_thread())
@@ -100,14 +104,27 @@ class Slot:
         releasing.start()
 
     def _call(self, what: str, request: Callable[[Any], object]) -> None:
-        try:
+        def call() -> None:
             with get_client(sync_client=True) as client:
                 request(client)
-        except Exception as error:  # HTTP errors, and a client closed meanwhile (RuntimeError):
-            # bookkeeping of a slot never fails the work it guards
-            _logger().warning("could not %s concurrency lease %s (%s); the server frees its slot "
-                              "when the lease runs out, at most %.0f s from its last renewal",
-                              what, self.lease_id, error, self.lease_s)
+
+        _bookkeeping(what, self.lease_id, call, self.lease_s)
+
+
+def _give_back(client: Any, lease_id: UUID) -> None:
+    client.release_concurrency_slots_with_lease(lease_id=lease_id)
+    lease_holders.drop(client, lease_id)
+
+
+def _bookkeeping(what: str, lease_id: UUID | None, call: Callable[[], object],
+                 lease_s: float = 300.0) -> None:
+    """`call()`; a failure is logged: bookkeeping of a slot never fails the work it guards."""
+    try:
+        call()
+    except Exception as error:  # HTTP errors, and a client closed meanwhile (RuntimeError)
+        _logger().warning("could not %s concurrency lease %s (%s); the server frees its slot "
+                          "when the lease runs out, at most %.0f s from its last renewal",
+                          what, lease_id, error, lease_s)
 
 
 _releasing: set[threading.Thread] = set()

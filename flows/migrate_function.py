@@ -32,6 +32,7 @@ from prefect.states import Completed, Failed, State
 from prefect.utilities.annotations import opaque
 
 from cf2run import events
+from cf2run.api_hints import explain
 from cf2run.cloud import Cloud
 from cf2run.errors import CandidateRejected, ImageVerificationError, ParityDiffers, SmokeTestFailed
 from cf2run.quotas import build_lane, build_turn
@@ -174,7 +175,7 @@ def _migrate(spec: FunctionSpec, target: Target, leave_lane: Callable[[], None])
         if promoted.changed:
             result.message += f"; traffic moved from {', '.join(promoted.previous)}"
     except Exception as error:
-        result.failed_step, result.message = steps.current, str(error)
+        result.failed_step, result.message = steps.current, explain(error, steps.current)
         logger.error("%s failed at %s: %s", spec.name, steps.current, error)
     result.timings = steps.timings
     return result

@@ -17,6 +17,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from google.cloud.devtools import cloudbuild_v1
@@ -25,9 +26,10 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy
 from prefect.context import TaskRunContext
 
+from cf2run.build_outcome import build_error
 from cf2run.cloud import Cloud
 from cf2run.errors import BuildFailed
-from cf2run.oci import ArtifactRepository, ImageRef
+from cf2run.oci import ImageRef
 from cf2run.quotas import build_slot
 from cf2run.results import BuiltImage, SourceArchive
 from cf2run.spec import FunctionSpec, Target
@@ -137,27 +139,39 @@ def build_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
 @task(name="build", task_run_name="build[{spec.name}]", persist_result=True,
       cache_policy=CacheKeyFnPolicy(cache_key_fn=build_cache_key) + TASK_SOURCE, **RETRIES)
 def submit_pack_build(spec: FunctionSpec, target: Target, archive: SourceArchive) -> BuiltImage:
-    """Build the function's image with Cloud Build pack, unless that exact image exists."""
+    """Build the function's image with Cloud Build pack, unless that exact image exists (pushed
+    by a build that succeeded), or join a build of it still running (one an earlier attempt or
+    run started: CreateBuild is not idempotent, and its answer can be lost after it took effect)."""
     logger = get_run_logger()
     cloud = Cloud.for_target(target)
     image = image_for(spec, target, archive.sha256)
+    earlier = builds_of_image(cloud, target, image)
+    latest = earlier[0] if earlier else None
     existing = cloud.registry.head_manifest(ImageRef.parse(image))
-    if existing is not None:
+    if existing is not None and (latest is None or latest.status == cloudbuild_v1.Build.Status.SUCCESS):
         logger.info("%s already built: %s@%s", spec.name, image, existing.digest)
         return BuiltImage(image=image, digest=existing.digest, cached=True)
+    if existing is not None and latest is not None and latest.status in TERMINAL:
+        logger.info("%s: not reusing %s, its last build %s ended %s", spec.name, image, latest.id,
+                    latest.status.name)
 
-    request = pack_build_request(spec, target, archive, image)
     with build_slot() as slot:  # the project's concurrent-builds quota, shared by every flow run
-        sent = time.monotonic()
-        operation = cloud.builds.create_build(
-            parent=f"projects/{target.project}/locations/{target.region}",
-            project_id=target.project, build=request)
-        build_id = operation.metadata.build.id
-        logger.info("build %s started for %s: %s", build_id, spec.name,
-                    operation.metadata.build.log_url)
+        if latest is not None and latest.status not in TERMINAL:
+            build_id, sent = latest.id, _monotonic_at(latest.create_time)
+            earlier = earlier[1:]
+            logger.info("joining build %s of %s, %s since an earlier attempt started it: %s",
+                        build_id, spec.name, latest.status.name, latest.log_url)
+        else:
+            sent = time.monotonic()
+            operation = cloud.builds.create_build(
+                parent=_location(target), project_id=target.project,
+                build=pack_build_request(spec, target, archive, image))
+            build_id = operation.metadata.build.id
+            logger.info("build %s started for %s: %s", build_id, spec.name,
+                        operation.metadata.build.log_url)
         build = wait_for_build(cloud, target, build_id, spec.name, sent, keep=slot.keep)
     if build.status != cloudbuild_v1.Build.Status.SUCCESS:
-        raise build_failed(build, spec, image)
+        raise build_error(build, spec.name, image, earlier)
     digest = next((built.digest for built in build.results.images if built.name == image), None)
     if not digest:
         raise BuildFailed(f"build {build_id} of {spec.name} succeeded but reported no digest "
@@ -166,23 +180,27 @@ def submit_pack_build(spec: FunctionSpec, target: Target, archive: SourceArchive
                       cached=False)
 
 
-#: Who pushes a build's `images` unless the build names a service account
-#: (https://cloud.google.com/build/docs/cloud-build-service-account).
-BUILD_PUSHER = "the build's service account (PROJECT_NUMBER@cloudbuild.gserviceaccount.com by default)"
+#: The builds of an image looked at before building it: the newest decide (a fleet builds an
+#: image once; more are retries after Cloud Build's own failures).
+EARLIER_BUILDS = 10
 
 
-def build_failed(build: cloudbuild_v1.Build, spec: FunctionSpec, image: str) -> BuildFailed:
-    """The error for a build that did not succeed. A refused push (``failure_info.type``
-    PUSH_FAILED) names the repository and what to check: Artifact Registry refuses a repository
-    that does not exist just as one the build may not write to."""
-    message = (f"build {build.id} of {spec.name} ended {build.status.name}: "
-               f"{build.status_detail or 'no detail'}; log: {build.log_url}")
-    ref = ImageRef.parse(image)
-    repository = ArtifactRepository.of(ref.host, ref.repository)
-    if build.failure_info.type_ == cloudbuild_v1.Build.FailureInfo.FailureType.PUSH_FAILED and repository:
-        return BuildFailed(f"{message}; the push of {image} was refused",
-                           hint=repository.access_hint(BUILD_PUSHER))
-    return BuildFailed(message, hint="read the build log; fix the source or build settings and run again")
+def builds_of_image(cloud: Cloud, target: Target, image: str) -> list[cloudbuild_v1.Build]:
+    """The newest builds that push `image`, newest first: ListBuilds filtered on ``images``
+    (https://cloud.google.com/build/docs/view-build-results, "Filtering build results using
+    queries"), in the location the pipeline builds in."""
+    request = cloudbuild_v1.ListBuildsRequest(parent=_location(target), project_id=target.project,
+                                              filter=f'images="{image}"', page_size=EARLIER_BUILDS)
+    return list(itertools.islice(cloud.builds.list_builds(request=request), EARLIER_BUILDS))
+
+
+def _location(target: Target) -> str:
+    return f"projects/{target.project}/locations/{target.region}"
+
+
+def _monotonic_at(when: datetime) -> float:
+    """The monotonic time of the wall-clock time `when` (a build's create time), not later than now."""
+    return time.monotonic() - max(0.0, (datetime.now(UTC) - when).total_seconds())
 
 
 class RecentBuilds:

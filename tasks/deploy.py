@@ -40,7 +40,7 @@ from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy
 from prefect.context import TaskRunContext
 from prefect.utilities.hashing import hash_objects
 
-from cf2run import mapping
+from cf2run import api_hints, mapping
 from cf2run.cloud import Cloud
 from cf2run.errors import DeployFailed, TransientError
 from cf2run.oci import ImageRef
@@ -208,7 +208,7 @@ def api_step(what: str, hint: str | None = None, step: str = "deploy_service") -
 
 def _hint_for(error: api_exceptions.GoogleAPICallError) -> str:
     if isinstance(error, api_exceptions.PermissionDenied | api_exceptions.Unauthenticated):
-        return "the credentials need roles/run.admin (and iam.serviceAccountUser on the runtime account)"
+        return api_hints.hint_for(error, api_hints.RUN) or ""
     if isinstance(error, api_exceptions.InvalidArgument) and "maxScale may not exceed" in str(error):
         return (f"the project's Cloud Run quota in this region allows fewer instances than the "
                 f"function's max_instances (unset = gen1's {mapping.GEN1_DEFAULT_MAX_INSTANCES}) for "

@@ -11,9 +11,10 @@ import pytest
 from google.cloud.devtools import cloudbuild_v1
 from google.protobuf import duration_pb2
 
+from cf2run.build_outcome import build_error
 from cf2run.results import SourceArchive
 from cf2run.spec import FunctionSpec, Target
-from tasks.build import build_failed, image_for, image_tag, pack_build_request
+from tasks.build import image_for, image_tag, pack_build_request
 
 SHA = "ab" * 32
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -162,7 +163,7 @@ def test_a_refused_push_names_the_repository_the_create_command_and_the_role() -
         status_detail=f'error pushing image "{image}": exit status 1',
         failure_info=cloudbuild_v1.Build.FailureInfo(
             type_=cloudbuild_v1.Build.FailureInfo.FailureType.PUSH_FAILED))
-    error = build_failed(build, node_spec(), image)
+    error = build_error(build, node_spec().name, image)
     assert f'error pushing image "{image}"' in error.message and "http://logs/b-1" in error.message
     assert error.hint is not None
     assert "projects/my-project/locations/europe-west1/repositories/functions exists" in error.hint
@@ -172,4 +173,31 @@ def test_a_refused_push_names_the_repository_the_create_command_and_the_role() -
 
     step_failed = cloudbuild_v1.Build(id="b-2", status=cloudbuild_v1.Build.Status.FAILURE,
                                       status_detail='build step 0 "gcr.io/k8s-skaffold/pack" failed')
-    assert "repositories create" not in (build_failed(step_failed, node_spec(), image).hint or "")
+    assert "repositories create" not in (build_error(step_failed, node_spec().name, image).hint or "")
+
+
+def _ended(status: str, failure: str = "FAILURE_TYPE_UNSPECIFIED") -> cloudbuild_v1.Build:
+    return cloudbuild_v1.Build(
+        id="b-9", status=getattr(cloudbuild_v1.Build.Status, status), status_detail="detail",
+        timeout=timedelta(seconds=1200), log_url="http://logs/b-9",
+        failure_info=cloudbuild_v1.Build.FailureInfo(
+            type_=getattr(cloudbuild_v1.Build.FailureInfo.FailureType, failure)))
+
+
+@pytest.mark.parametrize(("status", "failure"), [
+    ("INTERNAL_ERROR", "FAILURE_TYPE_UNSPECIFIED"), ("EXPIRED", "FAILURE_TYPE_UNSPECIFIED"),
+    ("FAILURE", "LOGGING_FAILURE"), ("TIMEOUT", "FAILURE_TYPE_UNSPECIFIED")])
+def test_cloud_builds_own_failures_are_retried_and_never_blame_the_source(status: str, failure: str) -> None:
+    error = build_error(_ended(status, failure), "fn", image_for(node_spec(), Target(), SHA))
+    assert error.transient, f"{status}/{failure} must be retried"
+    assert "fix the source" not in str(error)
+    assert status in error.message and "http://logs/b-9" in error.message
+
+
+def test_the_sources_failures_a_second_timeout_and_a_cancel_are_not_retried() -> None:
+    image = image_for(node_spec(), Target(), SHA)
+    failed = build_error(_ended("FAILURE", "USER_BUILD_STEP"), "fn", image)
+    assert not failed.transient and "fix the source" in (failed.hint or "")
+    again = build_error(_ended("TIMEOUT"), "fn", image, earlier=[_ended("TIMEOUT")])
+    assert not again.transient and "build_timeout_s (now 1200)" in (again.hint or "")
+    assert not build_error(_ended("CANCELLED"), "fn", image).transient

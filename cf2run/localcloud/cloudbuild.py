@@ -5,13 +5,16 @@ the operation CreateBuild returns (metadata ``BuildOperationMetadata``). It runs
 like ``gcloud builds submit --pack`` (see `cloudbuild_steps`) with the local builder, on
 worker threads:
 
-- status QUEUED -> WORKING -> SUCCESS / FAILURE / TIMEOUT / CANCELLED (INTERNAL_ERROR when the
-  local cloud stopped mid-build), with create/start/finish times, step statuses and timings,
-  ``results.images[].digest``;
+- status QUEUED -> WORKING -> SUCCESS / FAILURE / TIMEOUT / CANCELLED, with create/start/finish
+  times, step statuses and timings, ``results.images[].digest``; INTERNAL_ERROR ("Build or step
+  failed due to an internal cause", cloudbuild.proto Build.Status) for a build whose worker went
+  away: the local cloud stopped or was killed while it was queued or working (it is not
+  CANCELLED, which is "canceled by a user"), and for builds the ``build_faults`` knob ends so;
 - at most ``settings.max_concurrent_builds`` builds WORKING (read live); the others wait QUEUED,
   first come first served; a build stays WORKING at least ``settings.build_latency_s`` (its
   real work, push included, as a remote build of that length);
-  ``settings.fail_builds_matching`` fails builds of matching images;
+  ``settings.fail_builds_matching`` fails builds of matching images (FAILURE, the source's fault),
+  ``settings.build_faults`` ends them INTERNAL_ERROR or TIMEOUT (Cloud Build's own);
 - the build log goes to ``LOGS_BUCKET/log-ID.txt`` in the storage emulator as the build runs
   (every ``LOG_FLUSH_INTERVAL_S`` and at the end; ``logs_bucket`` defaults to
   ``gs://PROJECT_cloudbuild_logs``); ``log_url`` downloads it;
@@ -94,6 +97,18 @@ class _Stopped(Exception):
     """The build was stopped from outside: cancelled, timed out or the service is stopping."""
 
 
+class _Ended(Exception):
+    """Cloud Build itself ends the build (the `build_faults` knob): `status`, `detail`."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+#: status_detail of a build whose worker went away with the local cloud.
+WORKER_GONE = "the local cloud stopped while this build was queued or running"
+
+
 @dataclass
 class _Job:
     """A build and what runs it."""
@@ -159,7 +174,7 @@ class CloudBuildService:
             jobs = list(self._jobs.values())
             for job in jobs:
                 if job.thread is not None and job.thread.is_alive():
-                    self._request_stop(job, Status.CANCELLED, "the local cloud was stopped")
+                    self._request_stop(job, Status.INTERNAL_ERROR, WORKER_GONE)
             self._lock.notify_all()
         for job in jobs:
             if job.thread is not None:
@@ -264,6 +279,8 @@ class CloudBuildService:
                     self._lock.notify_all()
         except _Stopped:
             self._finish(job, job.stop_reason or Status.CANCELLED, job.stop_detail)
+        except _Ended as ended:
+            self._finish(job, ended.status, ended.detail)
         except _PushError as error:
             self._finish(job, Status.FAILURE, str(error), cloudbuild_v1.Build.FailureInfo(
                 type_=cloudbuild_v1.Build.FailureInfo.FailureType.PUSH_FAILED, detail=str(error)))
@@ -391,6 +408,12 @@ class CloudBuildService:
         if self.faults.build_should_fail(action.image):
             raise BuildError(f"the local cloud's fail_builds_matching knob "
                              f"({self.settings.fail_builds_matching!r}) matches image {action.image}")
+        fault = self.faults.build_fault(action.image)
+        if fault is not None:
+            status = getattr(Status, fault.status)
+            detail = (f"build timed out after {job.build.timeout.total_seconds():g}s"
+                      if status == Status.TIMEOUT else "an internal error occurred in Cloud Build")
+            raise _Ended(status, f"{detail} (the local cloud's build_faults knob, image {action.image})")
         source_dir = workspace
         if action.path:
             source_dir = (workspace / action.path).resolve()
@@ -560,7 +583,7 @@ class CloudBuildService:
             self.operations.start(job.operation, self._metadata(job))
             if build.status not in TERMINAL:
                 build.status = Status.INTERNAL_ERROR
-                build.status_detail = "the local cloud stopped while this build was queued or running"
+                build.status_detail = WORKER_GONE
                 build.finish_time = _now()
                 self._persist(job)
             if build.status == Status.SUCCESS:

@@ -97,13 +97,16 @@ def _guarded(method: str, func: Callable[[Any], Any], faults: FaultInjector,
              missing: MissingField) -> Callable[[Any, grpc.ServicerContext], Any]:
     def call(request: Any, context: grpc.ServicerContext) -> Any:
         fault = faults.check(method)
-        if fault is not None:
+        if fault is not None and not fault.after_effect:
             context.abort(getattr(grpc.StatusCode, fault.code), f"{fault.message} ({method})")
         try:
             accept(request, missing)
-            return func(request)
+            answer = func(request)
         except RpcError as error:
             error.abort(context)
+        if fault is not None:  # it took effect; its answer is lost on the way back
+            context.abort(getattr(grpc.StatusCode, fault.code), f"{fault.message} ({method})")
+        return answer
 
     return call
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import io
 import json
 import logging
@@ -53,6 +54,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any, Protocol
 
 from cf2run.errors import Cf2RunError
+from cf2run.localcloud import children
 from cf2run.localcloud.linktree import overlay
 from cf2run.localcloud.zygote import ForkServers
 from cf2run.oci import ImageRef, RegistryClient
@@ -315,10 +317,12 @@ class Runtime:
             env["PORT"] = str(port)
             forked = zygote.spawn(command, env, cwd) if zygote is not None else None
             process, output = forked or _popen(command, env, cwd, fail)
+            children.record(self.root, process.pid)  # a restart after a kill -9 ends it
             tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
             pump = threading.Thread(target=_pump, name=f"logs-{spec.revision}", daemon=True,
                                     args=(process, output, self._log_path(spec.service),
-                                          spec.revision, tail))
+                                          spec.revision, tail,
+                                          functools.partial(children.forget, self.root, process.pid)))
             pump.start()
             instance = _Instance(spec, process, port, pump, tail)
             self._instances[spec.revision] = instance
@@ -432,10 +436,11 @@ def _launch(root: Path, config: dict[str, Any], spec: RevisionSpec,
 
 def _popen(command: list[str], env: dict[str, str], cwd: Path,
            fail: Callable[[str], RevisionFailed]) -> tuple[Process, IO[bytes]]:
-    """Start `command` as a new process leading its own group: it, and its stdout + stderr."""
+    """Start `command` as a new process leading its own group, dying with the local cloud
+    (children.py): it, and its stdout + stderr."""
     try:
-        process = subprocess.Popen(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        process = children.spawn(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     except OSError as exc:
         raise fail(f"the web process {command[0]} cannot be started: {exc}") from exc
     assert process.stdout is not None
@@ -479,8 +484,9 @@ def _signal_group(process: Process, sig: signal.Signals) -> None:
 
 
 def _pump(process: Process, stream: IO[bytes], log_path: Path, revision: str,
-          tail: collections.deque[str]) -> None:
-    """Copy the process's output to the service log, line by line, prefixed with the revision."""
+          tail: collections.deque[str], exited: Callable[[], None]) -> None:
+    """Copy the process's output to the service log, line by line, prefixed with the revision;
+    `exited()` once it was reaped."""
     with log_path.open("ab", buffering=0) as out:
         for raw in stream:
             line = raw.decode(errors="replace").rstrip("\r\n")
@@ -492,3 +498,4 @@ def _pump(process: Process, stream: IO[bytes], log_path: Path, revision: str,
             event = (f"Container called exit({code})." if code >= 0
                      else f"Container terminated on signal {-code}.")
             out.write(f"[{revision}] {event}\n".encode())
+            exited()

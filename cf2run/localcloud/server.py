@@ -6,7 +6,9 @@
 
 `cf2run localcloud serve --state-dir DIR` runs the same thing persistently: it reuses the
 ports recorded in DIR/endpoints.json, and services that were serving come back on the same
-URLs. No process outlives `close()`, which marks endpoints.json stopped (its ports kept).
+URLs. No process outlives `close()`, which marks endpoints.json stopped (its ports kept), nor a
+`kill -9` of it: its children die with it, and a restart ends what one left (children.py); a
+second local cloud in the same state dir is refused while the first one lives.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from types import TracebackType
 
 import grpc
 
+from cf2run.localcloud import children
 from cf2run.localcloud.accounts import Accounts, AccountsServer, bearer_error
 from cf2run.localcloud.cloudbuild import CloudBuildService
 from cf2run.localcloud.cloudfunctions import CloudFunctionsService
@@ -67,6 +70,11 @@ class LocalCloud:
 
     def start(self) -> LocalCloud:
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        children.claim(self.state_dir)  # LocalCloudBusy while another live one serves here
+        ended = children.end_leftovers(self.state_dir)
+        if ended:
+            log.warning("ended %d processes an earlier local cloud in %s left running (pids %s)",
+                        len(ended), self.state_dir, ", ".join(map(str, ended)))
         previous = _previous_ports(self.state_dir)
         try:
             self._start(previous)
@@ -194,6 +202,7 @@ class LocalCloud:
         if self._endpoints is not None:  # commands then say at once that none runs here
             Endpoints.mark_stopped(self.state_dir)
         self._endpoints = None
+        children.release(self.state_dir)
         if self._ephemeral:
             shutil.rmtree(self.state_dir, ignore_errors=True)
 

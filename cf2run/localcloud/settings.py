@@ -16,6 +16,7 @@ from __future__ import annotations
 import random
 import re
 import threading
+from typing import Literal
 
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -55,6 +56,23 @@ class Fault(BaseModel):
     probability: float | None = Field(default=None, ge=0, le=1,
                                       description="Fail each call with this probability.")
     message: str = Field(default="injected fault", description="Error message to answer.")
+    after_effect: bool = Field(
+        default=False, description="Let the call take effect, then answer the error: a response lost "
+                                   "on its way back, so the caller cannot tell the call happened (gRPC "
+                                   "methods only).")
+
+
+class BuildFault(BaseModel):
+    """Make builds of matching images end as Cloud Build's own failures end them, not the
+    source's: ``INTERNAL_ERROR`` ("Build or step failed due to an internal cause",
+    google/devtools/cloudbuild/v1/cloudbuild.proto, Build.Status) or ``TIMEOUT`` (a worker that
+    stalled until the build's timeout; the local build ends so at once). The build ends when its
+    pack step starts. Without `first_n` every matching build fails."""
+
+    image: str = Field(default=".*", description="Regex on the image name.")
+    status: Literal["INTERNAL_ERROR", "TIMEOUT"] = Field(default="INTERNAL_ERROR",
+                                                         description="How the build ends.")
+    first_n: int | None = Field(default=None, ge=1, description="Fail only the first N matching builds.")
 
 
 class LocalCloudSettings(BaseSettings):
@@ -83,6 +101,9 @@ class LocalCloudSettings(BaseSettings):
         default=2000, gt=0, description="GiB of the region's Cloud Run memory quota: max instances x "
                                         "memory may not exceed it (Google's example baseline).")
     faults: list[Fault] = Field(default_factory=list, description="Injected RPC failures.")
+    build_faults: list[BuildFault] = Field(
+        default_factory=list, description="Builds ended by Cloud Build's own failures (INTERNAL_ERROR, "
+                                          "TIMEOUT), not by their source.")
     caller_in_vpc: bool = Field(
         default=False, description="Every caller of the service and tag URLs counts as inside the "
                                    "services' VPC network, so services with ingress internal-only or "
@@ -121,6 +142,16 @@ class FaultInjector:
                     continue
                 self._fired[id(fault)] = fired + 1
                 return fault
+        return None
+
+    def build_fault(self, image: str) -> BuildFault | None:
+        """The build fault that ends this build of `image`, if any (counted as fired)."""
+        with self._lock:
+            for fault in self._settings.build_faults:
+                fired = self._fired.get(id(fault), 0)
+                if re.search(fault.image, image) and (fault.first_n is None or fired < fault.first_n):
+                    self._fired[id(fault)] = fired + 1
+                    return fault
         return None
 
     def build_should_fail(self, image: str) -> bool:

@@ -24,6 +24,7 @@ from typing import IO
 import httpx
 
 from cf2run.errors import Cf2RunError
+from cf2run.localcloud import children
 from cf2run.localcloud.accounts import bearer_error, bearer_token
 from cf2run.localcloud.metadata import CLOUD_PLATFORM_SCOPE, LoopbackService, TokenAuthority
 from cf2run.localcloud.proxy import ConnectionPool, ProxyHandler
@@ -112,8 +113,9 @@ class StorageServer:
             "-log-level", "warn",
         ]
         self._log = self.log_path.open("ab")
-        self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=self._log,
-                                         stderr=subprocess.STDOUT)
+        # Dies with the local cloud, and is recorded so a restart after a kill -9 ends it (children.py).
+        self._process = children.spawn(command, record_in=self.state_dir, stdin=subprocess.DEVNULL,
+                                       stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + START_DEADLINE_S
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
@@ -140,6 +142,8 @@ class StorageServer:
         self._reap()
 
     def _reap(self) -> None:
+        if self._process is not None:
+            children.forget(self.state_dir, self._process.pid)
         self._process = None
         if self._log is not None:
             self._log.close()

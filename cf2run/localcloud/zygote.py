@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from cf2run.localcloud import zygote_server
+from cf2run.localcloud import children, zygote_server
 from cf2run.localcloud.zygote_server import pythonpath, receive, send
 
 log = logging.getLogger(__name__)
@@ -132,9 +132,10 @@ class ForkServer:
                 *PRELOAD.get(key.module, ())]
         try:
             with theirs, stderr.open("ab") as errors:
-                process = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
-                                           stdout=subprocess.DEVNULL, stderr=errors,
-                                           pass_fds=(theirs.fileno(),), start_new_session=True)
+                # It dies with the local cloud, recorded in the runtime's directory (children.py).
+                process = children.spawn(argv, record_in=cwd, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=errors,
+                                         pass_fds=(theirs.fileno(),), start_new_session=True)
         except OSError as exc:
             ours.close()
             raise RuntimeError(f"{key.python} cannot be started: {exc}") from exc

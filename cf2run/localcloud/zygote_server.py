@@ -18,7 +18,8 @@ traceback}``, and exits), then serves, single-threaded:
 - when a child exits it says ``{"exited": PID, "code": CODE}`` (negative: killed by a signal,
   as `subprocess` says it);
 - when the socket closes (the local cloud stopped it or died) it kills its children's process
-  groups and exits.
+  groups and exits; a child also dies when the zygote dies (``PR_SET_PDEATHSIG``, prctl(2)),
+  as the local cloud's kill -9 kills the zygote (children.py) before it can do that.
 
 `send` and `receive` are the wire format, for both ends.
 """
@@ -118,7 +119,17 @@ def _preload(module: str, extras: list[str]) -> set[str]:
     return {name.partition(".")[0] for name in sys.modules} - {n.partition(".")[0] for n in _AT_STARTUP}
 
 
+#: prctl(2), loaded once serving (not at import: ctypes is not one of the revisions' modules).
+_prctl: Any = None
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
 def _serve(sock: socket.socket, stdlib: list[str]) -> int:
+    global _prctl
+    with contextlib.suppress(ImportError, OSError, AttributeError):
+        import ctypes
+
+        _prctl = ctypes.CDLL(None).prctl
     wake_read, wake_write = os.pipe()
     for fd in (wake_read, wake_write):
         os.set_blocking(fd, False)
@@ -197,6 +208,8 @@ def _become(request: dict[str, Any], output: int, stdlib: list[str]) -> None:
     code = 1
     try:
         os.setsid()  # its own process group, as start_new_session gives
+        if _prctl is not None:  # it dies with the zygote (whose one thread forked it)
+            _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         os.dup2(output, 1)
