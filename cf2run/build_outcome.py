@@ -11,7 +11,7 @@ cloudbuild.proto, ``Build.Status`` and ``Build.FailureInfo.FailureType``):
 | TIMEOUT, the first for this image | a stalled worker, as likely as a slow build | once | ditto |
 | TIMEOUT again (an earlier build of this image timed out too) | the build's | no | raise `build_timeout_s` |
 | FAILURE, PUSH_FAILED | the repository's access | no | the repository and who must write to it |
-| FAILURE otherwise | the source's or build settings' | no | read the log, fix the source |
+| FAILURE otherwise | the source's or build settings' | no | the log's errors, what to change |
 | CANCELLED ("canceled by a user") | someone's decision | no | run again |
 
 A build whose worker went away (Google's INTERNAL_ERROR; the local cloud's when it was stopped
@@ -20,10 +20,11 @@ or killed mid-build) is thus built again, by the step's retry or by the rerun.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from google.cloud.devtools import cloudbuild_v1
 
+from cf2run.build_log import DEFAULT_HINT
 from cf2run.errors import BuildFailed, BuildInfrastructureFailed, Cf2RunError
 from cf2run.oci import ArtifactRepository, ImageRef
 
@@ -39,11 +40,16 @@ NOT_YOUR_SOURCE = ("Cloud Build failed for a cause of its own, not the source; c
 
 
 def build_error(build: cloudbuild_v1.Build, function: str, image: str,
-                earlier: Sequence[cloudbuild_v1.Build] = ()) -> Cf2RunError:
+                earlier: Sequence[cloudbuild_v1.Build] = (),
+                explain: Callable[[], tuple[Sequence[str], str]] | None = None) -> Cf2RunError:
     """The error for `build` of `image` (function `function`), which did not succeed; `earlier`:
-    the image's builds before this one (a second timeout is the build's own)."""
-    message = (f"build {build.id} of {function} ended {build.status.name}: "
-               f"{build.status_detail or 'no detail'}; log: {build.log_url}")
+    the image's builds before this one (a second timeout is the build's own). `explain()`, asked
+    only for a failure of the source's: the log's error lines and what to change
+    (cf2run/build_log.py)."""
+    # Google leaves status_detail empty on failed builds and says what failed in failure_info
+    # (google/oss-rebuild#1604).
+    detail = build.status_detail or build.failure_info.detail or "no detail"
+    message = f"build {build.id} of {function} ended {build.status.name}: {detail}; log: {build.log_url}"
     status, failure = build.status, build.failure_info.type_
     if status in (Status.INTERNAL_ERROR, Status.EXPIRED) or (
             status == Status.FAILURE and failure == FailureType.LOGGING_FAILURE):
@@ -64,4 +70,8 @@ def build_error(build: cloudbuild_v1.Build, function: str, image: str,
     if failure == FailureType.PUSH_FAILED and repository:
         return BuildFailed(f"{message}; the push of {image} was refused",
                            hint=repository.access_hint(BUILD_PUSHER))
-    return BuildFailed(message, hint="read the build log; fix the source or build settings and run again")
+    lines, hint = explain() if explain is not None else ((), DEFAULT_HINT)
+    if lines:
+        message = (f"build {build.id} of {function} ended {build.status.name}: " + "\n".join(lines)
+                   + f"\nlog: {build.log_url}")
+    return BuildFailed(message, hint=hint)

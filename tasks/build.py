@@ -26,6 +26,8 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy
 from prefect.context import TaskRunContext
 
+from cf2run.build_log import explain as explain_log
+from cf2run.build_log import read_tail
 from cf2run.build_outcome import build_error
 from cf2run.cloud import Cloud
 from cf2run.errors import BuildFailed
@@ -171,7 +173,8 @@ def submit_pack_build(spec: FunctionSpec, target: Target, archive: SourceArchive
                         operation.metadata.build.log_url)
         build = wait_for_build(cloud, target, build_id, spec.name, sent, keep=slot.keep)
     if build.status != cloudbuild_v1.Build.Status.SUCCESS:
-        raise build_error(build, spec.name, image, earlier)
+        raise build_error(build, spec.name, image, earlier,
+                          explain=lambda: explain_log(read_tail(cloud.storage, build), spec))
     digest = next((built.digest for built in build.results.images if built.name == image), None)
     if not digest:
         raise BuildFailed(f"build {build_id} of {spec.name} succeeded but reported no digest "

@@ -122,7 +122,13 @@ def test_build_failure_stops_at_build_with_builders_message_and_deploys_nothing(
     result, run_counts = migrate(spec, target)
     assert result.status == "failed"
     assert result.failed_step == "build"
-    assert "no_such_function" in (result.message or "")
+    # The log's own words, read back from the build's log (Cloud Build's status says only that the
+    # step failed), and the fix in the manifest's words, not the buildpack variable.
+    assert ("ERROR: File main.py is expected to contain a function named 'no_such_function'. Found: "
+            "'hello' instead") in (result.message or ""), result.message
+    assert ("entry_point 'no_such_function' is not a function main.py defines: set entry_point in "
+            "the manifest") in (result.message or "")
+    assert "GOOGLE_FUNCTION_TARGET" not in (result.message or "")
     assert run_counts[f"build[{spec.name}]"] == 1, "a build failure must not be retried"
     assert not any(name.startswith(("deploy", "smoke")) for name in run_counts)
     with pytest.raises(api_exceptions.NotFound):

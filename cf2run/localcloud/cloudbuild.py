@@ -131,6 +131,20 @@ class _PushError(Exception):
     """Pushing one of the build's `images` failed: the build ends FAILURE with PUSH_FAILED."""
 
 
+class _StepFailed(Exception):
+    """A build step exited non-zero: the build ends FAILURE with USER_BUILD_STEP; what the step
+    printed is in the log, Cloud Build's own words only say which step failed."""
+
+    def __init__(self, index: int, name: str) -> None:
+        self.summary = f'build step {index} "{name}" failed: step exited with non-zero status: 1'
+        super().__init__(self.summary)
+
+    def failure(self) -> cloudbuild_v1.Build.FailureInfo:
+        return cloudbuild_v1.Build.FailureInfo(
+            type_=cloudbuild_v1.Build.FailureInfo.FailureType.USER_BUILD_STEP,
+            detail=f"Build step failure: {self.summary}")
+
+
 class CloudBuildService:
     """The local Cloud Build v1 API. `handlers()` for `grpcapi.serve`; `stop()` on shutdown."""
 
@@ -284,6 +298,12 @@ class CloudBuildService:
         except _PushError as error:
             self._finish(job, Status.FAILURE, str(error), cloudbuild_v1.Build.FailureInfo(
                 type_=cloudbuild_v1.Build.FailureInfo.FailureType.PUSH_FAILED, detail=str(error)))
+        except _StepFailed as failed:
+            # Google leaves status_detail empty on a failed build and names the step in
+            # failure_info (google/oss-rebuild#1604; FailureType USER_BUILD_STEP, cloudbuild.proto);
+            # the log's last line is "ERROR: build step 0 "IMAGE" failed: step exited with non-zero
+            # status: 1" (GoogleCloudPlatform/buildpacks#546).
+            self._finish(job, Status.FAILURE, "", failed.failure(), closing=failed.summary)
         except (BuildError, StepNotSupported, SourceUnavailable) as error:
             message = error.message if isinstance(error, BuildError) else str(error)
             self._finish(job, Status.FAILURE, message)
@@ -388,12 +408,18 @@ class CloudBuildService:
         except (_Stopped, BuildCancelled):
             self._set_step(job, index, job.stop_reason or Status.CANCELLED)
             raise _Stopped() from None
-        except (BuildError, StepNotSupported) as error:
+        except StepNotSupported:
             self._set_step(job, index, Status.FAILURE)
             self._log(job, f"Finished Step #{index}")
-            if isinstance(error, StepNotSupported):
-                raise
-            raise BuildError(f'build step {index} "{step.name}" failed: {error}') from None
+            raise
+        except BuildError as error:
+            # What pack printed (the buildpacks', pip's, npm's, the Functions Framework's words) is
+            # the step's output, in the log; the build's own status only says the step failed.
+            self._set_step(job, index, Status.FAILURE)
+            for number, line in enumerate(error.message.splitlines()):
+                self._log(job, prefix + ("ERROR: " if number == 0 else "") + line)
+            self._log(job, f"Finished Step #{index}")
+            raise _StepFailed(index, step.name) from None
         self._set_step(job, index, Status.SUCCESS)
         self._log(job, f"Finished Step #{index}")
         return builder
@@ -462,12 +488,14 @@ class CloudBuildService:
                 job.build.timing["PUSH"] = cloudbuild_v1.TimeSpan(start_time=started, end_time=_now())
 
     def _finish(self, job: _Job, status: int, detail: str,
-                failure: cloudbuild_v1.Build.FailureInfo | None = None) -> None:
+                failure: cloudbuild_v1.Build.FailureInfo | None = None, closing: str = "") -> None:
+        """End the build with `status`, `detail` (its status_detail) and `failure`; `closing` is
+        the log's last line when it is not the detail."""
         if job.timer is not None:
             job.timer.cancel()
         if status in (Status.FAILURE, Status.INTERNAL_ERROR):
             self._log(job, "ERROR")
-            self._log(job, f"ERROR: {detail}")
+            self._log(job, f"ERROR: {closing or detail}")
         elif status == Status.TIMEOUT:
             self._log(job, "ERROR: context deadline exceeded: " + detail)
         elif status == Status.CANCELLED:

@@ -275,10 +275,17 @@ def test_undefined_target_fails_with_the_builders_message(cb: Stack, python_sour
     build = get(cb, build_id(operation))
     expected = "File main.py is expected to contain a function named 'nope'"
     assert build.status == Status.FAILURE
-    assert expected in build.status_detail
-    assert 'build step 1 "gcr.io/k8s-skaffold/pack" failed' in build.status_detail
+    # As Google: status_detail empty, failure_info names the step, the step's words in the log.
+    assert build.status_detail == ""
+    assert build.failure_info.type_ == build.failure_info.FailureType.USER_BUILD_STEP
+    assert build.failure_info.detail == ('Build step failure: build step 1 "gcr.io/k8s-skaffold/pack" '
+                                         "failed: step exited with non-zero status: 1")
     assert [s.status for s in build.steps] == [Status.SUCCESS, Status.FAILURE]
-    assert expected in build_log(cb, build)
+    log = build_log(cb, build)
+    assert f"Step #1: ERROR: {expected}" in log
+    assert log.rstrip().endswith('ERROR: build step 1 "gcr.io/k8s-skaffold/pack" failed: step exited '
+                                 "with non-zero status: 1")
+    assert "GOOGLE_FUNCTION_TARGET to" not in log  # cf2run's hints are the pipeline's, not the log's
     assert not build.results.images
     assert cb.registry.head_manifest(ImageRef.parse(image_name("bad-target"))) is None
 
@@ -331,7 +338,7 @@ def test_fail_builds_matching_knob_fails_matching_builds(cb: Stack, python_sourc
     result = finished(cb, submit(cb, pack_build(upload_source(cb.storage, python_source),
                                                 image_name("doomed-fn"), HELLO)))
     assert result.status == Status.FAILURE
-    assert "fail_builds_matching" in result.status_detail
+    assert "fail_builds_matching" in build_log(cb, result)
 
 
 def test_timeout_ends_the_build_as_timeout(cb: Stack, python_source: Path) -> None:
