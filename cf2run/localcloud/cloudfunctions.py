@@ -109,8 +109,9 @@ class CloudFunctionsService:
         return [r.name for r in records]
 
     def restore(self) -> None:
-        """After a restart: serve the 1st-gen functions again (built ones are not built again)."""
-        self.gen1.serve([r for r in self.store.all() if r.generation == "GEN_1"])
+        """After a restart: route the 1st-gen functions again (built ones are not built again); their
+        instances start on the first request, those minInstances keeps warm at once."""
+        self.gen1.serve([r for r in self.store.all() if r.generation == "GEN_1"], start=False)
 
     def _check_urls(self, seeds: list[Seed]) -> None:
         """HTTP functions share one front end (``{functions}/ID``), so ids must differ across regions

@@ -9,7 +9,8 @@ long-running operation (``projects/P/locations/L/operations/UUID``, metadata = t
 the `Deployer` then does the slow part on the service's worker thread: the revision runs as a
 local process (`Runtime`), the service has one stable URL and each traffic tag its own
 (`Router`), and a revision that does not become ready fails the operation while the service
-keeps serving its previous revision. A service is private (403 without an ID token whose
+keeps serving its previous revision. Idle revisions scale to zero and start again on a request
+(`scaling`). A service is private (403 without an ID token whose
 audience is its URL) until its IAM policy grants ``allUsers`` ``roles/run.invoker``; one whose
 ingress is internal answers 404 on all its URLs to callers outside its VPC (router.py).
 
@@ -39,7 +40,7 @@ from cf2run.localcloud.grpcapi import RpcError, service_handler
 from cf2run.localcloud.metadata import TokenAuthority
 from cf2run.localcloud.operations import Operations
 from cf2run.localcloud.router import Router
-from cf2run.localcloud.runtime import Runtime
+from cf2run.localcloud.scaling import Instances
 from cf2run.localcloud.secretmanager import SecretStore
 from cf2run.localcloud.settings import FaultInjector, LocalCloudSettings
 
@@ -49,22 +50,24 @@ Code = grpc.StatusCode
 class CloudRunService:
     """The local Cloud Run v2: its gRPC handlers, `restore()` after a restart, `stop()`.
 
-    `runtime` runs revisions, `router` serves the URLs (and checks ID tokens with `tokens`,
-    the authority it was made with: accepted here to keep the module contract, unused).
+    `instances` runs revisions (on its runtime) and scales them to zero, `router` serves the
+    URLs (and checks ID tokens with `tokens`, the authority it was made with: accepted here to
+    keep the module contract, unused).
     `secrets` (default: the local cloud's, `SecretStore.of(STATE_DIR/..)`) holds the secret
     versions that secret environment variables and secret volumes name (see secretmanager.py).
     """
 
     def __init__(self, state_dir: Path, settings: LocalCloudSettings, faults: FaultInjector,
-                 runtime: Runtime, router: Router, tokens: TokenAuthority,
+                 instances: Instances, router: Router, tokens: TokenAuthority,
                  secrets: SecretStore | None = None) -> None:
         self._store = Store(Path(state_dir))
         self._ops = Operations()
         self._settings = settings
         self._faults = faults
-        self._runtime = runtime
+        self._instances = instances
+        self._runtime = instances.runtime
         self.secrets = secrets or SecretStore.of(Path(state_dir).parent)
-        self._deployer = Deployer(self._store, self._ops, settings, faults, runtime, router,
+        self._deployer = Deployer(self._store, self._ops, settings, faults, instances, router,
                                   self.secrets)
 
     def handlers(self) -> list[grpc.GenericRpcHandler]:
@@ -303,7 +306,7 @@ class CloudRunService:
             op = self._ops.start(_op_name(parent), revision)
 
         def stop() -> None:
-            self._runtime.stop(revision_id)
+            self._instances.forget(revision_id)
             self._ops.succeed(op.name, revision, metadata=revision)
 
         self._deployer.submit(service_name, op.name, stop)

@@ -1,11 +1,14 @@
 """The slow half of the local Cloud Run: what happens after a write is accepted.
 
 A `Deployer` runs each service's jobs (deploy, delete) one at a time, in order, on that
-service's own worker thread: it starts revisions through the `Runtime` (never holding the
+service's own worker thread: it starts revisions through `Instances` (never holding the
 state lock while a process starts), opens the service and tag URLs on the `Router` (on the
 ports they had before, so URLs outlive revisions and restarts), routes traffic, finishes the
-long-running operation, and then stops what no longer carries traffic. `restore()` brings
-services back after a restart.
+long-running operation, and then stops what no longer carries traffic. The revisions that carry
+traffic or a tag are registered with `Instances`, which scales them to zero when idle and starts
+them again on a request, unless min instances keep them warm. `restore()` brings services back
+after a restart: their URLs, and the processes of the warm revisions only (the others start on
+their first request).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -25,7 +28,8 @@ from cf2run.localcloud.cloudrun_rules import Target
 from cf2run.localcloud.cloudrun_state import Store, tag_key
 from cf2run.localcloud.operations import Operations
 from cf2run.localcloud.router import Router
-from cf2run.localcloud.runtime import RevisionFailed, RevisionSpec, Runtime
+from cf2run.localcloud.runtime import RevisionFailed, RevisionSpec
+from cf2run.localcloud.scaling import Instances
 from cf2run.localcloud.secretmanager import SecretMissing, SecretStore
 from cf2run.localcloud.settings import FaultInjector, LocalCloudSettings
 
@@ -38,13 +42,13 @@ class Deployer:
     """Runs the jobs that accepted writes leave behind. Thread-safe."""
 
     def __init__(self, store: Store, ops: Operations, settings: LocalCloudSettings,
-                 faults: FaultInjector, runtime: Runtime, router: Router, secrets: SecretStore) -> None:
+                 faults: FaultInjector, instances: Instances, router: Router, secrets: SecretStore) -> None:
         self._store = store
         self._secrets = secrets
         self._ops = ops
         self._settings = settings
         self._faults = faults
-        self._runtime = runtime
+        self._instances = instances
         self._router = router
         self._workers: dict[str, ThreadPoolExecutor] = {}
         self._workers_lock = threading.Lock()
@@ -119,16 +123,15 @@ class Deployer:
         time.sleep(self._settings.deploy_latency_s)
         for key in url_keys:
             self._router.close(key)
-        for revision in revisions:
-            self._runtime.stop(revision)
+        self._instances.forget(*revisions)
         deleted = run_v2.Service(service)
         deleted.delete_time = status.now()
         self._ops.succeed(op_name, deleted, metadata=deleted)
 
     def restore(self) -> None:
-        """After a restart: reopen each serving service's URLs on their ports, restart the
-        revisions that carry its traffic (all services at once) and route them. A deploy the
-        stop interrupted is marked failed (its operation is gone)."""
+        """After a restart: reopen each serving service's URLs on their ports and route them (all
+        services at once); the revisions min instances keep warm start now, the others on their
+        first request. A deploy the stop interrupted is marked failed (its operation is gone)."""
         interrupted = ("The local cloud stopped while this revision was being deployed; deploy "
                        "again.")
         with self._store.lock:
@@ -156,24 +159,26 @@ class Deployer:
         if uri != service.uri:  # the old port was taken: the URL had to change
             log.warning("service %s moved from %s to %s", name, service.uri, uri)
             self._update(name, lambda s: _with_urls(s, uri, tag_urls))
-        for revision in sorted({t.revision for t in targets if t.revision}):
+        warm = self.apply_routes(name)
+        for revision in warm:
             reason = self._start(name, revision)
             if reason:
                 log.warning("revision %s of %s did not come back: %s", revision, name, reason)
-        self.apply_routes(name)
 
     # -- routes --------------------------------------------------------------------------------
 
-    def apply_routes(self, name: str) -> None:
+    def apply_routes(self, name: str) -> list[str]:
         """Point service `name`'s URLs at the revisions its traffic statuses name, with its
-        current access policy and ingress; close the URLs of tags it no longer has."""
+        current access policy and ingress; close the URLs of tags it no longer has. Those
+        revisions may serve (`Instances.register`); returns those min instances keep warm."""
         with self._route_lock:
             with self._store.lock:
                 state = self._store.state
                 service = state.services.get(name)
                 if service is None or not service.traffic_statuses:
-                    return
+                    return []
                 targets = status.resolved_targets(service)
+                warm = warm_revisions(service, targets, state.templates)
                 public = is_public(service, state.policies.get(name))
                 audiences = [service.uri, *(t.uri for t in service.traffic_statuses if t.uri),
                              *service.custom_audiences]
@@ -184,6 +189,10 @@ class Deployer:
                 for key in stale:
                     del state.ports[key]
                 self._store.save()
+            service_id = status.short_name(name)
+            for revision in sorted({t.revision for t in targets if t.revision}):
+                self._instances.register(revision, service_id, self._spec_of(name, revision),
+                                         warm=revision in warm)
             backends = [(t.revision, t.percent) for t in targets if t.revision and t.percent]
             # Ingress is the service's, not a revision's: every URL of the service follows it,
             # from the moment the update that changed it is done (securing/ingress: "Ingress is
@@ -197,6 +206,7 @@ class Deployer:
                                        ingress=ingress)
             for key in stale:
                 self._router.close(key)
+        return sorted(warm)
 
     def _open_urls(self, name: str, tags: Sequence[str]) -> tuple[str, dict[str, str]] | None:
         """Open the service URL and its tags' URLs (on their old ports) and record the ports:
@@ -226,30 +236,22 @@ class Deployer:
             used = {t.revision for t in status.resolved_targets(service)} if service else set()
             unused = [status.short_name(r.name) for r in self._store.state.revisions_of(name)
                       if status.short_name(r.name) not in used]
-        for revision in unused:
-            self._runtime.stop(revision)
+        self._instances.forget(*unused)
 
     # -- revisions and the stored service ------------------------------------------------------
 
     def _start(self, name: str, revision: str) -> str | None:
-        """Run `revision` of service `name` (if not running yet); the reason it failed, or None."""
+        """Run `revision` of service `name` (if not running yet); the reason it failed, or None.
+        A failure fails the revision's Ready condition (a deploy's start, not a cold start)."""
         full = f"{name}/revisions/{revision}"
         with self._store.lock:
             record = self._store.state.revisions.get(full)
             template = self._store.state.templates.get(full)
         if record is None or template is None:
-            return (f"Revision '{revision}' does not exist or is deleted. Update all traffic to "
-                    "route to currently available revisions.")
-        if self._runtime.address(revision) is not None:
-            return None
-        service_id = status.short_name(name)
-        container = template.containers[0]
-        never_ready = self._faults.never_ready(service_id) and not status.is_ready(record)
+            return _gone(revision)
+        never_ready = self._faults.never_ready(status.short_name(name)) and not status.is_ready(record)
         try:
-            env = self._env(name, revision, template)
-            spec = RevisionSpec(service=service_id, revision=revision, image=container.image,
-                                configuration=service_id, env=env)
-            self._runtime.start(spec, never_ready=never_ready)
+            self._instances.start(revision, self._spec_of(name, revision), never_ready=never_ready)
         except RevisionFailed as exc:
             reason = exc.reason
             self._update_revision(full, lambda r: status.revision_failed(r, reason))
@@ -257,6 +259,20 @@ class Deployer:
         if not status.is_ready(record):
             self._update_revision(full, status.revision_ready)
         return None
+
+    def _spec_of(self, name: str, revision: str) -> Callable[[], RevisionSpec]:
+        """How to start `revision` of service `name`: its spec as of the start (secrets are
+        read then, as an instance reads them when it starts). Raises `RevisionFailed`."""
+        def spec() -> RevisionSpec:
+            with self._store.lock:
+                template = self._store.state.templates.get(f"{name}/revisions/{revision}")
+            if template is None:
+                raise RevisionFailed(revision, _gone(revision))
+            service_id = status.short_name(name)
+            return RevisionSpec(service=service_id, revision=revision, image=template.containers[0].image,
+                                configuration=service_id, env=self._env(name, revision, template))
+
+        return spec
 
     def _env(self, name: str, revision: str, template: run_v2.RevisionTemplate) -> dict[str, str]:
         """The container's env with secret references resolved from the local Secret Manager
@@ -308,6 +324,28 @@ class Deployer:
         if op_name is not None and failure is not None:
             self._ops.fail(op_name, grpc.StatusCode.FAILED_PRECONDITION, failure, metadata=copy)
         return copy
+
+
+def _gone(revision: str) -> str:
+    return (f"Revision '{revision}' does not exist or is deleted. Update all traffic to route to "
+            "currently available revisions.")
+
+
+def warm_revisions(service: run_v2.Service, targets: Sequence[Target],
+                   templates: Mapping[str, run_v2.RevisionTemplate]) -> set[str]:
+    """The revisions min instances keep running (one process each here). A revision's own
+    ``scaling.min_instance_count`` starts its instances "whenever the revision is referenced in
+    the traffic split (even at 0%) or has a traffic tag"; the service's is shared among the
+    revisions that get traffic, in proportion to it, and a tagged revision without traffic does
+    not count (https://cloud.google.com/run/docs/configuring/min-instances, "Revisions and
+    minimum instances")."""
+    warm = {t.revision for t in targets if t.revision and t.percent > 0
+            and service.scaling.min_instance_count > 0}
+    for target in targets:
+        template = templates.get(f"{service.name}/revisions/{target.revision}") if target.revision else None
+        if template is not None and template.scaling.min_instance_count > 0:
+            warm.add(target.revision or "")
+    return warm
 
 
 def is_public(service: run_v2.Service, policy: policy_pb2.Policy | None) -> bool:

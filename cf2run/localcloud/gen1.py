@@ -7,7 +7,10 @@ trigger (gen1 event functions are background functions, ``(data, context)``), ``
 = runtime, plus its buildEnvironmentVariables; into its project's Artifact Registry repository
 ``gcf-artifacts`` in its region, which gen1 creates on first deploy (functions.proto,
 CloudFunction.docker_repository). Then its instance runs in the local runtime with its
-environmentVariables, and an HTTP function answers at ``{functions}/ID`` (gen1_frontend.py).
+environmentVariables, and an HTTP function answers at ``{functions}/ID`` (gen1_frontend.py). An
+idle instance stops and the next request or call starts one (`scaling.Instances`, as gen1 scales
+to zero), unless the function's minInstances keeps it warm; after a restart only those start at
+once.
 
 A function whose source cannot be had, unpacked safely (an entry with ``..``) or built stays
 listed by the API but is not served (logged, and in ``STATE/cloudfunctions/gen1/.../ID.build.log``).
@@ -40,7 +43,8 @@ from cf2run.localcloud.cloudfunctions_shapes import GEN1_REPOSITORY, gen1_image
 from cf2run.localcloud.cloudfunctions_store import Record
 from cf2run.localcloud.gen1_frontend import INTERNAL_INGRESS, FunctionRoute, FunctionsFrontEnd, execution_id
 from cf2run.localcloud.repositories import DockerRepositories
-from cf2run.localcloud.runtime import RevisionFailed, RevisionSpec, Runtime
+from cf2run.localcloud.runtime import RevisionFailed, RevisionSpec
+from cf2run.localcloud.scaling import Instances, NoInstance
 from cf2run.oci import ImageRef, RegistryClient
 
 log = logging.getLogger(__name__)
@@ -55,12 +59,12 @@ class Gen1Functions:
     """Builds, runs and routes 1st-gen functions. `source_of(record)` fetches a function's zip
     (None: it has none); `front` serves the HTTP ones. Thread-safe."""
 
-    def __init__(self, state_dir: Path, front: FunctionsFrontEnd, runtime: Runtime,
+    def __init__(self, state_dir: Path, front: FunctionsFrontEnd, instances: Instances,
                  registry: RegistryClient, repositories: DockerRepositories, cache_dir: Path,
                  source_of: Callable[[Record], bytes | None]) -> None:
         self.root = Path(state_dir)
         self.front = front
-        self.runtime = runtime
+        self.instances = instances
         self.registry = registry
         self.repositories = repositories
         self.cache_dir = cache_dir
@@ -69,10 +73,12 @@ class Gen1Functions:
         self._problems: dict[str, str] = {}  # function name -> why it does not serve
         self._lock = threading.Lock()
 
-    def serve(self, records: list[Record]) -> None:
-        """Build (unless built already) and start each function, a few at once; problems are logged."""
+    def serve(self, records: list[Record], *, start: bool = True) -> None:
+        """Build (unless built already) and route each function, a few at once; problems are
+        logged. `start`: start each one now (a deploy), else only those minInstances keeps warm
+        (a restart: the others start on their first request)."""
         with ThreadPoolExecutor(max_workers=4, thread_name_prefix="gen1") as pool:
-            list(pool.map(self._serve_one, records))
+            list(pool.map(lambda record: self._serve_one(record, start), records))
 
     def problem(self, name: str) -> str | None:
         """Why a function does not serve (None when it does, or was never asked to)."""
@@ -81,16 +87,18 @@ class Gen1Functions:
     def call(self, record: Record, data: str, timeout_s: float = 60.0) -> tuple[str, str, str]:
         """(execution id, result, error) of one CallFunction; NotServing when it has no instance."""
         revision = self._revisions.get(record.name)
-        address = self.runtime.address(revision) if revision else None
-        if address is None:
+        if revision is None:
             raise NotServing(self._problems.get(record.name, "it has no running instance"))
         execution = execution_id()
         trigger = record.function.get("eventTrigger")
         body = data.encode() if trigger is None else json.dumps(legacy_event(trigger, data)).encode()
         try:
-            response = httpx.post(f"http://{address}/", content=body, timeout=timeout_s,
-                                  headers={"Content-Type": "application/json",
-                                           "Function-Execution-Id": execution})
+            with self.instances.serving(revision) as address:
+                response = httpx.post(f"http://{address}/", content=body, timeout=timeout_s,
+                                      headers={"Content-Type": "application/json",
+                                               "Function-Execution-Id": execution})
+        except NoInstance as error:
+            raise NotServing(error.reason) from None
         except httpx.HTTPError as error:
             return execution, "", f"function execution failed: {error}"
         if response.is_success:
@@ -100,13 +108,17 @@ class Gen1Functions:
 
     # -- serving ---------------------------------------------------------------------------------
 
-    def _serve_one(self, record: Record) -> None:
+    def _serve_one(self, record: Record, start: bool) -> None:
+        revision = f"{record.function_id}-version-{record.version}"
+        warm = int(str(record.function.get("minInstances") or 0)) > 0
         try:
             image = self._image(record)
-            revision = f"{record.function_id}-version-{record.version}"
-            env = dict(record.function.get("environmentVariables", {}))
-            self.runtime.start(RevisionSpec(service=record.function_id, revision=revision, image=image,
-                                            env=env, configuration=record.function_id))
+            env = {str(k): str(v) for k, v in dict(record.function.get("environmentVariables") or {}).items()}
+            spec = RevisionSpec(service=record.function_id, revision=revision, image=image,
+                                env=env, configuration=record.function_id)
+            if start or warm:
+                self.instances.start(revision, lambda: spec)
+            self.instances.register(revision, record.function_id, lambda: spec, warm=warm)
         except (BuildError, SourceUnavailable, RevisionFailed) as error:
             log.warning("1st-gen function %s is listed but not served: %s", record.name, error)
             with self._lock:
@@ -123,7 +135,7 @@ class Gen1Functions:
                 internal=record.function.get("ingressSettings") in INTERNAL_INGRESS,
                 timeout_s=float(record.function.get("timeout", "60s").rstrip("s"))))
         if previous is not None and previous != revision:
-            self.runtime.stop(previous)
+            self.instances.forget(previous)
         log.info("1st-gen function %s serves as %s", record.name, revision)
 
     def _image(self, record: Record) -> str:

@@ -15,7 +15,10 @@ request to ``/NAME`` reaches the function as ``/``, googlearchive/cloud-function
   function's URL, else 403, or 401 for a token refused (`router.id_token_refusal`, shared with
   Cloud Run's URLs; gen1 takes the same ``gcloud auth print-identity-token`` tokens,
   https://cloud.google.com/functions/1stgendocs/securing/authenticating);
-- the request carries ``Function-Execution-Id``, as gen1 requests do (firebase/firebase-tools#1312).
+- the request carries ``Function-Execution-Id``, as gen1 requests do (firebase/firebase-tools#1312);
+- a function scaled to zero starts on the request (a cold start, `scaling.Instances`); one that
+  cannot start answers 500 "The request was aborted because there was no available instance.",
+  what gen1 answers then (firebase/firebase-functions#965, FIRST-Tech-Challenge/fmltc#244).
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from http.server import BaseHTTPRequestHandler
 
 from cf2run.localcloud.metadata import LoopbackService, TokenAuthority, google_error_page
 from cf2run.localcloud.proxy import ConnectionPool, ProxyHandler
-from cf2run.localcloud.router import id_token_refusal
+from cf2run.localcloud.router import Backend, id_token_refusal
+from cf2run.localcloud.scaling import NO_INSTANCE, NoInstance
 
 #: ingressSettings values (v1 CloudFunction.IngressSettings) that keep callers outside the VPC out.
 INTERNAL_INGRESS = frozenset({"ALLOW_INTERNAL_ONLY", "ALLOW_INTERNAL_AND_GCLB"})
@@ -52,15 +56,16 @@ class FunctionRoute:
 
 
 class FunctionsFrontEnd(LoopbackService):
-    """The listener and its routing table (function id -> route). `resolve(revision)` is the
-    runtime's address of a running instance (None: not serving); `inside_vpc()` says whether
-    callers are inside the functions' VPC network. Both are asked on every request."""
+    """The listener and its routing table (function id -> route). `backend(revision)` is held
+    around each request: a running instance's address, started if it was scaled to zero
+    (`scaling.Instances.serving`); `inside_vpc()` says whether callers are inside the functions'
+    VPC network. Both are asked on every request."""
 
-    def __init__(self, tokens: TokenAuthority, resolve: Callable[[str], str | None],
+    def __init__(self, tokens: TokenAuthority, backend: Backend,
                  inside_vpc: Callable[[], bool], port: int = 0) -> None:
         super().__init__(port)
         self.tokens = tokens
-        self.resolve = resolve
+        self.backend = backend
         self.inside_vpc = inside_vpc
         self.routes: dict[str, FunctionRoute] = {}
         self.pool = ConnectionPool()
@@ -99,12 +104,15 @@ class _FunctionHandler(ProxyHandler):
         if refused is not None:
             self.fail(refused, google_error_page(refused, path), "text/html; charset=UTF-8")
             return
-        address = self.front.resolve(route.revision)
-        if address is None:
-            self.fail(503, "Service Unavailable: the function has no running instance.\n")
-            return
         headers.append(("Function-Execution-Id", execution_id()))
         self.path = f"/{rest}" + (f"?{query}" if query else "")
-        self.forward(address, route.timeout_s, headers)
+        try:
+            with self.front.backend(route.revision) as address:
+                self.forward(address, route.timeout_s, headers)
+        except NoInstance as error:
+            if error.cold_start:
+                self.fail(500, f"{NO_INSTANCE}\n")
+            else:
+                self.fail(503, "Service Unavailable: the function has no running instance.\n")
 
     do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = handle_any

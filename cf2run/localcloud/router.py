@@ -5,10 +5,11 @@ port, so the URL survives a restart). A request is checked as Cloud Run's front 
 (first the network: a service whose ingress is internal answers 404 to a caller outside its
 VPC; then access: private means an ID token whose audience is the URL, else 403, or 401 for a
 token it refuses), sent to
-one of the route's ready revisions, weighted by their traffic percent, and proxied over
-HTTP/1.1:
+one of the route's revisions, weighted by their traffic percent whether its instance runs or
+is scaled to zero (`backend` gives a running instance's address, after a cold start if need be:
+`scaling.Instances.serving`), and proxied over HTTP/1.1:
 
-    router = Router(tokens, resolve=runtime.address, inside_vpc=lambda: settings.caller_in_vpc)
+    router = Router(tokens, backend=instances.serving, inside_vpc=lambda: settings.caller_in_vpc)
     url = router.open("svc", port=0)
     router.route("svc", [("svc-00001-abc", 90), ("svc-00002-def", 10)], public=False, audiences=[url])
 
@@ -24,14 +25,19 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
 from cf2run.localcloud.accounts import GCLOUD_CLIENT_IDS
 from cf2run.localcloud.metadata import LoopbackServer, TokenAuthority, google_error_page
 from cf2run.localcloud.proxy import ConnectionPool, ProxyHandler
+from cf2run.localcloud.scaling import NoInstance
 
 log = logging.getLogger(__name__)
+
+#: Held around one request: the address of an instance of the revision, or `NoInstance`.
+Backend = Callable[[str], AbstractContextManager[str]]
 
 #: Ingress values (run_v2.IngressTraffic names) that keep callers outside the VPC out.
 INTERNAL_INGRESS = frozenset({"INGRESS_TRAFFIC_INTERNAL_ONLY", "INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER"})
@@ -53,16 +59,15 @@ class Route:
 class Router:
     """The HTTP listeners of every service and tag URL. Thread-safe.
 
-    `resolve(revision)` gives a ready revision's ``host:port``, or None when it does not serve
-    (the runtime's `address`); it is asked on every request, so a crashed revision stops
-    receiving traffic at once. `inside_vpc()`, asked on every request too, says whether callers
-    are inside the services' VPC network (see the module docstring).
+    `backend(revision)` is held around each request: a running instance's ``host:port``
+    (started if it was scaled to zero), or `NoInstance`. `inside_vpc()`, asked on every request
+    too, says whether callers are inside the services' VPC network (see the module docstring).
     """
 
-    def __init__(self, tokens: TokenAuthority, resolve: Callable[[str], str | None],
+    def __init__(self, tokens: TokenAuthority, backend: Backend,
                  inside_vpc: Callable[[], bool] = lambda: False) -> None:
         self.tokens = tokens
-        self.resolve = resolve
+        self.backend = backend
         self.inside_vpc = inside_vpc
         self._listeners: dict[str, LoopbackServer] = {}
         self._routes: dict[str, Route] = {}
@@ -127,14 +132,26 @@ class Router:
         self._pool.clear()
 
     def pick(self, route: Route) -> str | None:
-        """A ready backend address for one request, chosen by traffic percent."""
-        ready = [(address, percent) for name, percent in route.backends
-                 if percent > 0 and (address := self.resolve(name))]
-        if not ready:
+        """The revision one request goes to, chosen by traffic percent (None: no traffic)."""
+        weighted = [(name, percent) for name, percent in route.backends if percent > 0]
+        if not weighted:
             return None
-        if len(ready) == 1:
-            return ready[0][0]
-        return random.choices([a for a, _ in ready], weights=[p for _, p in ready])[0]
+        if len(weighted) == 1:
+            return weighted[0][0]
+        return random.choices([n for n, _ in weighted], weights=[p for _, p in weighted])[0]
+
+
+def running_only(resolve: Callable[[str], str | None]) -> Backend:
+    """A `Backend` of processes that run already (no cold starts): `resolve(revision)` is the
+    address, or None for `NoInstance`."""
+    @contextmanager
+    def backend(revision: str) -> Iterator[str]:
+        address = resolve(revision)
+        if address is None:
+            raise NoInstance(revision, f"revision {revision} has no running instance", cold_start=False)
+        yield address
+
+    return backend
 
 
 class _ServiceHandler(ProxyHandler):
@@ -164,11 +181,18 @@ class _ServiceHandler(ProxyHandler):
             self.fail(refused, google_error_page(refused, self.path.split("?")[0]),
                        "text/html; charset=UTF-8")
             return
-        address = self.router.pick(route)
-        if address is None:
+        revision = self.router.pick(route)
+        if revision is None:
             self.fail(503, "Service Unavailable: no revision of this service is ready to serve.\n")
             return
-        self.forward(address, route.timeout_s, forwarded)
+        try:
+            with self.router.backend(revision) as address:
+                self.forward(address, route.timeout_s, forwarded)
+        except NoInstance as error:
+            # An instance that cannot start: Cloud Run answers 503 and its request log says "The
+            # request was aborted because there was no available instance" (known issues page,
+            # https://cloud.google.com/run/docs/known-issues); the service log says it here, with why.
+            self.fail(503, f"Service Unavailable: {error.reason}\n")
 
     do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = handle_any
 

@@ -48,7 +48,7 @@ import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Protocol
@@ -208,10 +208,27 @@ class Runtime:
 
     def stop(self, revision: str) -> None:
         """Terminate a revision (SIGTERM, SIGKILL after the grace period). No-op if not running."""
+        self.take([revision])()
+
+    def take(self, revisions: Iterable[str]) -> Callable[[], list[str]]:
+        """Take these revisions' processes out of service at once (`address` says None from now
+        on); returns the function that stops them, in parallel, and names those it stopped. The
+        taking is quick, the stopping may wait the grace period: callers hold their locks over
+        the first only."""
         with self._lock:
-            instance = self._instances.pop(revision, None)
-        if instance is not None:
-            self._stop(instance)
+            taken = [instance for name in revisions if (instance := self._instances.pop(name, None))]
+
+        def stop() -> list[str]:
+            self._stop(*taken)
+            return [instance.spec.revision for instance in taken]
+
+        return stop
+
+    def log_event(self, service: str, revision: str, line: str) -> None:
+        """Add a line of the platform's own to the service log, as the revision's lines are."""
+        _check_name(service, "service")
+        with self._log_path(service).open("ab", buffering=0) as out:
+            out.write(f"[{revision}] {line}\n".encode())
 
     def stop_all(self) -> None:
         """Stop every revision (in parallel), then the zygotes, and refuse new ones: no process

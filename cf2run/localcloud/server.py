@@ -40,6 +40,7 @@ from cf2run.localcloud.registry import RegistryServer
 from cf2run.localcloud.repositories import DEFAULT_REPOSITORY, DockerRepositories
 from cf2run.localcloud.router import Router
 from cf2run.localcloud.runtime import Runtime
+from cf2run.localcloud.scaling import Instances
 from cf2run.localcloud.settings import FaultInjector, LocalCloudSettings
 from cf2run.localcloud.storage import StorageFront, StorageServer
 from cf2run.oci import RegistryClient, basic_access_token
@@ -125,11 +126,13 @@ class LocalCloud:
                           ready_deadline_s=lambda: self.settings.ready_deadline_s,
                           fork_server=lambda: self.settings.fork_server)
         stack.callback(runtime.stop_all)
-        router = Router(tokens, resolve=runtime.address,
+        self.instances = Instances(runtime, idle_after_s=lambda: self.settings.scale_to_zero_after_s)
+        stack.callback(self.instances.close)
+        router = Router(tokens, backend=self.instances.serving,
                         inside_vpc=lambda: self.settings.caller_in_vpc)
         stack.callback(router.stop_all)
         self.cloudrun = CloudRunService(state / "cloudrun", self.settings, self.faults,
-                                        runtime, router, tokens)
+                                        self.instances, router, tokens)
         stack.callback(self.cloudrun.stop)
         self.cloudbuild = CloudBuildService(state / "cloudbuild", self.settings, self.faults,
                                             storage.url, registry_client)
@@ -142,7 +145,7 @@ class LocalCloud:
         stack.callback(_stopper(run_server))
         self.cloudrun.restore()
         functions_port, functions_url = self._start_functions(
-            previous, tokens, runtime, registry_client, storage.url, storage_front.url)
+            previous, tokens, self.instances, registry_client, storage.url, storage_front.url)
 
         self._endpoints = Endpoints(
             storage=storage_front.url, registry=registry.address,
@@ -152,17 +155,17 @@ class LocalCloud:
             credentials=str(self.accounts.default_key_file()))
         self._endpoints.write(state)  # kept after close: a restart reuses its ports
 
-    def _start_functions(self, previous: dict[str, int], tokens: TokenAuthority, runtime: Runtime,
+    def _start_functions(self, previous: dict[str, int], tokens: TokenAuthority, instances: Instances,
                          registry: RegistryClient, storage_backend: str, storage_url: str) -> tuple[int, str]:
         """Cloud Functions: the API (gRPC) and the 1st-gen functions' front end; the functions
         seeded before serve again. Returns (the API's port, the front end's URL)."""
         stack, state = self._stack, self.state_dir / "cloudfunctions"
-        front = FunctionsFrontEnd(tokens, resolve=runtime.address,
+        front = FunctionsFrontEnd(tokens, backend=instances.serving,
                                   inside_vpc=lambda: self.settings.caller_in_vpc,
                                   port=previous.get("functions", 0))
         front.start()
         stack.callback(front.stop)
-        gen1 = Gen1Functions(state / "gen1", front, runtime, registry, self.repositories,
+        gen1 = Gen1Functions(state / "gen1", front, instances, registry, self.repositories,
                              self.cloudbuild.cache_dir,
                              source_of=lambda record: self.cloudfunctions.source_of(record))
         self.cloudfunctions = CloudFunctionsService(FunctionStore(state / "functions"), self.settings,

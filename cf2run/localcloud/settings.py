@@ -6,6 +6,7 @@ lists and objects as JSON), mutable at run time by whoever holds the `LocalCloud
     CF2RUN_LOCALCLOUD_BUILD_LATENCY_S=3
     CF2RUN_LOCALCLOUD_MAX_CONCURRENT_BUILDS=10
     CF2RUN_LOCALCLOUD_FORK_SERVER=0
+    CF2RUN_LOCALCLOUD_SCALE_TO_ZERO_AFTER_S=60
     CF2RUN_LOCALCLOUD_CALLER_IN_VPC=1
     CF2RUN_LOCALCLOUD_FUNCTIONS_API_DISABLED=1
     CF2RUN_LOCALCLOUD_FAULTS='[{"method": "CloudBuild.CreateBuild", "code": "UNAVAILABLE", "first_n": 1}]'
@@ -116,6 +117,12 @@ class LocalCloudSettings(BaseSettings):
     functions_api_disabled: bool = Field(
         default=False, description="The Cloud Functions API is not enabled in any project: each call "
                                    "answers PERMISSION_DENIED, reason SERVICE_DISABLED, as Google does.")
+    scale_to_zero_after_s: float = Field(
+        default=900.0, gt=0,
+        description="Seconds a revision's (or 1st-gen function's) instance stays up without a request "
+                    "before it stops; the next request starts one again (a cold start). Min instances "
+                    "keep theirs. Default: the 15 minutes Cloud Run keeps an idle instance at most "
+                    "(cloud.google.com/run/docs/about-instance-autoscaling).")
     fork_server: bool = Field(
         default=True, description="Fork Python revisions from a zygote that imported their dependency set "
                                   "once (false: a new interpreter per revision).")

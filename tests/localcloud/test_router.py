@@ -17,7 +17,7 @@ import pytest
 
 from cf2run.localcloud.accounts import GCLOUD_CLIENT_IDS
 from cf2run.localcloud.metadata import LoopbackServer, MetadataServer, QuietHandler, TokenAuthority
-from cf2run.localcloud.router import Router
+from cf2run.localcloud.router import Router, running_only
 
 
 class EchoHandler(QuietHandler):
@@ -67,7 +67,7 @@ def addresses(backends: dict[str, str]) -> dict[str, str | None]:
 
 @pytest.fixture
 def router(tokens: TokenAuthority, addresses: dict[str, str | None]) -> Iterator[Router]:
-    router = Router(tokens, resolve=lambda revision: addresses.get(revision))
+    router = Router(tokens, backend=running_only(lambda revision: addresses.get(revision)))
     yield router
     router.stop_all()
 
@@ -139,7 +139,8 @@ def test_internal_ingress_answers_404_outside_the_vpc_before_any_token_check(
     """Cloud Run's answer to a caller outside the VPC (securing/ingress): Google's 404 page, on
     the service URL and every tag URL alike (ingress is the service's), whatever the token."""
     inside = False
-    router = Router(tokens, resolve=lambda revision: addresses.get(revision), inside_vpc=lambda: inside)
+    router = Router(tokens, backend=running_only(lambda revision: addresses.get(revision)),
+                    inside_vpc=lambda: inside)
     try:
         service_url, tag_url = router.open("svc"), router.open("svc#candidate")
         router.route("svc", [("rev-a", 100)], public=True, ingress=ingress)
@@ -171,8 +172,11 @@ def test_no_ready_revision_answers_503(router: Router, addresses: dict[str, str 
         router.route("svc", [], public=True)
         assert client.get(url).status_code == 503
         router.route("svc", [("rev-a", 50), ("rev-b", 50)], public=True)
-        addresses["rev-a"] = None  # rev-a stopped
-        assert {client.get(url).json()["backend"] for _ in range(20)} == {"rev-b"}
+        addresses["rev-a"] = None  # rev-a has no instance: its share is refused, not moved to rev-b
+        answers = [client.get(url) for _ in range(40)]  # both kinds: p = 1 - 2e-12
+        assert {a.status_code for a in answers} == {200, 503}
+        assert {a.json()["backend"] for a in answers if a.status_code == 200} == {"rev-b"}
+        router.route("svc", [("rev-b", 100)], public=True)
         addresses["rev-b"] = "127.0.0.1:1"  # nothing listens there
         answer = client.get(url)
         assert answer.status_code == 503 and "refused" in answer.text

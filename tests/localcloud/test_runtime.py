@@ -28,7 +28,7 @@ import pytest
 
 from cf2run.localcloud.metadata import TokenAuthority
 from cf2run.localcloud.registry import RegistryServer
-from cf2run.localcloud.router import Router
+from cf2run.localcloud.router import Router, running_only
 from cf2run.localcloud.runtime import RevisionFailed, RevisionSpec, Runtime
 from cf2run.localcloud.settings import FaultInjector, LocalCloudSettings
 from cf2run.oci import ImageRef, Layer, RegistryClient
@@ -355,7 +355,7 @@ def test_a_private_url_routes_to_a_running_revision(runtime: Runtime, registry: 
     image = python_image(registry, ff_deps, "routed", HELLO)
     runtime.start(RevisionSpec(service="routed", revision="routed-1", image=image))
     tokens = TokenAuthority(tmp_path)
-    router = Router(tokens, resolve=runtime.address)
+    router = Router(tokens, backend=running_only(runtime.address))
     try:
         url = router.open("routed")
         router.route("routed", [("routed-1", 100)], public=False)
