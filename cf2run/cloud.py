@@ -2,7 +2,8 @@
 
 Nothing else in cf2run knows whether it talks to real GCP or to the embedded local cloud:
 tasks ask `Cloud.for_target(target)` for `storage`, `builds`, `services`, `revisions`,
-`functions` (Cloud Functions v1), `functions_v2`, `registry` and `id_token(audience)`, and get
+`functions` (Cloud Functions v1), `functions_v2`, `secrets` (Secret Manager), `registry` and
+`id_token(audience)`, and get
 the same client types either way, with the
 `polling` that suits the backend.
 Clients are never task parameters (they would break Prefect's cache keys).
@@ -23,7 +24,7 @@ import grpc
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import Credentials
 from google.auth.transport.grpc import AuthMetadataPlugin
-from google.cloud import functions_v1, functions_v2, run_v2
+from google.cloud import functions_v1, functions_v2, run_v2, secretmanager
 from google.cloud.devtools import cloudbuild_v1
 from google.cloud.devtools.cloudbuild_v1.services.cloud_build.transports import (
     CloudBuildGrpcTransport,
@@ -34,6 +35,9 @@ from google.cloud.functions_v1.services.cloud_functions_service.transports impor
 from google.cloud.functions_v2.services.function_service.transports import FunctionServiceGrpcTransport
 from google.cloud.run_v2.services.revisions.transports import RevisionsGrpcTransport
 from google.cloud.run_v2.services.services.transports import ServicesGrpcTransport
+from google.cloud.secretmanager_v1.services.secret_manager_service.transports import (
+    SecretManagerServiceGrpcTransport,
+)
 from google.cloud.storage import Client as StorageClient
 from google.oauth2 import service_account
 
@@ -100,7 +104,7 @@ LOCAL_POLLING = Polling(build=Backoff(0.1, 0.5, 1.5), operation=Backoff(0.05, 0.
 
 #: The services' names in messages.
 SERVICE_NAMES = {"storage": "Cloud Storage", "cloudbuild": "Cloud Build", "cloudrun": "Cloud Run",
-                 "cloudfunctions": "Cloud Functions"}
+                 "cloudfunctions": "Cloud Functions", "secretmanager": "Secret Manager"}
 
 
 def default_localcloud_dir() -> Path:
@@ -267,6 +271,15 @@ class Cloud:
         if channel is None:
             return functions_v2.FunctionServiceClient(credentials=self.credentials)
         return functions_v2.FunctionServiceClient(transport=FunctionServiceGrpcTransport(channel=channel))
+
+    @functools.cached_property
+    def secrets(self) -> secretmanager.SecretManagerServiceClient:
+        """Secret Manager: whether the secrets a manifest names exist (cf2run never reads their data)."""
+        channel = self._channel("secretmanager")
+        if channel is None:
+            return secretmanager.SecretManagerServiceClient(credentials=self.credentials)
+        return secretmanager.SecretManagerServiceClient(
+            transport=SecretManagerServiceGrpcTransport(channel=channel))
 
     @functools.cached_property
     def registry(self) -> RegistryClient:

@@ -1,7 +1,10 @@
 """migrate_function: one Cloud Function onto Cloud Run, step by step.
 
-    package_source -> submit_pack_build -> verify_image -> deploy_service -> smoke_test
-        -> parity_check (when the manifest names the old function) -> promote
+    check_secrets -> package_source -> submit_pack_build -> verify_image -> deploy_service
+        -> smoke_test -> parity_check (when the manifest names the old function) -> promote
+
+`check_secrets` asks Secret Manager whether every secret the manifest names exists and is
+enabled, so a missing one stops the migration before anything is uploaded, built or deployed.
 
 A service that already serves gets the new revision as a candidate (no traffic, its own tag
 URL); the smoke test calls that URL, parity compares its answers with the old function's, and
@@ -44,6 +47,7 @@ from tasks.deploy import deploy_service, still_in_effect
 from tasks.package import package_source
 from tasks.parity import parity_check
 from tasks.promote import discard_candidate, promote_revision
+from tasks.secrets import check_secrets
 from tasks.smoke import smoke_test
 from tasks.verify import verify_image
 
@@ -123,9 +127,10 @@ def _migrate(spec: FunctionSpec, target: Target, leave_lane: Callable[[], None])
     try:
         steps.current = "credentials"  # checked before anything is changed: no ID token, no migration
         Cloud.for_target(target).check_identity()
+        secret_warnings = steps.run("secrets", check_secrets, spec, target)
         with build_turn():
             archive = steps.run("package", package_source, spec, target)
-        result.warnings = archive.warnings
+        result.warnings = secret_warnings + archive.warnings
         built = steps.run("build", submit_pack_build, spec, target, archive)
         leave_lane()
         try:

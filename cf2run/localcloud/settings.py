@@ -117,6 +117,10 @@ class LocalCloudSettings(BaseSettings):
     functions_api_disabled: bool = Field(
         default=False, description="The Cloud Functions API is not enabled in any project: each call "
                                    "answers PERMISSION_DENIED, reason SERVICE_DISABLED, as Google does.")
+    secrets_denied: bool = Field(
+        default=False, description="The caller lacks every Secret Manager permission (no "
+                                   "roles/secretmanager.viewer): each Secret Manager API call answers "
+                                   "PERMISSION_DENIED naming the permission, as Google does.")
     scale_to_zero_after_s: float = Field(
         default=900.0, gt=0,
         description="Seconds a revision's (or 1st-gen function's) instance stays up without a request "
