@@ -290,7 +290,9 @@ class FunctionSpec(_Model):
         default_factory=dict,
         description="Environment variables read from Secret Manager (gen1 "
                     "secretEnvironmentVariables): NAME: SECRET, NAME: SECRET:VERSION or NAME: "
-                    "{secret, version, project}. cf2run never reads or prints the values.")
+                    "{secret, version, project}. Each must exist and be enabled: plan and the "
+                    "migration check it in Secret Manager before anything is created. cf2run never "
+                    "reads or prints the values.")
     secret_volumes: list[SecretVolume] = Field(
         default_factory=list,
         description="Secrets mounted as files (gen1 secretVolumes): {mount_path, secret, project, "

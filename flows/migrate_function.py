@@ -3,8 +3,9 @@
     check_secrets -> package_source -> submit_pack_build -> verify_image -> deploy_service
         -> smoke_test -> parity_check (when the manifest names the old function) -> promote
 
-`check_secrets` asks Secret Manager whether every secret the manifest names exists and is
-enabled, so a missing one stops the migration before anything is uploaded, built or deployed.
+`check_secrets` (for a function that names secrets) asks Secret Manager whether every secret the
+manifest names exists and is enabled, so a missing one stops the migration before anything is
+uploaded, built or deployed.
 
 A service that already serves gets the new revision as a candidate (no traffic, its own tag
 URL); the smoke test calls that URL, parity compares its answers with the old function's, and
@@ -34,7 +35,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.states import Completed, Failed, State
 from prefect.utilities.annotations import opaque
 
-from cf2run import events
+from cf2run import events, secret_check
 from cf2run.api_hints import explain
 from cf2run.cloud import Cloud
 from cf2run.errors import CandidateRejected, ImageVerificationError, ParityDiffers, SmokeTestFailed
@@ -127,7 +128,8 @@ def _migrate(spec: FunctionSpec, target: Target, leave_lane: Callable[[], None])
     try:
         steps.current = "credentials"  # checked before anything is changed: no ID token, no migration
         Cloud.for_target(target).check_identity()
-        secret_warnings = steps.run("secrets", check_secrets, spec, target)
+        secret_warnings = steps.run("secrets", check_secrets, spec, target) \
+            if secret_check.uses(spec, target) else []  # no task run for a function without secrets
         with build_turn():
             archive = steps.run("package", package_source, spec, target)
         result.warnings = secret_warnings + archive.warnings

@@ -21,8 +21,6 @@ from tasks.policy import RETRIES
 def secrets_ready(spec: FunctionSpec, target: Target, cloud: Cloud) -> list[str]:
     """The warnings of the check; SecretsUnavailable naming each field, secret and fix when a secret
     is missing or not enabled."""
-    if not secret_check.uses(spec, target):
-        return []
     found = secret_check.check(spec, target, cloud.secrets)
     if found.problems:
         raise SecretsUnavailable(

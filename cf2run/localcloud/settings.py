@@ -44,9 +44,9 @@ class Fault(BaseModel):
     `method` is ``Service.Method`` as the API names it: ``CloudBuild.CreateBuild``,
     ``CloudBuild.GetBuild``, ``Services.CreateService``, ``Services.UpdateService``,
     ``Revisions.ListRevisions``, ``Operations.GetOperation``, ``CloudFunctionsService.GetFunction``
-    (v1), ``FunctionService.ListFunctions`` (v2), or for the registry
-    ``Registry.<Verb>`` with Verb one of ``GetManifest HeadManifest PutManifest GetBlob
-    HeadBlob StartUpload PatchUpload PutUpload GetUpload CancelUpload ListTags Ping
+    (v1), ``FunctionService.ListFunctions`` (v2), ``SecretManagerService.GetSecretVersion``, or
+    for the registry ``Registry.<Verb>`` with Verb one of ``GetManifest HeadManifest PutManifest
+    GetBlob HeadBlob StartUpload PatchUpload PutUpload GetUpload CancelUpload ListTags Ping
     GetToken``. ``*`` matches every method.
     Without `first_n` and `probability` every call fails.
     """
