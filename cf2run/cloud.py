@@ -294,9 +294,14 @@ def route_storage_clients(url: str) -> None:
     Cloud Storage at `url`, as `route_google_auth` does for the token hosts: prefect-gcp's
     `GcsBucket` (the workers' shared result storage, cf2run/result_storage.py) builds its client
     without one. Its credentials still go with every call, and the local Cloud Storage checks them.
-    cf2run's own clients name their endpoint, and a process routed here refuses Google Cloud
-    targets (`Cloud.gcp`), so no call meant for Google comes here."""
-    os.environ[STORAGE_EMULATOR_HOST] = url
+
+    The client reads STORAGE_EMULATOR_HOST through `_get_storage_emulator_override` when it is
+    built; that function is answered here rather than the variable set, so the processes this one
+    starts do not inherit the route. cf2run's own clients name their endpoint, and a process
+    routed here refuses Google Cloud targets (`Cloud.gcp`), so no call meant for Google comes here."""
+    import google.cloud.storage.client as storage_client
+
+    storage_client._get_storage_emulator_override = lambda: url  # type: ignore[attr-defined]
 
 
 def _block(name: str | None) -> Callable[[], Credentials] | None:

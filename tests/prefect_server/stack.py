@@ -38,7 +38,6 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import Artifact, FlowRun, TaskRun
 
-from cf2run.cloud import STORAGE_EMULATOR_HOST
 from prefect_server.processes import BIN, ROOT, Service, free_port, kill_pid_group, start
 
 SERVER_START_S = 180
@@ -120,10 +119,8 @@ class PrefectStack:
 
 
 def _environment(home: Path, api_url: str, localcloud_dir: Path) -> dict[str, str]:
-    """The user's environment without any Prefect or cf2run setting (nor the Cloud Storage endpoint
-    this test process' local cloud routed it to), plus the stack's."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PREFECT_", "CF2RUN_")) and k != STORAGE_EMULATOR_HOST}
+    """The user's environment without any Prefect or cf2run setting, plus the stack's."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "CF2RUN_"))}
     return env | {
         "PREFECT_HOME": str(home),
         "PREFECT_API_URL": api_url,
