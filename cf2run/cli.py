@@ -198,6 +198,9 @@ def setup(
     from cf2run.quotas import BUILD_LIMIT, RUN_WRITES_LIMIT, QuotaLimits
 
     chosen = None
+    if results_bucket is None and (manifest or target or project or region):
+        raise typer.BadParameter("--manifest, --target, --project and --region choose where "
+                                 "--results-bucket goes; give it too", param_hint="--results-bucket")
     if results_bucket is not None:
         from cf2run.result_storage import check_bucket_name
 

@@ -34,16 +34,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 from uuid import UUID
 
 from google.api_core import exceptions as api_exceptions
 from prefect.client.orchestration import get_client
-from prefect_gcp import GcpCredentials
-from prefect_gcp.cloud_storage import GcsBucket
 
 from cf2run.cloud import Cloud
 from cf2run.errors import Cf2RunError, SpecError
 from cf2run.spec import BUCKET_RE, Target
+
+if TYPE_CHECKING:  # prefect-gcp is imported by setup only, not by every flow that reads results
+    from prefect_gcp import GcpCredentials
+    from prefect_gcp.cloud_storage import GcsBucket
 
 #: The GcsBucket block the server's default result storage names.
 RESULTS_BLOCK = "cf2run-results"
@@ -67,6 +70,8 @@ def check_bucket_name(bucket: str) -> str:
 def setup_result_storage(target: Target, bucket: str) -> tuple[list[str], list[str]]:
     """The bucket (created when missing), the block, the server's default: what was done, one line
     each, and what the user should know about it."""
+    from prefect_gcp.cloud_storage import GcsBucket
+
     name = check_bucket_name(bucket)
     cloud = Cloud.for_target(target)
     done = [f"bucket gs://{name} ({'created' if _ensure_bucket(cloud, target, name) else 'exists'})"]
@@ -123,6 +128,8 @@ def _readable(cloud: Cloud, name: str) -> bool:
 
 def _credentials(target: Target) -> GcpCredentials:
     """The target's credentials as a GcpCredentials block every worker can load."""
+    from prefect_gcp import GcpCredentials
+
     if target.credentials_block:
         return GcpCredentials.load(target.credentials_block)
     if target.kind == "gcp":

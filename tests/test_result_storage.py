@@ -51,6 +51,12 @@ def test_setup_with_a_bad_bucket_name_exits_2_before_any_server_or_cloud_call(tm
     assert "work pool" not in run.stdout and not list(tmp_path.iterdir())
 
 
+def test_setup_refuses_a_target_without_a_results_bucket() -> None:
+    run = cf2run("setup", "--target", "gcp", env={"PREFECT_API_URL": "http://127.0.0.1:9/api"})
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "--results-bucket" in run.stderr and "work pool" not in run.stdout
+
+
 @pytest.mark.usefixtures("prefect_api", "server_default_cleared")
 def test_setup_makes_the_bucket_the_servers_default_and_cache_records_go_there(
         localcloud: LocalCloud) -> None:
