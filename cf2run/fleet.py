@@ -11,8 +11,8 @@ so several fleets and workers share them too.
 - `fanout="deployments"` (`migrate_on_a_worker`, a `function[NAME]` task run that ends Failed
   when the function failed): a run of the migrate-function deployment (`run_deployment`), so
   any worker on the pool takes it; its `MigrationResult` is read back from Prefect's result
-  storage (shared by the workers: the same `PREFECT_HOME` on one machine, a storage block
-  otherwise).
+  storage (shared by the workers: the same `PREFECT_HOME` on one machine, otherwise the Cloud
+  Storage bucket `cf2run setup --results-bucket` made the server's default: cf2run/result_storage.py).
 
 Either way the function gives one `MigrationResult`, and its failure is that result, never
 an exception: one function cannot stop or fail the others.
@@ -117,4 +117,5 @@ def result_of(run: FlowRun, function: str) -> MigrationResult:
     return MigrationResult(
         function=function, status=status, failed_step=None if status == "succeeded" else "flow",
         message=f"{state.name}: {state.message or result} (flow run {run.name}; its result could not "
-                "be read: give the workers shared result storage, see README)")
+                "be read: give the workers shared result storage with `cf2run setup "
+                "--results-bucket BUCKET`, see README)")

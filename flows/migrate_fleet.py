@@ -32,6 +32,7 @@ from cf2run.fleet_plan import FunctionPlan, plan_function
 from cf2run.fleet_progress import FleetProgress
 from cf2run.fleet_report import FleetReport
 from cf2run.quotas import ensure_limits
+from cf2run.result_storage import reach_results
 from cf2run.results import MigrationResult
 from cf2run.slots import settle
 from cf2run.spec import FunctionSpec, Manifest, Target
@@ -81,6 +82,8 @@ def migrate_fleet(
         created = ensure_limits()
         if created:
             logger.info("created the quota limits %s with their defaults (cf2run setup)", created)
+        if fanout == "deployments":  # each function's result is read back from the result storage
+            reach_results(fleet.target)
     progress = FleetProgress(len(fleet.functions), PROGRESS_EVERY_S)
     outcomes = _fan_out(fleet, max_parallel, dry_run, fanout, progress.update)
     settle()  # the build slots are back on the server before the flow run's client closes
