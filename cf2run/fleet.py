@@ -32,6 +32,7 @@ from prefect.runtime import flow_run
 from prefect.states import State
 
 from cf2run.errors import SpecError
+from cf2run.forms import override
 from cf2run.results import MigrationResult
 from cf2run.spec import FunctionSpec, Manifest, Target, load_manifest
 from flows.migrate_function import final_state, migrate
@@ -47,11 +48,12 @@ def load(manifest: Path | str | Manifest, target: Target | None = None,
          only: Sequence[str] | None = None, exclude: Sequence[str] | None = None) -> Manifest:
     """The manifest (a YAML path, relative to the working directory, or a Manifest), selected.
 
-    `target` replaces the manifest's target. SpecError names the file, function and field.
+    The fields `target` was given replace the manifest's target's. SpecError names the file,
+    function and field.
     """
     loaded = manifest if isinstance(manifest, Manifest) else load_manifest(Path(manifest))
     if target is not None:
-        loaded = loaded.model_copy(update={"target": target})
+        loaded = loaded.model_copy(update={"target": override(loaded.target, target)})
     try:
         return loaded.select(only, exclude)
     except SpecError as error:
