@@ -7,6 +7,7 @@ deployment), since both give one `MigrationResult` per function; a dry run gives
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -63,7 +64,9 @@ def steps_of(results: list[MigrationResult]) -> list[str]:
 
 
 #: Characters of a message the table shows (its full text is under the report's table).
-MESSAGE_CELL = 90
+MESSAGE_CELL = 48
+#: Ids a message carries (builds, operations) that say nothing in a table cell.
+UUID_RE = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b ?")
 #: Hex digits of an image digest the table shows (as `docker images` does).
 DIGEST_CELL = 12
 
@@ -73,14 +76,15 @@ def result_rows(results: list[MigrationResult]) -> list[dict[str, Any]]:
     report has it in full), failed step, cached or built, parity with the old function, seconds,
     URL, short digest, revision."""
     return [{"function": r.function, "status": r.status, "message": short(r.message, MESSAGE_CELL),
-             "failed step": r.failed_step or "", "build": r.build_note, "parity": r.parity or "",
+             "failed step": r.failed_step or "", "build": "" if r.build_cached is None else r.build_note,
+             "parity": r.parity or "",
              "seconds": round(sum(r.timings.values()), 1), "URL": r.url or "",
              "digest": short_digest(r.digest), "revision": r.revision or ""} for r in results]
 
 
 def short(text: str | None, length: int) -> str:
-    """`text` on one line, cut to `length` characters (an ellipsis says it was cut)."""
-    flat = " ".join((text or "").split())
+    """`text` on one line without ids, cut to `length` characters (an ellipsis says it was cut)."""
+    flat = " ".join(UUID_RE.sub("", text or "").split())
     return flat if len(flat) <= length else flat[:length - 1].rstrip() + "…"
 
 

@@ -345,9 +345,9 @@ class FunctionSpec(_Model):
             raise ValueError(f"{name!r} is not a valid Cloud Run service name; use {NAME_RULES}")
         if len(name) > MAX_NAME_WITH_TAG:
             raise ValueError(
-                f"{name!r} has {len(name)} characters; use at most {MAX_NAME_WITH_TAG} (cf2run tests "
-                "a new revision under a traffic tag before it gets traffic, and Cloud Run allows at "
-                "most 46 characters for tag + service name)")
+                f"{name!r} has {len(name)} characters; use at most {MAX_NAME_WITH_TAG} characters "
+                "(Cloud Run counts the service name together with the traffic tag cf2run tests a new "
+                "revision under before it gets traffic)")
         return name
 
     @field_validator("source")
@@ -587,11 +587,14 @@ class Target(_Model):
 
     kind: Literal["local", "gcp"] = Field(
         default="local", description="'local' = the embedded local cloud on 127.0.0.1; 'gcp' = Google Cloud.")
-    project: str = Field(default="local-project", description="Google Cloud project id.")
+    project: str = Field(default="local-project", description="Google Cloud project id.",
+                         json_schema_extra={"pattern": PROJECT_RE.pattern})
     region: str = Field(
-        default="us-central1", description="Region for Cloud Build, Artifact Registry and Cloud Run.")
+        default="us-central1", description="Region for Cloud Build, Artifact Registry and Cloud Run.",
+        json_schema_extra={"pattern": REGION_RE.pattern})
     repository: str = Field(
-        default="cf2run", description="Artifact Registry Docker repository that receives the images.")
+        default="cf2run", description="Artifact Registry Docker repository that receives the images.",
+        json_schema_extra={"pattern": REPOSITORY_RE.pattern})
     staging_bucket: str | None = Field(
         default=None,
         description="Cloud Storage bucket for source archives; unset = PROJECT_cloudbuild as gcloud "

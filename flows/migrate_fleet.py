@@ -39,7 +39,7 @@ from cf2run.spec import FunctionSpec, Manifest, Target, TargetChanges
 from flows.migrate_function import run_step
 
 #: Artifact keys of a run not started from a deployment (the CLI).
-NO_DEPLOYMENT = "cli"
+NO_DEPLOYMENT = "cli-fleet"
 #: The progress artifact moves at most this often (seconds), and when the last function is done.
 PROGRESS_EVERY_S = 2.0
 
@@ -142,11 +142,11 @@ def _as_plan(spec: FunctionSpec, outcome: Any) -> FunctionPlan:
 
 
 def artifact_key(manifest: Path | Manifest, dry_run: bool, what: str) -> str:
-    """`fleet-DEPLOYMENT-MANIFEST[-dry-run]-WHAT`: the latest artifact of a key is the last run of
-    that deployment over that manifest, a dry run never hiding a migration (keys hold lowercase
-    letters, digits and dashes)."""
+    """`DEPLOYMENT-MANIFEST[-dry-run]-WHAT` (`migrate-fleet-fleet-table`; `cli-fleet-...` from the
+    CLI): the latest artifact of a key is the last run of that deployment over that manifest, a
+    dry run never hiding a migration (keys hold lowercase letters, digits and dashes)."""
     source = Path(manifest).stem if isinstance(manifest, str | Path) else "manifest"
-    key = f"fleet-{deployment.name or NO_DEPLOYMENT}-{source}{'-dry-run' if dry_run else ''}-{what}"
+    key = f"{deployment.name or NO_DEPLOYMENT}-{source}{'-dry-run' if dry_run else ''}-{what}"
     return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", key.lower()))
 
 

@@ -126,7 +126,7 @@ def test_every_field_has_a_description() -> None:
 
 @pytest.mark.parametrize(("overrides", "where", "says"), [
     ({"name": "Orders_API"}, "functions[0] (Orders_API).name", "not a valid Cloud Run service name"),
-    ({"name": "x" * 50}, ".name", "has 50 characters; use at most 45"),
+    ({"name": "x" * 50}, ".name", "has 50 characters; use at most 45 characters"),
     ({"name": "orders-"}, ".name", "not ending with '-'"),
     ({"env": {"PORT": "8080"}}, "functions[0] (orders-api).env", "PORT, which Cloud Run reserves"),
     ({"env": {"K_SERVICE": "x"}}, ".env", "K_SERVICE"),

@@ -29,7 +29,7 @@ from websockets.sync.client import connect
 from websockets.sync.connection import Connection
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-WIDTH, HEIGHT = 1400, 1000
+WIDTH, HEIGHT = 1600, 1000
 
 
 class Browser:
@@ -104,6 +104,11 @@ class Browser:
                 raise TimeoutError(f"{what or condition} not seen after {timeout:.0f}s; the page "
                                    f"shows:\n{text[:3000]}")
             time.sleep(0.25)
+
+    def resize(self, width: int, height: int) -> None:
+        """The viewport's size (a taller page shows what lies below the fold)."""
+        self.send("Emulation.setDeviceMetricsOverride", width=width, height=height,
+                  deviceScaleFactor=1, mobile=False)
 
     def text(self) -> str:
         return str(self.evaluate("document.body.innerText"))

@@ -50,6 +50,10 @@ class PrefectStack:
     localcloud_dir: Path
     workers: list[Service] = field(default_factory=list)
 
+    @property
+    def ui_url(self) -> str:
+        return self.api_url.removesuffix("/api")
+
     def client(self) -> SyncPrefectClient:
         return SyncPrefectClient(self.api_url)
 
@@ -110,7 +114,8 @@ def _environment(home: Path, api_url: str, localcloud_dir: Path) -> dict[str, st
     return env | {
         "PREFECT_HOME": str(home),
         "PREFECT_API_URL": api_url,
-        "PREFECT_UI_ENABLED": "false",
+        "PREFECT_SERVER_UI_ENABLED": "true",  # the browser checks (test_ui_in_browser.py)
+        "PREFECT_SERVER_UI_API_URL": api_url,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_WORKER_QUERY_SECONDS": "1",
         "PREFECT_LOGGING_LEVEL": "INFO",

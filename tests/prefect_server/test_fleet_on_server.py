@@ -58,7 +58,7 @@ def test_fleet_run_started_like_the_ui_completes_with_every_step_and_one_row_per
     rows = table_rows(stack, run)
     assert [row["function"] for row in rows] == functions
     assert all(row["status"] == "succeeded" and row["URL"] and row["digest"] for row in rows), rows
-    assert all(row["build"] == "built" and row["build s"] > 0 for row in rows), rows
+    assert all(row["build"] == "built" and row["seconds"] > 0 for row in rows), rows
     progress = [a for a in stack.artifacts(run) if a.type == "progress"]
     assert [a.data for a in progress] == [100.0]
     report = next(a for a in stack.artifacts(run) if a.type == "markdown")
