@@ -92,11 +92,12 @@ def test_fleet_run_table_and_report_read_in_a_browser_pane(
     artifacts = {a.key: a for a in stack.artifacts(run) if a.key}
     assert set(artifacts) == {"migrate-fleet-fleet-table", "migrate-fleet-fleet-report"}, artifacts
 
-    browser.resize(1600, 1500)
+    browser.resize(1600, 1100)
     browser.open(f"{stack.ui_url}/runs/flow-run/{run.id}")
     browser.wait_for(OPEN_TAB.format("Artifacts"), what="the fleet run's Artifacts tab")
     browser.wait_for("document.body.innerText.includes('migrate-fleet-fleet-report')",
                      what="the fleet run's artifacts")
+    time.sleep(3)  # the run graph (a canvas) draws its task runs after the page has its text
     browser.screenshot(screenshots / "fleet-run.png")
     assert "1 of 3 functions failed: reports-api (build)" in browser.text()
     browser.resize(1600, 1000)
