@@ -89,15 +89,16 @@ def broken(spec: FunctionSpec, error: Exception) -> MigrationResult:
 def _run_deployment(spec: FunctionSpec, target: Target) -> FlowRun:
     return cast(FlowRun, run_deployment(
         MIGRATE_FUNCTION_DEPLOYMENT,
-        parameters={"spec": portable(spec), "target": target.model_dump(mode="json")},
+        parameters={"spec": portable(spec), "target": target.model_dump(mode="json", exclude_none=True)},
         idempotency_key=f"{flow_run.get_id()}-{spec.name}" if flow_run.get_id() else None,
         poll_interval=POLL_S, timeout=None))
 
 
 def portable(spec: FunctionSpec) -> dict[str, Any]:
     """`spec` as deployment parameters; a source inside the working directory stays relative,
-    so a worker in another checkout of the same repository finds it in its own checkout."""
-    data = spec.model_dump(mode="json", by_alias=True)
+    so a worker in another checkout of the same repository finds it in its own checkout. Unset
+    fields (None) are left out: the deployment's schema, the run form's, has no null for them."""
+    data = spec.model_dump(mode="json", by_alias=True, exclude_none=True)
     if spec.source.is_relative_to(Path.cwd()):
         data["source"] = str(spec.source.relative_to(Path.cwd()))
     return data
