@@ -57,6 +57,10 @@ class PrefectStack:
     #: Each worker in a directory of its own (`worker_dir`), its PREFECT_HOME there too.
     separate_workers: bool = False
 
+    @property
+    def ui_url(self) -> str:
+        return self.api_url.removesuffix("/api")
+
     def client(self) -> SyncPrefectClient:
         return SyncPrefectClient(self.api_url)
 
@@ -125,7 +129,8 @@ def _environment(home: Path, api_url: str, localcloud_dir: Path) -> dict[str, st
     return env | {
         "PREFECT_HOME": str(home),
         "PREFECT_API_URL": api_url,
-        "PREFECT_UI_ENABLED": "false",
+        "PREFECT_SERVER_UI_ENABLED": "true",  # the browser checks (test_ui_in_browser.py)
+        "PREFECT_SERVER_UI_API_URL": api_url,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_WORKER_QUERY_SECONDS": "1",
         "PREFECT_LOGGING_LEVEL": "INFO",
