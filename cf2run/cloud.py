@@ -141,6 +141,7 @@ class Cloud:
         the local cloud's own service-account key (`endpoints.credentials`) through google-auth.
         `state_dir`: where it runs, named when it stops answering."""
         route_google_auth(endpoints.accounts)
+        route_storage_clients(endpoints.storage)
         own_key = functools.partial(service_account.Credentials.from_service_account_file,
                                     endpoints.credentials)
         cloud = cls(project=project, endpoints=endpoints, polling=LOCAL_POLLING,
@@ -159,6 +160,10 @@ class Cloud:
                               f"cloud at {local}, so it cannot migrate to Google Cloud",
                               hint="run Google Cloud migrations in a process of their own (a cf2run "
                                    "command, or a Prefect worker's flow run)")
+        if emulator := os.environ.get(STORAGE_EMULATOR_HOST):
+            raise Cf2RunError(f"{STORAGE_EMULATOR_HOST}={emulator} is set, so this process' Cloud Storage "
+                              "calls (source archives, results) would go there, not to Google Cloud",
+                              hint=f"unset {STORAGE_EMULATOR_HOST} to migrate to Google Cloud")
         return cls(project=project, polling=GCP_POLLING,
                    credentials=functools.partial(resolve, base or application_default, impersonate))
 
@@ -289,6 +294,27 @@ class Cloud:
             return RegistryClient(auth=auth)
         address = self.endpoints.registry
         return RegistryClient(resolve=lambda host: f"http://{address}", auth=auth)
+
+
+#: google-cloud-storage's emulator variable: a client whose `client_options` name no endpoint sends
+#: its calls there (google/cloud/storage/client.py: `api_endpoint` first, then this; added by
+#: googleapis/google-cloud-python#9219), with the credentials it was given, if any.
+STORAGE_EMULATOR_HOST = "STORAGE_EMULATOR_HOST"
+
+
+def route_storage_clients(url: str) -> None:
+    """Point the Cloud Storage clients of this process that name no endpoint at the local cloud's
+    Cloud Storage at `url`, as `route_google_auth` does for the token hosts: prefect-gcp's
+    `GcsBucket` (the workers' shared result storage, cf2run/result_storage.py) builds its client
+    without one. Its credentials still go with every call, and the local Cloud Storage checks them.
+
+    The client reads STORAGE_EMULATOR_HOST through `_get_storage_emulator_override` when it is
+    built; that function is answered here rather than the variable set, so the processes this one
+    starts do not inherit the route. cf2run's own clients name their endpoint, and a process
+    routed here refuses Google Cloud targets (`Cloud.gcp`), so no call meant for Google comes here."""
+    import google.cloud.storage.client as storage_client
+
+    storage_client._get_storage_emulator_override = lambda: url  # type: ignore[attr-defined]
 
 
 def _block(name: str | None) -> Callable[[], Credentials] | None:

@@ -39,10 +39,11 @@ from cf2run import events, secret_check
 from cf2run.api_hints import explain
 from cf2run.cloud import Cloud
 from cf2run.errors import CandidateRejected, ImageVerificationError, ParityDiffers, SmokeTestFailed
+from cf2run.forms import override
 from cf2run.quotas import build_lane, build_turn
 from cf2run.results import Deployment, MigrationResult, ParityResult, SmokeResult
 from cf2run.slots import settle
-from cf2run.spec import FunctionSpec, Target
+from cf2run.spec import FunctionSpec, Target, TargetChanges
 from tasks.build import submit_pack_build
 from tasks.deploy import deploy_service, still_in_effect
 from tasks.package import package_source
@@ -87,15 +88,27 @@ class _Steps:
 
 @flow(name="migrate-function", flow_run_name="migrate[{spec.name}]", log_prints=False,
       persist_result=True)
-def migrate_function(spec: FunctionSpec, target: Target | None = None) -> State[MigrationResult]:
-    """Migrate one function: package, pack build, verify, deploy, smoke test, parity, promote."""
-    result = migrate(spec, target or Target())
+def migrate_function(spec: FunctionSpec, target: TargetChanges = None) -> State[MigrationResult]:
+    """Migrate one function: package, pack build, verify, deploy, smoke test, parity, promote.
+
+    Args:
+        spec: The function, as in a manifest (its `source` is a path in the worker's checkout).
+        target: Where to migrate to; the fields set replace the embedded local cloud's defaults.
+    """
+    return migrate_and_publish(spec, override(Target(), target))
+
+
+def migrate_and_publish(spec: FunctionSpec, target: Target) -> State[MigrationResult]:
+    """The migration of one function in this flow run, its artifacts, and its final state."""
+    result = migrate(spec, target)
     settle()  # its build slot is back on the server before the flow run's client closes
     create_markdown_artifact(markdown=summary(result, events.missing_trigger_note(spec)),
                              key=_key(spec, "summary"), description=f"Migration of {spec.name}")
-    _publish_link(spec, "build-log", result.build_log_url, "Cloud Build log")
+    _publish_link(spec, "build-log", result.build_log_url, "Cloud Build log",
+                  f"The Cloud Build log of {spec.name}'s image")
     if result.status == "succeeded":
-        _publish_link(spec, "url", result.url, "Cloud Run service URL")
+        _publish_link(spec, "url", result.url, "Cloud Run service URL",
+                      f"Where {spec.name} serves now (revision {result.revision})")
     return final_state(result)
 
 
@@ -233,7 +246,7 @@ def summary(result: MigrationResult, note: str | None = None) -> str:
     lines = [f"## {result.function}: {result.status}", ""]
     if result.failed_step:
         lines += [f"**Failed step:** `{result.failed_step}`", "", f"> {result.message}", ""]
-    lines += ["| | |", "|---|---|",
+    lines += ["| what | value |", "|---|---|",
               f"| URL | {result.url or '-'} |",
               f"| Image digest | `{result.digest or '-'}` |",
               f"| Revision | {result.revision or '-'} |",
@@ -255,9 +268,9 @@ def summary(result: MigrationResult, note: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _publish_link(spec: FunctionSpec, what: str, link: str | None, text: str) -> None:
+def _publish_link(spec: FunctionSpec, what: str, link: str | None, text: str, description: str) -> None:
     if link:
-        create_link_artifact(link=link, link_text=text, key=_key(spec, what))
+        create_link_artifact(link=link, link_text=text, key=_key(spec, what), description=description)
 
 
 def _key(spec: FunctionSpec, what: str) -> str:
