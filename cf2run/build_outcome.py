@@ -72,6 +72,6 @@ def build_error(build: cloudbuild_v1.Build, function: str, image: str,
                            hint=repository.access_hint(BUILD_PUSHER))
     lines, hint = explain() if explain is not None else ((), DEFAULT_HINT)
     if lines:
-        message = (f"build {build.id} of {function} ended {build.status.name}: " + "\n".join(lines)
-                   + f"\nlog: {build.log_url}")
+        message = (f"build {build.id} of {function} ended {build.status.name}: {'; '.join(lines)}; "
+                   f"log: {build.log_url}")
     return BuildFailed(message, hint=hint)

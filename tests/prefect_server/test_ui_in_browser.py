@@ -65,11 +65,12 @@ def test_run_form_refuses_a_bad_name_before_a_run_is_created(
     browser.open(f"{stack.ui_url}/deployments/deployment/{deployment.id}/run")
     browser.wait_for("document.body.innerText.includes('The function\\'s name in the manifest')",
                      what="the migrate-from-manifest form")
-    browser.evaluate(f"{TYPE_INTO}('name', 'Hello_UI')")
-    browser.evaluate(CLICK.format("Submit"))
-
+    # Typed and submitted again until the error shows: on a busy machine the form may still be
+    # re-rendering (its schema fetched) when the first keystrokes land, and drop them.
     error = "'Hello_UI' does not match"
-    browser.wait_for(f"document.body.innerText.includes({error!r})", what="the name's error")
+    browser.wait_for(f"({TYPE_INTO}('name', 'Hello_UI'), {CLICK.format('Submit')}, "
+                     f"document.body.innerText.includes({error!r}))", timeout=90,
+                     what="the name's error")
     browser.screenshot(screenshots / "run-form-bad-name.png")
     text = browser.text()
     assert "at most 45 characters" in text, "the field says the rule the error enforces"
@@ -119,7 +120,9 @@ def test_fleet_run_table_and_report_read_in_a_browser_pane(
     text = browser.text()
     assert text.index("Functions") < text.index("reports-api failed at build")
     failure = text[text.index("reports-api failed at build"):]
-    assert MISSING_ENTRY_POINT in failure and "read the build log" in failure, failure[:2000]
+    # the builder's words from the build log, and the fix in the manifest's words
+    assert f"function named '{MISSING_ENTRY_POINT}'" in failure, failure[:2000]
+    assert f"entry_point '{MISSING_ENTRY_POINT}' is not a function main.py defines" in failure, failure[:2000]
 
 
 def create_the_readme_automation(stack: PrefectStack, tmp_path: Path) -> None:
