@@ -343,7 +343,8 @@ def main(argv: list[str] | None = None) -> int:
                           "met" if not failures and not failed_migrations else "missed"])
             if failures:
                 details += ["Failed requests:", "", f"- {sorted(set(failures))}", ""]
-    body = [f"Measured {machine_line}.", f"`{command_line()}`" + (f"; also running: {args.others}."
+    shown = command_line().split(" --others")[0]  # what else ran is said once, after the command
+    body = [f"Measured {machine_line}.", f"`{shown}`" + (f"; also running: {args.others}."
                                                                     if args.others else "."), "",
             markdown_table(["goal (issue 18)", "measured", ""], goals), ""]
     if kills:
