@@ -37,13 +37,15 @@ RUN = Api("Cloud Run", "roles/run.admin, and roles/iam.serviceAccountUser on the
           "account", "the project or service", "run.googleapis.com")
 FUNCTIONS = Api("Cloud Functions", "roles/cloudfunctions.viewer (roles/cloudfunctions.developer to "
                 "download sources)", "the project", "cloudfunctions.googleapis.com")
+SECRET_MANAGER = Api("Secret Manager", "roles/secretmanager.viewer", "the secrets the manifest names",
+                     "secretmanager.googleapis.com")
 IAM_CREDENTIALS = Api("IAM Credentials", "roles/iam.serviceAccountTokenCreator",
                       "the impersonated service account", "iamcredentials.googleapis.com")
 
 #: The API each pipeline step calls (the registry's errors carry their own hints: cf2run/oci.py).
 API_OF_STEP: dict[str, Api] = {
     "package": STORAGE, "build": BUILD, "verify": REGISTRY, "deploy": RUN, "smoke": RUN,
-    "parity": FUNCTIONS, "promote": RUN, "credentials": IAM_CREDENTIALS,
+    "parity": FUNCTIONS, "promote": RUN, "credentials": IAM_CREDENTIALS, "secrets": SECRET_MANAGER,
 }
 
 DENIED = (api_exceptions.PermissionDenied, api_exceptions.Unauthenticated, api_exceptions.Forbidden,

@@ -3,6 +3,7 @@
     cf2run migrate MANIFEST [--only NAME] [--target local|gcp]
     cf2run fleet MANIFEST [--max-parallel N] [--dry-run] [--fanout local|deployments]
     cf2run setup [--pool NAME] [--builds N] [--run-writes-per-minute N]
+                 [--results-bucket BUCKET [--manifest M] [--target local|gcp] [--project P] [--region R]]
     cf2run plan MANIFEST [--only NAME] [--target local|gcp]
     cf2run discover --project P [--region R ...] [--filter GLOB] [--out DIR] [--target local|gcp] [--force]
     cf2run rollback SERVICE [--to REVISION] [--manifest M] [--target local|gcp] [--project P] [--region R]
@@ -192,16 +193,57 @@ def setup(
         "--run-writes-per-minute", min=1, help="Cloud Run Admin API writes per minute "
                                                "[default: 60, when the limit is created]",
         show_default=False)] = None,
+    results_bucket: Annotated[str | None, typer.Option(
+        "--results-bucket", help="Cloud Storage bucket for flow and task results, shared by workers on "
+                                 "any machine: created if missing (target's project, region and "
+                                 "credentials), a GcsBucket block on it made the server's default "
+                                 "result storage.", show_default=False)] = None,
+    manifest: Annotated[Path | None, typer.Option(
+        "--manifest", help="With --results-bucket: take the target from this manifest.")] = None,
+    target: Annotated[str | None, typer.Option(
+        "--target", help="With --results-bucket: target kind, local or gcp (default: the "
+                         "manifest's, else local).", show_default=False)] = None,
+    project: Annotated[str | None, typer.Option(
+        "--project", help="With --results-bucket: Google Cloud project id.")] = None,
+    region: Annotated[str | None, typer.Option(
+        "--region", help="With --results-bucket: the bucket's location.")] = None,
 ) -> None:
-    """Create the work pool and the quota limits (Prefect global concurrency limits) if missing."""
+    """Create the work pool and the quota limits (Prefect global concurrency limits) if missing; with
+    --results-bucket, the workers' shared result storage on Cloud Storage."""
+    from cf2run.errors import Cf2RunError
     from cf2run.fleet_setup import setup as do_setup
     from cf2run.quotas import BUILD_LIMIT, RUN_WRITES_LIMIT, QuotaLimits
 
+    chosen = None
+    if results_bucket is None and (manifest or target or project or region):
+        raise typer.BadParameter("--manifest, --target, --project and --region choose where "
+                                 "--results-bucket goes; give it too", param_hint="--results-bucket")
+    if results_bucket is not None:
+        from cf2run.result_storage import check_bucket_name
+
+        try:
+            check_bucket_name(results_bucket)
+        except SpecError as error:
+            typer.secho(f"error: {error}", fg="red", err=True)
+            raise typer.Exit(2) from None
+        chosen = _target(manifest, target, project, region)
+        _connect(chosen)
     given = {"builds": builds, "run_writes_per_minute": run_writes}
     quotas = QuotaLimits(**{name: value for name, value in given.items() if value is not None})
     replace = [name for name, value in ((BUILD_LIMIT, builds), (RUN_WRITES_LIMIT, run_writes))
                if value is not None]
     done = do_setup(pool, quotas, replace)
+    if chosen is not None and results_bucket is not None:
+        from cf2run.result_storage import setup_result_storage
+
+        try:
+            stored, notes = setup_result_storage(chosen, results_bucket)
+        except Cf2RunError as error:
+            typer.secho(f"error: {error}", fg="red", err=True)
+            raise typer.Exit(1) from None
+        done += stored
+        for note in notes:
+            typer.secho(f"note: {note}", fg="yellow")
     typer.echo("\n".join(f"set: {item}" for item in done) if done else "nothing to do: all exist")
 
 

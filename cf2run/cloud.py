@@ -2,7 +2,8 @@
 
 Nothing else in cf2run knows whether it talks to real GCP or to the embedded local cloud:
 tasks ask `Cloud.for_target(target)` for `storage`, `builds`, `services`, `revisions`,
-`functions` (Cloud Functions v1), `functions_v2`, `registry` and `id_token(audience)`, and get
+`functions` (Cloud Functions v1), `functions_v2`, `secrets` (Secret Manager), `registry` and
+`id_token(audience)`, and get
 the same client types either way, with the
 `polling` that suits the backend.
 Clients are never task parameters (they would break Prefect's cache keys).
@@ -23,7 +24,7 @@ import grpc
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import Credentials
 from google.auth.transport.grpc import AuthMetadataPlugin
-from google.cloud import functions_v1, functions_v2, run_v2
+from google.cloud import functions_v1, functions_v2, run_v2, secretmanager
 from google.cloud.devtools import cloudbuild_v1
 from google.cloud.devtools.cloudbuild_v1.services.cloud_build.transports import (
     CloudBuildGrpcTransport,
@@ -34,6 +35,9 @@ from google.cloud.functions_v1.services.cloud_functions_service.transports impor
 from google.cloud.functions_v2.services.function_service.transports import FunctionServiceGrpcTransport
 from google.cloud.run_v2.services.revisions.transports import RevisionsGrpcTransport
 from google.cloud.run_v2.services.services.transports import ServicesGrpcTransport
+from google.cloud.secretmanager_v1.services.secret_manager_service.transports import (
+    SecretManagerServiceGrpcTransport,
+)
 from google.cloud.storage import Client as StorageClient
 from google.oauth2 import service_account
 
@@ -100,7 +104,7 @@ LOCAL_POLLING = Polling(build=Backoff(0.1, 0.5, 1.5), operation=Backoff(0.05, 0.
 
 #: The services' names in messages.
 SERVICE_NAMES = {"storage": "Cloud Storage", "cloudbuild": "Cloud Build", "cloudrun": "Cloud Run",
-                 "cloudfunctions": "Cloud Functions"}
+                 "cloudfunctions": "Cloud Functions", "secretmanager": "Secret Manager"}
 
 
 def default_localcloud_dir() -> Path:
@@ -137,6 +141,7 @@ class Cloud:
         the local cloud's own service-account key (`endpoints.credentials`) through google-auth.
         `state_dir`: where it runs, named when it stops answering."""
         route_google_auth(endpoints.accounts)
+        route_storage_clients(endpoints.storage)
         own_key = functools.partial(service_account.Credentials.from_service_account_file,
                                     endpoints.credentials)
         cloud = cls(project=project, endpoints=endpoints, polling=LOCAL_POLLING,
@@ -155,6 +160,10 @@ class Cloud:
                               f"cloud at {local}, so it cannot migrate to Google Cloud",
                               hint="run Google Cloud migrations in a process of their own (a cf2run "
                                    "command, or a Prefect worker's flow run)")
+        if emulator := os.environ.get(STORAGE_EMULATOR_HOST):
+            raise Cf2RunError(f"{STORAGE_EMULATOR_HOST}={emulator} is set, so this process' Cloud Storage "
+                              "calls (source archives, results) would go there, not to Google Cloud",
+                              hint=f"unset {STORAGE_EMULATOR_HOST} to migrate to Google Cloud")
         return cls(project=project, polling=GCP_POLLING,
                    credentials=functools.partial(resolve, base or application_default, impersonate))
 
@@ -269,6 +278,15 @@ class Cloud:
         return functions_v2.FunctionServiceClient(transport=FunctionServiceGrpcTransport(channel=channel))
 
     @functools.cached_property
+    def secrets(self) -> secretmanager.SecretManagerServiceClient:
+        """Secret Manager: whether the secrets a manifest names exist (cf2run never reads their data)."""
+        channel = self._channel("secretmanager")
+        if channel is None:
+            return secretmanager.SecretManagerServiceClient(credentials=self.credentials)
+        return secretmanager.SecretManagerServiceClient(
+            transport=SecretManagerServiceGrpcTransport(channel=channel))
+
+    @functools.cached_property
     def registry(self) -> RegistryClient:
         """Artifact Registry: Basic ``oauth2accesstoken:ACCESS_TOKEN`` exchanged for a Bearer token."""
         auth = lambda: basic_access_token(self._access_token())  # noqa: E731
@@ -276,6 +294,27 @@ class Cloud:
             return RegistryClient(auth=auth)
         address = self.endpoints.registry
         return RegistryClient(resolve=lambda host: f"http://{address}", auth=auth)
+
+
+#: google-cloud-storage's emulator variable: a client whose `client_options` name no endpoint sends
+#: its calls there (google/cloud/storage/client.py: `api_endpoint` first, then this; added by
+#: googleapis/google-cloud-python#9219), with the credentials it was given, if any.
+STORAGE_EMULATOR_HOST = "STORAGE_EMULATOR_HOST"
+
+
+def route_storage_clients(url: str) -> None:
+    """Point the Cloud Storage clients of this process that name no endpoint at the local cloud's
+    Cloud Storage at `url`, as `route_google_auth` does for the token hosts: prefect-gcp's
+    `GcsBucket` (the workers' shared result storage, cf2run/result_storage.py) builds its client
+    without one. Its credentials still go with every call, and the local Cloud Storage checks them.
+
+    The client reads STORAGE_EMULATOR_HOST through `_get_storage_emulator_override` when it is
+    built; that function is answered here rather than the variable set, so the processes this one
+    starts do not inherit the route. cf2run's own clients name their endpoint, and a process
+    routed here refuses Google Cloud targets (`Cloud.gcp`), so no call meant for Google comes here."""
+    import google.cloud.storage.client as storage_client
+
+    storage_client._get_storage_emulator_override = lambda: url  # type: ignore[attr-defined]
 
 
 def _block(name: str | None) -> Callable[[], Credentials] | None:

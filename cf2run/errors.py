@@ -29,6 +29,10 @@ class SpecError(Cf2RunError):
     """A manifest, a spec field or a flag is invalid. Raised before any cloud call."""
 
 
+class SecretsUnavailable(Cf2RunError):
+    """A secret the manifest names does not exist or is not enabled (found before deploying)."""
+
+
 class SourceError(Cf2RunError):
     """The function's source tree cannot be packaged (missing, escaping symlink, ...)."""
 

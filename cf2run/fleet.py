@@ -11,8 +11,8 @@ so several fleets and workers share them too.
 - `fanout="deployments"` (`migrate_on_a_worker`, a `function[NAME]` task run that ends Failed
   when the function failed): a run of the migrate-function deployment (`run_deployment`), so
   any worker on the pool takes it; its `MigrationResult` is read back from Prefect's result
-  storage (shared by the workers: the same `PREFECT_HOME` on one machine, a storage block
-  otherwise).
+  storage (shared by the workers: the same `PREFECT_HOME` on one machine, otherwise the Cloud
+  Storage bucket `cf2run setup --results-bucket` made the server's default: cf2run/result_storage.py).
 
 Either way the function gives one `MigrationResult`, and its failure is that result, never
 an exception: one function cannot stop or fail the others.
@@ -32,6 +32,7 @@ from prefect.runtime import flow_run
 from prefect.states import State
 
 from cf2run.errors import SpecError
+from cf2run.forms import override
 from cf2run.results import MigrationResult
 from cf2run.spec import FunctionSpec, Manifest, Target, load_manifest
 from flows.migrate_function import final_state, migrate
@@ -47,11 +48,12 @@ def load(manifest: Path | str | Manifest, target: Target | None = None,
          only: Sequence[str] | None = None, exclude: Sequence[str] | None = None) -> Manifest:
     """The manifest (a YAML path, relative to the working directory, or a Manifest), selected.
 
-    `target` replaces the manifest's target. SpecError names the file, function and field.
+    The fields `target` was given replace the manifest's target's. SpecError names the file,
+    function and field.
     """
     loaded = manifest if isinstance(manifest, Manifest) else load_manifest(Path(manifest))
     if target is not None:
-        loaded = loaded.model_copy(update={"target": target})
+        loaded = loaded.model_copy(update={"target": override(loaded.target, target)})
     try:
         return loaded.select(only, exclude)
     except SpecError as error:
@@ -87,15 +89,16 @@ def broken(spec: FunctionSpec, error: Exception) -> MigrationResult:
 def _run_deployment(spec: FunctionSpec, target: Target) -> FlowRun:
     return cast(FlowRun, run_deployment(
         MIGRATE_FUNCTION_DEPLOYMENT,
-        parameters={"spec": portable(spec), "target": target.model_dump(mode="json")},
+        parameters={"spec": portable(spec), "target": target.model_dump(mode="json", exclude_none=True)},
         idempotency_key=f"{flow_run.get_id()}-{spec.name}" if flow_run.get_id() else None,
         poll_interval=POLL_S, timeout=None))
 
 
 def portable(spec: FunctionSpec) -> dict[str, Any]:
     """`spec` as deployment parameters; a source inside the working directory stays relative,
-    so a worker in another checkout of the same repository finds it in its own checkout."""
-    data = spec.model_dump(mode="json", by_alias=True)
+    so a worker in another checkout of the same repository finds it in its own checkout. Unset
+    fields (None) are left out: the deployment's schema, the run form's, has no null for them."""
+    data = spec.model_dump(mode="json", by_alias=True, exclude_none=True)
     if spec.source.is_relative_to(Path.cwd()):
         data["source"] = str(spec.source.relative_to(Path.cwd()))
     return data
@@ -117,4 +120,5 @@ def result_of(run: FlowRun, function: str) -> MigrationResult:
     return MigrationResult(
         function=function, status=status, failed_step=None if status == "succeeded" else "flow",
         message=f"{state.name}: {state.message or result} (flow run {run.name}; its result could not "
-                "be read: give the workers shared result storage, see README)")
+                "be read: give the workers shared result storage with `cf2run setup "
+                "--results-bucket BUCKET`, see README)")

@@ -7,6 +7,7 @@ deployment), since both give one `MigrationResult` per function; a dry run gives
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -62,21 +63,37 @@ def steps_of(results: list[MigrationResult]) -> list[str]:
     return known + sorted(seen - set(STEP_ORDER))
 
 
+#: Characters of a message the table shows (its full text is under the report's table).
+MESSAGE_CELL = 48
+#: Ids a message carries (builds, operations) that say nothing in a table cell.
+UUID_RE = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b ?")
+#: Hex digits of an image digest the table shows (as `docker images` does).
+DIGEST_CELL = 12
+
+
 def result_rows(results: list[MigrationResult]) -> list[dict[str, Any]]:
-    """Table artifact rows: status, failed step, URL, digest, revision, cached or built, parity with
-    the old function, seconds per step."""
-    steps = steps_of(results)
-    rows = []
-    for r in results:
-        row: dict[str, Any] = {
-            "function": r.function, "status": r.status, "failed step": r.failed_step or "",
-            "URL": r.url or "", "digest": r.digest or "", "revision": r.revision or "",
-            "build": r.build_note, "parity": r.parity or ""}
-        row |= {f"{step} s": r.timings.get(step) for step in steps}
-        row["total s"] = round(sum(r.timings.values()), 3)
-        row["message"] = r.message or ""
-        rows.append(row)
-    return rows
+    """Table artifact rows, narrow enough for a browser pane: status, the message (cut short; the
+    report has it in full), failed step, cached or built, parity with the old function, seconds,
+    URL, short digest, revision."""
+    return [{"function": r.function, "status": r.status, "message": short(r.message, MESSAGE_CELL),
+             "failed step": r.failed_step or "", "build": "" if r.build_cached is None else r.build_note,
+             "parity": r.parity or "",
+             "seconds": round(sum(r.timings.values()), 1), "URL": r.url or "",
+             "digest": short_digest(r.digest), "revision": r.revision or ""} for r in results]
+
+
+def short(text: str | None, length: int) -> str:
+    """`text` on one line without ids, cut to `length` characters (an ellipsis says it was cut)."""
+    flat = " ".join(UUID_RE.sub("", text or "").split())
+    return flat if len(flat) <= length else flat[:length - 1].rstrip() + "…"
+
+
+def short_digest(digest: str | None) -> str:
+    """``sha256:0123456789ab`` of a full digest ('' for none)."""
+    if not digest:
+        return ""
+    algorithm, _, hexdigits = digest.partition(":")
+    return f"{algorithm}:{hexdigits[:DIGEST_CELL]}" if hexdigits else digest[:DIGEST_CELL]
 
 
 def plan_rows(plans: list[FunctionPlan]) -> list[dict[str, Any]]:
@@ -99,15 +116,15 @@ def result_markdown(report: FleetReport) -> str:
              f"- **Wall time:** {report.seconds:.1f}s (fan-out: {report.fanout})",
              "- **Step time (sum over functions):** "
              + ", ".join(f"{step} {seconds:.1f}s" for step, seconds in step_totals.items()), ""]
-    failed = [r for r in results if r.status == "failed"]
-    if failed:
-        lines += ["## Failed", "", "| function | step | why |", "|---|---|---|"]
-        lines += [f"| {r.function} | {r.failed_step or '-'} | {_cell(r.message)} |" for r in failed]
-        lines.append("")
     lines += ["## Functions", "", "| function | status | build | parity | seconds | URL |",
               "|---|---|---|---|---|---|"]
     lines += [f"| {r.function} | {r.status} | {_cell(r.build_note)} | {r.parity or '-'} | "
               f"{sum(r.timings.values()):.1f} | {r.url or '-'} |" for r in results]
+    failed = [r for r in results if r.status == "failed"]
+    if failed:  # in full, as paragraphs the page wraps: what failed, what keeps serving, the hint
+        lines += ["", "## Failed", ""]
+        lines += [f"- **{r.function}** failed at `{r.failed_step or '-'}`: {_line(r.message)}"
+                  for r in failed]
     return "\n".join(lines) + "\n"
 
 
@@ -128,4 +145,9 @@ def plan_markdown(report: FleetReport) -> str:
 
 def _cell(text: str | None) -> str:
     """Text safe inside a markdown table cell."""
-    return (text or "-").replace("|", "\\|").replace("\n", " ")
+    return _line(text).replace("|", "\\|")
+
+
+def _line(text: str | None) -> str:
+    """Text on one markdown line (a list item)."""
+    return " ".join((text or "-").split())

@@ -3,8 +3,10 @@
 Per function: whether the build is cached (HEAD of the image tag the build would push, via
 cf2run.fleet_plan), the Cloud Run service the deploy step would send (`service_for`) and,
 where the service exists, a readable diff against it: image, env, limits, scaling, IAM and the
-other gen1 settings. Read-only calls only. Secret values are never printed (cf2run never has
-them: the manifest and the service only name secrets).
+other gen1 settings; and a problem line for each secret the manifest names that Secret Manager
+lacks or has disabled (cf2run.secret_check: the plan is then not ok). Read-only calls only.
+Secret values are never printed (cf2run never has them: the manifest and the service only name
+secrets).
 
     plans = [plan_function(spec, target, cloud) for spec in manifest.functions]
     print(render(plans))
@@ -19,7 +21,7 @@ from google.api_core import exceptions as api_exceptions
 from google.cloud import run_v2
 from pydantic import BaseModel, ConfigDict, Field
 
-from cf2run import mapping
+from cf2run import mapping, secret_check
 from cf2run.cloud import Cloud
 from cf2run.errors import Cf2RunError
 from cf2run.events import eventarc_command
@@ -85,6 +87,8 @@ class ServicePlan(BaseModel):
     eventarc: str | None = Field(default=None, description="The Eventarc trigger to create.")
     parity: str | None = Field(default=None, description="What the parity step compares against.")
     notes: list[str] = Field(default_factory=list, description="Settings cf2run chose, and why.")
+    problems: list[str] = Field(default_factory=list, description="What would stop the migration "
+                                                                  "(a missing or disabled secret).")
 
 
 def settings_view(service: run_v2.Service, public: bool | None, invokers: Iterable[str] = ()
@@ -136,7 +140,12 @@ def diff(before: dict[str, str], after: dict[str, str]) -> list[Change]:
 def plan_function(spec: FunctionSpec, target: Target, cloud: Cloud) -> ServicePlan:
     """What migrating `spec` would do (read-only); a failure to find out is a plan with ok=False."""
     try:
-        return _plan(spec, target, cloud)
+        result = _plan(spec, target, cloud)
+        if secret_check.uses(spec, target):
+            found = secret_check.check(spec, target, cloud.secrets)
+            result.problems, result.ok = found.problems, not found.problems
+            result.notes += found.warnings
+        return result
     except (Cf2RunError, api_exceptions.GoogleAPICallError, OSError) as error:
         return ServicePlan(function=spec.name, ok=False, message=str(error))
 
@@ -182,7 +191,7 @@ def render(plans: list[ServicePlan]) -> str:
     """The plans as text, one block per function."""
     blocks = []
     for plan in plans:
-        if not plan.ok:
+        if not plan.ok and not plan.problems:
             blocks.append(f"{plan.function}: cannot plan: {plan.message}")
             continue
         build = "cached (image exists)" if plan.build == "cached" else "needed"
@@ -197,6 +206,7 @@ def render(plans: list[ServicePlan]) -> str:
         if plan.eventarc:
             body.append(f"  eventarc trigger to create: {plan.eventarc}")
         body += [f"  note: {note}" for note in plan.notes]
+        body += [f"  problem: {problem}" for problem in plan.problems]
         blocks.append("\n".join(head + body))
     return "\n\n".join(blocks) + "\n"
 

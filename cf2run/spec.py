@@ -20,7 +20,7 @@ import typing
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -28,12 +28,14 @@ from pydantic import (
     Field,
     ValidationError,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
 
 from cf2run import principals
 from cf2run.errors import SpecError
+from cf2run.forms import partial
 from cf2run.spec_parts import (
     ParityCheck,
     SecretRef,
@@ -85,7 +87,10 @@ NEWER_STACK_TAGS = ("google-22", "google-24")
 #: Cloud Run: traffic tag + service name <= 46 (REFERENCE §4); the shortest candidate tag is 'c'.
 MAX_NAME_WITH_TAG = 45
 
-SERVICE_NAME_RE = re.compile(r"^[a-z](?:[a-z0-9-]{0,47}[a-z0-9])?$")
+#: The shape of a service name; its length is MAX_NAME_WITH_TAG, said and checked apart.
+SERVICE_NAME_RE = re.compile(r"^[a-z](?:[a-z0-9-]*[a-z0-9])?$")
+NAME_RULES = (f"lowercase letters, digits and '-', starting with a letter and not ending with '-', "
+              f"at most {MAX_NAME_WITH_TAG} characters")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 JS_IDENTIFIER_RE = re.compile(r"^[A-Za-z_$][A-Za-z0-9_$]*$")
 LABEL_KEY_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
@@ -212,14 +217,21 @@ def invoker_problem(member: str) -> str | None:
 class FunctionSpec(_Model):
     """One Cloud Function to migrate: its source, how to build it and how Cloud Run should run it."""
 
+    #: Fields the Prefect UI's form shows after the others (cf2run/forms.py).
+    FORM_LAST: ClassVar[tuple[str, ...]] = (
+        "build_env", "build_env_plain", "secret_files", "min_instances", "service_account",
+        "ingress", "labels", "secret_volumes", "vpc_connector", "vpc_egress", "trigger", "smoke",
+        "parity")
+
     name: str = Field(
-        description="Cloud Run service name (and image name): lowercase letters, digits and '-', "
-                    "starts with a letter, does not end with '-', at most 45 characters (room for "
-                    "the candidate traffic tag).")
+        description=f"Cloud Run service name (and image name): {NAME_RULES} (room for the "
+                    "candidate traffic tag).",
+        json_schema_extra={"pattern": SERVICE_NAME_RE.pattern, "maxLength": MAX_NAME_WITH_TAG})
     source: Path = Field(
         description="Directory with the function's source (only the function body: main.py or "
-                    "index.js plus requirements.txt / package.json). Relative paths are relative "
-                    "to the manifest's directory.")
+                    "index.js plus requirements.txt / package.json). In a manifest, relative to "
+                    "the manifest's directory; as a flow parameter (the migrate-function form), a "
+                    "path in the worker's checkout of this repository, e.g. examples/python-http.")
     runtime: Runtime = Field(
         description="Cloud Functions runtime id, e.g. 'python312' or 'nodejs20'; gives the "
                     "buildpack language and version.")
@@ -290,7 +302,9 @@ class FunctionSpec(_Model):
         default_factory=dict,
         description="Environment variables read from Secret Manager (gen1 "
                     "secretEnvironmentVariables): NAME: SECRET, NAME: SECRET:VERSION or NAME: "
-                    "{secret, version, project}. cf2run never reads or prints the values.")
+                    "{secret, version, project}. Each must exist and be enabled: plan and the "
+                    "migration check it in Secret Manager before anything is created. cf2run never "
+                    "reads or prints the values.")
     secret_volumes: list[SecretVolume] = Field(
         default_factory=list,
         description="Secrets mounted as files (gen1 secretVolumes): {mount_path, secret, project, "
@@ -330,26 +344,28 @@ class FunctionSpec(_Model):
     @classmethod
     def _service_name(cls, name: str) -> str:
         if not SERVICE_NAME_RE.match(name):
-            raise ValueError(
-                f"{name!r} is not a valid Cloud Run service name; use lowercase letters, digits and "
-                "'-', start with a letter, do not end with '-', fewer than 50 characters")
+            raise ValueError(f"{name!r} is not a valid Cloud Run service name; use {NAME_RULES}")
         if len(name) > MAX_NAME_WITH_TAG:
             raise ValueError(
-                f"{name!r} has {len(name)} characters; cf2run tests a new revision under a traffic "
-                f"tag before it gets traffic, and Cloud Run allows at most 46 characters for tag + "
-                f"service name: use at most {MAX_NAME_WITH_TAG} characters")
+                f"{name!r} has {len(name)} characters; use at most {MAX_NAME_WITH_TAG} characters "
+                "(Cloud Run counts the service name together with the traffic tag cf2run tests a new "
+                "revision under before it gets traffic)")
         return name
 
     @field_validator("source")
     @classmethod
     def _source_dir(cls, source: Path, info: ValidationInfo) -> Path:
-        base = Path((info.context or {}).get("base_dir") or Path.cwd())
+        manifest_dir = (info.context or {}).get("base_dir")
+        base = Path(manifest_dir or Path.cwd())
         resolved = (base / source.expanduser()).resolve()
         if not resolved.is_dir():
             what = "is not a directory" if resolved.exists() else "does not exist"
+            start = ("the manifest's directory" if manifest_dir else
+                     f"this worker's checkout ({base}): give a path in the checkout, e.g. "
+                     "examples/python-http, or migrate the function from its manifest "
+                     "(the migrate-from-manifest form)")
             raise ValueError(f"source directory {str(source)!r} ({resolved}) {what}; point it at the "
-                             "function's source directory (relative paths start at the manifest's "
-                             "directory)")
+                             f"function's source directory (relative paths start at {start})")
         return resolved
 
     @field_validator("entry_point")
@@ -573,11 +589,14 @@ class Target(_Model):
 
     kind: Literal["local", "gcp"] = Field(
         default="local", description="'local' = the embedded local cloud on 127.0.0.1; 'gcp' = Google Cloud.")
-    project: str = Field(default="local-project", description="Google Cloud project id.")
+    project: str = Field(default="local-project", description="Google Cloud project id.",
+                         json_schema_extra={"pattern": PROJECT_RE.pattern})
     region: str = Field(
-        default="us-central1", description="Region for Cloud Build, Artifact Registry and Cloud Run.")
+        default="us-central1", description="Region for Cloud Build, Artifact Registry and Cloud Run.",
+        json_schema_extra={"pattern": REGION_RE.pattern})
     repository: str = Field(
-        default="cf2run", description="Artifact Registry Docker repository that receives the images.")
+        default="cf2run", description="Artifact Registry Docker repository that receives the images.",
+        json_schema_extra={"pattern": REPOSITORY_RE.pattern})
     staging_bucket: str | None = Field(
         default=None,
         description="Cloud Storage bucket for source archives; unset = PROJECT_cloudbuild as gcloud "
@@ -676,6 +695,14 @@ class Target(_Model):
     def image_repository(self, name: str) -> str:
         """``REGION-docker.pkg.dev/PROJECT/REPOSITORY/NAME`` (no tag)."""
         return f"{self.registry_host}/{self.project.replace(':', '/')}/{self.repository}/{name}"
+
+
+#: A flow parameter `target` (the run forms): Target's fields, empty; those set replace the base
+#: target's (cf2run/forms.py `override`), so a deployment's target stays unless a field is changed.
+TargetChanges = Annotated[Target | None, WithJsonSchema(partial(
+    Target, "Where to migrate to. Fields set here replace those of the target the run would use "
+            "otherwise (a fleet: the manifest's; one function: the embedded local cloud); a "
+            "deployment fixes its own in prefect.yaml (`parameters: target:`)."))]
 
 
 class Manifest(_Model):

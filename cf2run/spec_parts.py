@@ -29,6 +29,8 @@ from pydantic import (
     model_validator,
 )
 
+from cf2run.forms import form_schema
+
 SECRET_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 #: 'latest', a version number, or an alias (Secret Manager alias rules).
 SECRET_VERSION_RE = re.compile(r"^(?:latest|[1-9][0-9]*|[A-Za-z][A-Za-z0-9_-]{0,62})$")
@@ -38,9 +40,11 @@ RESTRICTED_MOUNT_PATHS = ("/cloudsql", "/dev/log", "/pod", "/proc", "/var/log")
 
 
 class StrictModel(BaseModel):
-    """Unknown fields are errors; fields may be given by name or alias."""
+    """Unknown fields are errors; fields may be given by name or alias; the JSON schema is the
+    Prefect UI's form (cf2run/forms.py)."""
 
-    model_config = ConfigDict(extra="forbid", validate_by_name=True, validate_by_alias=True)
+    model_config = ConfigDict(extra="forbid", validate_by_name=True, validate_by_alias=True,
+                              json_schema_extra=form_schema)
 
 
 def _check_secret_id(secret: str) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import re
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -23,7 +24,7 @@ from typing import Annotated, Any
 
 from prefect import Task, flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.runtime import flow_run
+from prefect.runtime import deployment, flow_run
 from prefect.states import Completed, Failed, State
 from pydantic import Field
 
@@ -32,13 +33,14 @@ from cf2run.fleet_plan import FunctionPlan, plan_function
 from cf2run.fleet_progress import FleetProgress
 from cf2run.fleet_report import FleetReport
 from cf2run.quotas import ensure_limits
+from cf2run.result_storage import reach_results
 from cf2run.results import MigrationResult
 from cf2run.slots import settle
-from cf2run.spec import FunctionSpec, Manifest, Target
+from cf2run.spec import FunctionSpec, Manifest, Target, TargetChanges
 from flows.migrate_function import run_step
 
-#: Artifact keys (lowercase letters, digits, dashes): the latest fleet report is one click away.
-TABLE_KEY, REPORT_KEY, DRY_RUN_KEY = "migrate-fleet", "migrate-fleet-report", "migrate-fleet-dry-run"
+#: Artifact keys of a run not started from a deployment (the CLI).
+NO_DEPLOYMENT = "cli-fleet"
 #: The progress artifact moves at most this often (seconds), and when the last function is done.
 PROGRESS_EVERY_S = 2.0
 
@@ -52,21 +54,22 @@ def _run_name() -> str:
 @flow(name="migrate-fleet", flow_run_name=_run_name, log_prints=False)
 def migrate_fleet(
     manifest: Path | Manifest,
-    target: Target | None = None,
-    max_parallel: Annotated[int, Field(ge=1, le=500)] = 20,
+    target: TargetChanges = None,
+    max_parallel: Annotated[int, Field(json_schema_extra={"allOf": [{"minimum": 1, "maximum": 500}]})]
+    = 20,
     dry_run: bool = False,
     fanout: Fanout = "local",
-    only: list[str] | None = None,
-    exclude: list[str] | None = None,
+    only: tuple[str, ...] = (),
+    exclude: tuple[str, ...] = (),
 ) -> State[FleetReport]:
     """Migrate a fleet of Cloud Functions to Cloud Run.
 
     Args:
-        manifest: Path of a YAML manifest (relative to the checkout, e.g. deployments/fleet.yaml),
+        manifest: Path of a YAML manifest in the worker's checkout (e.g. deployments/fleet.yaml),
             or the manifest itself.
-        target: Where to migrate to; unset = the manifest's target.
-        max_parallel: Functions migrated at the same time (builds are further limited by the
-            cf2run-cloud-build concurrency limit, Cloud Run writes by cf2run-cloud-run-writes).
+        target: Fields that replace the manifest target's (empty = the manifest's target).
+        max_parallel: Functions migrated at the same time, 1 to 500 (builds are further limited
+            by the cf2run-cloud-build concurrency limit, Cloud Run writes by cf2run-cloud-run-writes).
         dry_run: Only report what would happen (build needed or cached, deploy needed or
             unchanged); change no cloud resource. Planned in this flow run, whatever the fanout.
         fanout: 'local' migrates in this flow run's process; 'deployments' runs the
@@ -81,6 +84,8 @@ def migrate_fleet(
         created = ensure_limits()
         if created:
             logger.info("created the quota limits %s with their defaults (cf2run setup)", created)
+        if fanout == "deployments":  # each function's result is read back from the result storage
+            reach_results(fleet.target)
     progress = FleetProgress(len(fleet.functions), PROGRESS_EVERY_S)
     outcomes = _fan_out(fleet, max_parallel, dry_run, fanout, progress.update)
     settle()  # the build slots are back on the server before the flow run's client closes
@@ -91,7 +96,7 @@ def migrate_fleet(
     else:
         report.results = [_as_result(spec, outcome)
                           for spec, outcome in zip(fleet.functions, outcomes, strict=True)]
-    _publish(report)  # while the progress artifact shows the last function done
+    _publish(report, manifest)  # while the progress artifact shows the last function done
     progress.close()
     logger.info(report.summary)
     if report.failed:
@@ -139,15 +144,26 @@ def _as_plan(spec: FunctionSpec, outcome: Any) -> FunctionPlan:
     return outcome if isinstance(outcome, FunctionPlan) else FunctionPlan.failed(spec.name, outcome)
 
 
-def _publish(report: FleetReport) -> None:
+def artifact_key(manifest: Path | Manifest, dry_run: bool, what: str) -> str:
+    """`DEPLOYMENT-MANIFEST[-dry-run]-WHAT` (`migrate-fleet-fleet-table`; `cli-fleet-...` from the
+    CLI): the latest artifact of a key is the last run of that deployment over that manifest, a
+    dry run never hiding a migration (keys hold lowercase letters, digits and dashes)."""
+    source = Path(manifest).stem if isinstance(manifest, str | Path) else "manifest"
+    key = f"{deployment.name or NO_DEPLOYMENT}-{source}{'-dry-run' if dry_run else ''}-{what}"
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", key.lower()))
+
+
+def _publish(report: FleetReport, manifest: Path | Manifest) -> None:
     """The table and the report artifacts, both at once (the server is still busy recording the
     fleet's task runs: each call waits there)."""
     what = "dry run" if report.dry_run else "migration"
     calls = [
         functools.partial(create_table_artifact, table=report.rows(),
-                          key=DRY_RUN_KEY if report.dry_run else TABLE_KEY,
-                          description=f"Fleet {what}: one row per function"),
-        functools.partial(create_markdown_artifact, markdown=report.markdown(), key=REPORT_KEY,
+                          key=artifact_key(manifest, report.dry_run, "table"),
+                          description=f"Fleet {what}: one row per function (each failure in full "
+                                      f"in {artifact_key(manifest, report.dry_run, 'report')})"),
+        functools.partial(create_markdown_artifact, markdown=report.markdown(),
+                          key=artifact_key(manifest, report.dry_run, "report"),
                           description=f"Fleet {what}: {report.summary}"),
     ]
     with ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="fleet-report") as pool:

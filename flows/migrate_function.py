@@ -1,7 +1,11 @@
 """migrate_function: one Cloud Function onto Cloud Run, step by step.
 
-    package_source -> submit_pack_build -> verify_image -> deploy_service -> smoke_test
-        -> parity_check (when the manifest names the old function) -> promote
+    check_secrets -> package_source -> submit_pack_build -> verify_image -> deploy_service
+        -> smoke_test -> parity_check (when the manifest names the old function) -> promote
+
+`check_secrets` (for a function that names secrets) asks Secret Manager whether every secret the
+manifest names exists and is enabled, so a missing one stops the migration before anything is
+uploaded, built or deployed.
 
 A service that already serves gets the new revision as a candidate (no traffic, its own tag
 URL); the smoke test calls that URL, parity compares its answers with the old function's, and
@@ -31,19 +35,21 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.states import Completed, Failed, State
 from prefect.utilities.annotations import opaque
 
-from cf2run import events
+from cf2run import events, secret_check
 from cf2run.api_hints import explain
 from cf2run.cloud import Cloud
 from cf2run.errors import CandidateRejected, ImageVerificationError, ParityDiffers, SmokeTestFailed
+from cf2run.forms import override
 from cf2run.quotas import build_lane, build_turn
 from cf2run.results import Deployment, MigrationResult, ParityResult, SmokeResult
 from cf2run.slots import settle
-from cf2run.spec import FunctionSpec, Target
+from cf2run.spec import FunctionSpec, Target, TargetChanges
 from tasks.build import submit_pack_build
 from tasks.deploy import deploy_service, still_in_effect
 from tasks.package import package_source
 from tasks.parity import parity_check
 from tasks.promote import discard_candidate, promote_revision
+from tasks.secrets import check_secrets
 from tasks.smoke import smoke_test
 from tasks.verify import verify_image
 
@@ -82,15 +88,27 @@ class _Steps:
 
 @flow(name="migrate-function", flow_run_name="migrate[{spec.name}]", log_prints=False,
       persist_result=True)
-def migrate_function(spec: FunctionSpec, target: Target | None = None) -> State[MigrationResult]:
-    """Migrate one function: package, pack build, verify, deploy, smoke test, parity, promote."""
-    result = migrate(spec, target or Target())
+def migrate_function(spec: FunctionSpec, target: TargetChanges = None) -> State[MigrationResult]:
+    """Migrate one function: package, pack build, verify, deploy, smoke test, parity, promote.
+
+    Args:
+        spec: The function, as in a manifest (its `source` is a path in the worker's checkout).
+        target: Where to migrate to; the fields set replace the embedded local cloud's defaults.
+    """
+    return migrate_and_publish(spec, override(Target(), target))
+
+
+def migrate_and_publish(spec: FunctionSpec, target: Target) -> State[MigrationResult]:
+    """The migration of one function in this flow run, its artifacts, and its final state."""
+    result = migrate(spec, target)
     settle()  # its build slot is back on the server before the flow run's client closes
     create_markdown_artifact(markdown=summary(result, events.missing_trigger_note(spec)),
                              key=_key(spec, "summary"), description=f"Migration of {spec.name}")
-    _publish_link(spec, "build-log", result.build_log_url, "Cloud Build log")
+    _publish_link(spec, "build-log", result.build_log_url, "Cloud Build log",
+                  f"The Cloud Build log of {spec.name}'s image")
     if result.status == "succeeded":
-        _publish_link(spec, "url", result.url, "Cloud Run service URL")
+        _publish_link(spec, "url", result.url, "Cloud Run service URL",
+                      f"Where {spec.name} serves now (revision {result.revision})")
     return final_state(result)
 
 
@@ -123,9 +141,11 @@ def _migrate(spec: FunctionSpec, target: Target, leave_lane: Callable[[], None])
     try:
         steps.current = "credentials"  # checked before anything is changed: no ID token, no migration
         Cloud.for_target(target).check_identity()
+        secret_warnings = steps.run("secrets", check_secrets, spec, target) \
+            if secret_check.uses(spec, target) else []  # no task run for a function without secrets
         with build_turn():
             archive = steps.run("package", package_source, spec, target)
-        result.warnings = archive.warnings
+        result.warnings = secret_warnings + archive.warnings
         built = steps.run("build", submit_pack_build, spec, target, archive)
         leave_lane()
         try:
@@ -226,7 +246,7 @@ def summary(result: MigrationResult, note: str | None = None) -> str:
     lines = [f"## {result.function}: {result.status}", ""]
     if result.failed_step:
         lines += [f"**Failed step:** `{result.failed_step}`", "", f"> {result.message}", ""]
-    lines += ["| | |", "|---|---|",
+    lines += ["| what | value |", "|---|---|",
               f"| URL | {result.url or '-'} |",
               f"| Image digest | `{result.digest or '-'}` |",
               f"| Revision | {result.revision or '-'} |",
@@ -248,9 +268,9 @@ def summary(result: MigrationResult, note: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _publish_link(spec: FunctionSpec, what: str, link: str | None, text: str) -> None:
+def _publish_link(spec: FunctionSpec, what: str, link: str | None, text: str, description: str) -> None:
     if link:
-        create_link_artifact(link=link, link_text=text, key=_key(spec, what))
+        create_link_artifact(link=link, link_text=text, key=_key(spec, what), description=description)
 
 
 def _key(spec: FunctionSpec, what: str) -> str:

@@ -126,8 +126,8 @@ def test_every_field_has_a_description() -> None:
 
 @pytest.mark.parametrize(("overrides", "where", "says"), [
     ({"name": "Orders_API"}, "functions[0] (Orders_API).name", "not a valid Cloud Run service name"),
-    ({"name": "x" * 50}, ".name", "fewer than 50 characters"),
-    ({"name": "orders-"}, ".name", "do not end with '-'"),
+    ({"name": "x" * 50}, ".name", "has 50 characters; use at most 45 characters"),
+    ({"name": "orders-"}, ".name", "not ending with '-'"),
     ({"env": {"PORT": "8080"}}, "functions[0] (orders-api).env", "PORT, which Cloud Run reserves"),
     ({"env": {"K_SERVICE": "x"}}, ".env", "K_SERVICE"),
     ({"env": {"1BAD": "x"}}, ".env", "not a valid environment variable name"),

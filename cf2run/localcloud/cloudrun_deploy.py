@@ -30,7 +30,7 @@ from cf2run.localcloud.operations import Operations
 from cf2run.localcloud.router import Router
 from cf2run.localcloud.runtime import RevisionFailed, RevisionSpec
 from cf2run.localcloud.scaling import Instances
-from cf2run.localcloud.secretmanager import SecretMissing, SecretStore
+from cf2run.localcloud.secretmanager import SecretStore, SecretUnavailable
 from cf2run.localcloud.settings import FaultInjector, LocalCloudSettings
 
 log = logging.getLogger(__name__)
@@ -277,7 +277,7 @@ class Deployer:
     def _env(self, name: str, revision: str, template: run_v2.RevisionTemplate) -> dict[str, str]:
         """The container's env with secret references resolved from the local Secret Manager
         stand-in; the secrets of secret volumes must exist too (they are not mounted: see
-        secretmanager.py). A missing one fails the revision, as on Cloud Run."""
+        secretmanager.py). A missing or disabled one fails the revision, as on Cloud Run."""
         project = name.split("/")[1]
         env: dict[str, str] = {}
         for index, var in enumerate(template.containers[0].env):
@@ -300,7 +300,7 @@ class Deployer:
             _, project, _, secret = secret.split("/", 3)
         try:
             return self._secrets.access(project, secret, version)
-        except SecretMissing as exc:
+        except SecretUnavailable as exc:
             raise RevisionFailed(revision, f"Revision '{revision}' is not ready and cannot serve "
                                            f"traffic. {where}: {exc}.") from exc
 

@@ -24,11 +24,12 @@ class Endpoints:
     """Addresses of a running local cloud.
 
     `storage`, `metadata` and `accounts` (Google's token services) are ``http://host:port`` URLs
-    (HTTP APIs); `registry`, `cloudbuild`, `cloudrun` and `cloudfunctions` (the Cloud Functions
-    API, v1 and v2) are ``host:port`` (OCI registry and gRPC services). `functions` is the 1st-gen
-    functions' front end, ``http://host:port``: function NAME answers at ``{functions}/NAME``, as at
-    ``https://REGION-PROJECT.cloudfunctions.net/NAME``. `credentials` is the path of the local
-    cloud's own service-account key, what a local target authenticates with unless told otherwise.
+    (HTTP APIs); `registry`, `cloudbuild`, `cloudrun`, `cloudfunctions` (the Cloud Functions API,
+    v1 and v2) and `secretmanager` are ``host:port`` (OCI registry and gRPC services).
+    `functions` is the 1st-gen functions' front end, ``http://host:port``: function NAME answers
+    at ``{functions}/NAME``, as at ``https://REGION-PROJECT.cloudfunctions.net/NAME``.
+    `credentials` is the path of the local cloud's own service-account key, what a local target
+    authenticates with unless told otherwise.
     """
 
     storage: str
@@ -39,11 +40,12 @@ class Endpoints:
     accounts: str
     cloudfunctions: str
     functions: str
+    secretmanager: str
     credentials: str
 
     #: The fields that are listeners (their ports are reused after a restart).
     SERVICES = ("storage", "registry", "cloudbuild", "cloudrun", "metadata", "accounts", "cloudfunctions",
-                "functions")
+                "functions", "secretmanager")
 
     def write(self, state_dir: Path) -> Path:
         path = state_dir / FILENAME

@@ -1,14 +1,16 @@
-"""A local stand-in for Secret Manager's data: secret versions as files, for the local Cloud Run.
+"""A local stand-in for Secret Manager's data: secret versions as files, with their state.
 
-Not an API server: cf2run itself never reads secrets (it only passes references to Cloud Run),
-so the only reader is the local Cloud Run, which resolves a revision's secret environment
-variables from here when it starts the revision, and fails the revision, as Cloud Run does,
-when a secret version it names does not exist. Secret volumes are checked the same way, but
+cf2run itself never reads a secret's value (it only passes references to Cloud Run): the local
+Cloud Run resolves a revision's secret environment variables from here when it starts the
+revision, and fails the revision, as Cloud Run does, when a secret version it names does not
+exist or is disabled. The Secret Manager API over this store (secretmanager_api.py) answers what
+cf2run does read: whether a version exists and its state. Secret volumes are checked the same way, but
 their files are not mounted at the mount path: the local runtime runs revisions as plain host
 processes, without a container filesystem to mount into (code that reads the mount path works
 on GCP only).
 
-Layout: ``STATE/secretmanager/PROJECT/SECRET/VERSION`` (version numbers from 1), file mode 0600.
+Layout: ``STATE/secretmanager/PROJECT/SECRET/VERSION`` (version numbers from 1), file mode 0600;
+a disabled version has a marker ``VERSION.disabled`` beside it.
 Several processes may add versions at once (`cf2run localcloud add-secret` while the local cloud
 serves): a version file is created exclusively, and a number taken meanwhile is skipped.
 
@@ -21,14 +23,37 @@ from __future__ import annotations
 import os
 import re
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 _PROJECT_RE = re.compile(r"^[A-Za-z0-9.:-]{1,100}$")
+_DISABLED = ".disabled"
 
 
-class SecretMissing(LookupError):
-    """The secret, or the version of it, does not exist."""
+class SecretUnavailable(LookupError):
+    """A secret version that cannot be read: missing or disabled."""
+
+
+class SecretMissing(SecretUnavailable):
+    """The secret, or the version of it, does not exist (`secret_exists`: the secret has versions)."""
+
+    def __init__(self, message: str, secret_exists: bool = False) -> None:
+        super().__init__(message)
+        self.secret_exists = secret_exists
+
+
+class VersionDisabled(SecretUnavailable):
+    """The version exists and is disabled."""
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """What Secret Manager says of a version without its data."""
+
+    number: int
+    enabled: bool
+    created: float  # seconds since the epoch
 
 
 class InvalidSecretName(ValueError):
@@ -67,19 +92,50 @@ class SecretStore:
                 return number
 
     def access(self, project: str, secret: str, version: str = "latest") -> bytes:
-        """The data of a version ('latest', a number); SecretMissing when there is none."""
+        """The data of a version ('latest', a number); SecretMissing when there is none,
+        VersionDisabled when it is disabled."""
+        with self._lock:
+            found = self._info(project, secret, version)
+            if not found.enabled:
+                raise VersionDisabled(f"Secret projects/{project}/secrets/{secret}/versions/"
+                                      f"{found.number} is disabled")
+            return (self._dir(project, secret) / str(found.number)).read_bytes()
+
+    def version(self, project: str, secret: str, version: str = "latest") -> VersionInfo:
+        """A version's number, state and creation time ('latest': the newest version, whatever its
+        state, as Google resolves it); SecretMissing when there is none."""
+        with self._lock:
+            return self._info(project, secret, version)
+
+    def exists(self, project: str, secret: str) -> bool:
+        """Whether the secret has any version (the local store has no secret without one)."""
+        with self._lock:
+            return _id_problem(project, secret) is None and bool(self._versions(self._dir(project, secret)))
+
+    def set_enabled(self, project: str, secret: str, version: str, enabled: bool) -> VersionInfo:
+        """Enable or disable a version (idempotent); SecretMissing when there is none."""
+        with self._lock:
+            found = self._info(project, secret, version)
+            marker = self._dir(project, secret) / f"{found.number}{_DISABLED}"
+            if enabled:
+                marker.unlink(missing_ok=True)
+            else:
+                marker.touch()
+            return VersionInfo(found.number, enabled, found.created)
+
+    def _info(self, project: str, secret: str, version: str) -> VersionInfo:
         if _id_problem(project, secret) is not None:
             raise SecretMissing(f"Secret projects/{project}/secrets/{secret} was not found "
                                 "(not a valid project and secret id)")
         directory = self._dir(project, secret)
-        with self._lock:
-            numbers = self._versions(directory)
-            chosen = max(numbers, default=None) if version == "latest" else \
-                (int(version) if version.isdigit() and int(version) in numbers else None)
-            if chosen is None:
-                raise SecretMissing(f"Secret projects/{project}/secrets/{secret}/versions/{version} "
-                                    "was not found")
-            return (directory / str(chosen)).read_bytes()
+        numbers = self._versions(directory)
+        chosen = max(numbers, default=None) if version == "latest" else \
+            (int(version) if version.isdigit() and int(version) in numbers else None)
+        if chosen is None:
+            raise SecretMissing(f"Secret projects/{project}/secrets/{secret}/versions/{version} "
+                                "was not found", secret_exists=bool(numbers))
+        path = directory / str(chosen)
+        return VersionInfo(chosen, not (directory / f"{chosen}{_DISABLED}").exists(), path.stat().st_mtime)
 
     def _dir(self, project: str, secret: str) -> Path:
         return self.root / project.replace(":", "_") / secret

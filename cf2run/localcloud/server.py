@@ -41,6 +41,7 @@ from cf2run.localcloud.repositories import DEFAULT_REPOSITORY, DockerRepositorie
 from cf2run.localcloud.router import Router
 from cf2run.localcloud.runtime import Runtime
 from cf2run.localcloud.scaling import Instances
+from cf2run.localcloud.secretmanager_api import SecretManagerService
 from cf2run.localcloud.settings import INTERNAL_HEADER, FaultInjector, LocalCloudSettings
 from cf2run.localcloud.storage import StorageFront, StorageServer
 from cf2run.oci import RegistryClient, basic_access_token
@@ -51,7 +52,8 @@ SERVICE_AGENT = "service-000000000000@gcp-sa-cloudbuild.iam.gserviceaccount.com"
 
 
 class LocalCloud:
-    """Cloud Storage, Artifact Registry, Cloud Build, Cloud Run and Cloud Functions on loopback."""
+    """Cloud Storage, Artifact Registry, Cloud Build, Cloud Run, Cloud Functions and Secret Manager on
+    loopback."""
 
     def __init__(self, state_dir: Path | None = None,
                  settings: LocalCloudSettings | None = None) -> None:
@@ -147,12 +149,17 @@ class LocalCloud:
         self.cloudrun.restore()
         functions_port, functions_url = self._start_functions(
             previous, tokens, self.instances, registry_client, storage.url, storage_front.url)
+        secrets_server, secrets_port = serve(
+            SecretManagerService(self.cloudrun.secrets, self.settings, self.faults).handlers(),
+            previous.get("secretmanager", 0), front_end)
+        stack.callback(_stopper(secrets_server))
 
         self._endpoints = Endpoints(
             storage=storage_front.url, registry=registry.address,
             cloudbuild=f"127.0.0.1:{build_port}", cloudrun=f"127.0.0.1:{run_port}",
             metadata=metadata.url, accounts=accounts.url,
             cloudfunctions=f"127.0.0.1:{functions_port}", functions=functions_url,
+            secretmanager=f"127.0.0.1:{secrets_port}",
             credentials=str(self.accounts.default_key_file()))
         self._endpoints.write(state)  # kept after close: a restart reuses its ports
 

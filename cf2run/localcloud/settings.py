@@ -46,9 +46,9 @@ class Fault(BaseModel):
     `method` is ``Service.Method`` as the API names it: ``CloudBuild.CreateBuild``,
     ``CloudBuild.GetBuild``, ``Services.CreateService``, ``Services.UpdateService``,
     ``Revisions.ListRevisions``, ``Operations.GetOperation``, ``CloudFunctionsService.GetFunction``
-    (v1), ``FunctionService.ListFunctions`` (v2), or for the registry
-    ``Registry.<Verb>`` with Verb one of ``GetManifest HeadManifest PutManifest GetBlob
-    HeadBlob StartUpload PatchUpload PutUpload GetUpload CancelUpload ListTags Ping
+    (v1), ``FunctionService.ListFunctions`` (v2), ``SecretManagerService.GetSecretVersion``, or
+    for the registry ``Registry.<Verb>`` with Verb one of ``GetManifest HeadManifest PutManifest
+    GetBlob HeadBlob StartUpload PatchUpload PutUpload GetUpload CancelUpload ListTags Ping
     GetToken``, or for Cloud Storage's JSON API ``Storage.<HTTP method>`` (``Storage.POST``: an
     upload, ``Storage.GET``...). ``*`` matches every method.
     Without `first_n` and `probability` every call fails.
@@ -120,6 +120,10 @@ class LocalCloudSettings(BaseSettings):
     functions_api_disabled: bool = Field(
         default=False, description="The Cloud Functions API is not enabled in any project: each call "
                                    "answers PERMISSION_DENIED, reason SERVICE_DISABLED, as Google does.")
+    secrets_denied: bool = Field(
+        default=False, description="The caller lacks every Secret Manager permission (no "
+                                   "roles/secretmanager.viewer): each Secret Manager API call answers "
+                                   "PERMISSION_DENIED naming the permission, as Google does.")
     scale_to_zero_after_s: float = Field(
         default=900.0, gt=0,
         description="Seconds a revision's (or 1st-gen function's) instance stays up without a request "

@@ -7,6 +7,10 @@
     prefect worker start --pool cf2run   (started outside the checkout, no CF2RUN_CHECKOUT:
                                           the pull step has to find the checkout itself)
 
+`running_stack(..., results_bucket=B, separate_workers=True)` is the stack of workers on machines
+that share nothing but the server and the cloud: `cf2run setup --results-bucket B` puts results
+on the local cloud's Cloud Storage, and each worker has its own PREFECT_HOME and working directory.
+
 Tests talk to the server only through its API, as the UI does. Every process is stopped at
 the end of the session, and so is any flow-run process a worker left behind.
 """
@@ -50,14 +54,28 @@ class PrefectStack:
     localcloud_dir: Path
     workers: list[Service] = field(default_factory=list)
     server_pid: int = 0
+    #: Each worker in a directory of its own (`worker_dir`), its PREFECT_HOME there too.
+    separate_workers: bool = False
+
+    @property
+    def ui_url(self) -> str:
+        return self.api_url.removesuffix("/api")
 
     def client(self) -> SyncPrefectClient:
         return SyncPrefectClient(self.api_url)
 
+    def worker_dir(self, name: str) -> Path:
+        """Where worker `name` runs: its own directory, or the stack's one shared by all."""
+        return self.workdir / "workers" / name if self.separate_workers else self.workdir
+
     def start_worker(self, name: str, limit: int | None = None) -> Service:
         args = [str(BIN / "prefect"), "worker", "start", "--pool", "cf2run", "--name", name]
         args += ["--limit", str(limit)] if limit else []
-        worker = start(f"worker-{name}", args, self.env, self.workdir / "logs", cwd=self.workdir)
+        directory, env = self.worker_dir(name), self.env
+        if self.separate_workers:
+            directory.mkdir(parents=True, exist_ok=True)
+            env = env | {"PREFECT_HOME": str(directory / "prefect-home")}
+        worker = start(f"worker-{name}", args, env, self.workdir / "logs", cwd=directory)
         self.workers.append(worker)
         worker.wait_until(lambda: f"Worker '{name}' started" in worker.output(), 120, "start")
         return worker
@@ -111,7 +129,8 @@ def _environment(home: Path, api_url: str, localcloud_dir: Path) -> dict[str, st
     return env | {
         "PREFECT_HOME": str(home),
         "PREFECT_API_URL": api_url,
-        "PREFECT_UI_ENABLED": "false",
+        "PREFECT_SERVER_UI_ENABLED": "true",  # the browser checks (test_ui_in_browser.py)
+        "PREFECT_SERVER_UI_API_URL": api_url,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_WORKER_QUERY_SECONDS": "1",
         "PREFECT_LOGGING_LEVEL": "INFO",
@@ -132,8 +151,11 @@ def _run(args: list[str], env: dict[str, str], what: str) -> None:
 
 
 @contextmanager
-def running_stack(workdir: Path) -> Iterator[PrefectStack]:
-    """Start the stack in `workdir`; stop every process of it on the way out."""
+def running_stack(workdir: Path, results_bucket: str | None = None, separate_workers: bool = False,
+                  worker_limit: int | None = None) -> Iterator[PrefectStack]:
+    """Start the stack in `workdir` (`results_bucket`: `cf2run setup --results-bucket` it on the
+    local cloud; `separate_workers`: see `PrefectStack.worker_dir`; `worker_limit`: the first
+    worker's `--limit`); stop every process of it on the way out."""
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     localcloud_dir = workdir / "localcloud"
@@ -141,15 +163,17 @@ def running_stack(workdir: Path) -> Iterator[PrefectStack]:
     logs = workdir / "logs"
     services = [start("prefect-server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
                                          "--port", str(port)], env, logs)]
-    the_stack = PrefectStack(api_url, env, workdir, localcloud_dir, server_pid=services[0].popen.pid)
+    the_stack = PrefectStack(api_url, env, workdir, localcloud_dir, server_pid=services[0].popen.pid,
+                             separate_workers=separate_workers)
     try:
         services.append(start("localcloud", [str(BIN / "cf2run"), "localcloud", "serve",
                                              "--state-dir", str(localcloud_dir)], env, logs))
         services[0].wait_until(lambda: _healthy(api_url), SERVER_START_S, "healthy API")
         services[1].wait_until((localcloud_dir / "endpoints.json").exists, 120, "endpoints.json")
-        _run([str(BIN / "cf2run"), "setup"], env, "cf2run setup")
+        results = ["--results-bucket", results_bucket] if results_bucket else []
+        _run([str(BIN / "cf2run"), "setup", *results], env, "cf2run setup")
         _run([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"], env, "prefect deploy --all")
-        the_stack.start_worker("w1")
+        the_stack.start_worker("w1", worker_limit)
         yield the_stack
     finally:
         for worker in the_stack.workers:

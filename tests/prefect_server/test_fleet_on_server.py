@@ -58,7 +58,7 @@ def test_fleet_run_started_like_the_ui_completes_with_every_step_and_one_row_per
     rows = table_rows(stack, run)
     assert [row["function"] for row in rows] == functions
     assert all(row["status"] == "succeeded" and row["URL"] and row["digest"] for row in rows), rows
-    assert all(row["build"] == "built" and row["build s"] > 0 for row in rows), rows
+    assert all(row["build"] == "built" and row["seconds"] > 0 for row in rows), rows
     progress = [a for a in stack.artifacts(run) if a.type == "progress"]
     assert [a.data for a in progress] == [100.0]
     report = next(a for a in stack.artifacts(run) if a.type == "markdown")
@@ -93,7 +93,9 @@ def test_one_broken_function_fails_the_fleet_and_the_others_are_deployed_and_ser
     assert run.state.message == "1 of 3 functions failed: fleet-broken (build)"
     rows = {row["function"]: row for row in table_rows(stack, run)}
     assert rows["fleet-broken"]["failed step"] == "build"
-    assert MISSING_ENTRY_POINT in rows["fleet-broken"]["message"]
+    assert rows["fleet-broken"]["message"].startswith("build of fleet-broken ended FAILURE")
+    report = next(a for a in stack.artifacts(run) if a.type == "markdown")
+    assert MISSING_ENTRY_POINT in str(report.data), "the report has each failure in full"
     failed = {t.name for t in stack.task_runs([run]) if t.state_name == "Failed"}
     assert failed == {"build[fleet-broken]"}, "the UI must show which function failed, at which step"
     for name in ("fleet-a", "fleet-c"):
