@@ -286,7 +286,7 @@ def plan(
     cloud = _connect(loaded.target)
     plans = [plan_function(spec, loaded.target, cloud) for spec in loaded.functions]
     typer.echo(render(plans), nl=False)
-    raise typer.Exit(0 if all(p.ok for p in plans) else 1)
+    raise typer.Exit(2 if any(p.bad_input for p in plans) else 0 if all(p.ok for p in plans) else 1)
 
 
 @app.command()

@@ -17,7 +17,7 @@ import hashlib
 import json
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -257,10 +257,11 @@ class RegistryClient:
 
     def __init__(self, resolve: Callable[[str], str] = https,
                  auth: Callable[[], str | None] | None = None,
-                 *, timeout: float = 60.0) -> None:
+                 *, timeout: float = 60.0, headers: Mapping[str, str] | None = None) -> None:
         self._resolve = resolve
         self._auth = auth
-        self._http = httpx.Client(timeout=httpx.Timeout(timeout, connect=10.0), follow_redirects=True)
+        self._http = httpx.Client(timeout=httpx.Timeout(timeout, connect=10.0), follow_redirects=True,
+                                  headers=dict(headers or {}))
         self._tokens: dict[tuple[str, str], str] = {}  # (host, repository) -> "Bearer ..."
         self._lock = threading.Lock()
 

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cf2run import mapping, secret_check
 from cf2run.cloud import Cloud
-from cf2run.errors import Cf2RunError
+from cf2run.errors import Cf2RunError, SourceError, SpecError
 from cf2run.events import eventarc_command
 from cf2run.fleet_plan import plan as build_plan
 from cf2run.oci import ImageRef
@@ -73,6 +73,8 @@ class ServicePlan(BaseModel):
 
     function: str
     ok: bool = True
+    bad_input: bool = Field(default=False, description="It failed on the user's input (the source "
+                                                       "directory), not on the cloud: exit 2.")
     message: str | None = Field(default=None, description="Why it could not be planned.")
     action: Action | None = None
     build: Literal["cached", "needed"] | None = None
@@ -146,6 +148,8 @@ def plan_function(spec: FunctionSpec, target: Target, cloud: Cloud) -> ServicePl
             result.problems, result.ok = found.problems, not found.problems
             result.notes += found.warnings
         return result
+    except (SpecError, SourceError) as error:  # the source: empty, over the limits, unreadable
+        return ServicePlan(function=spec.name, ok=False, bad_input=True, message=str(error))
     except (Cf2RunError, api_exceptions.GoogleAPICallError, OSError) as error:
         return ServicePlan(function=spec.name, ok=False, message=str(error))
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import posixpath
 import re
+import typing
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -25,9 +26,11 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 
 from cf2run.forms import form_schema
 
@@ -45,6 +48,23 @@ class StrictModel(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_by_name=True, validate_by_alias=True,
                               json_schema_extra=form_schema)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        """YAML reads `true` as a boolean, and pydantic would take it as the number 1
+        (`timeout_s: true` a one-second timeout): a number field refuses it."""
+        if isinstance(value, bool) and info.field_name and _is_number(cls.model_fields[info.field_name]):
+            raise ValueError(f"{info.field_name} takes a number, and YAML reads "
+                             f"{str(value).lower()} as a boolean; write the number")
+        return value
+
+
+def _is_number(field: FieldInfo) -> bool:
+    """Whether the field takes an int or a float (optionally None), and no boolean."""
+    kinds = set(typing.get_args(field.annotation)) or {field.annotation}
+    kinds.discard(type(None))
+    return bool(kinds) and kinds <= {int, float}
 
 
 def _check_secret_id(secret: str) -> str:

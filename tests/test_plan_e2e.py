@@ -147,3 +147,11 @@ def test_plan_and_migrate_agree_after_a_rollback(localcloud: LocalCloud, cloud: 
     assert (again.revision, again.serving) == (second.revision, [second.revision])
     assert f"{name}: unchanged" in plan(path)
     assert len(list(cloud.revisions.list_revisions(parent=service))) == 2, "no new revision"
+
+
+def test_a_source_that_cannot_be_packaged_is_bad_input_exit_2(localcloud: LocalCloud, tmp_path: Path) -> None:
+    path = write(tmp_path, localcloud, name=f"plan-empty-{uuid.uuid4().hex[:6]}")
+    (tmp_path / "fn" / "main.py").unlink()  # an empty source directory: nothing to upload
+    answer = CliRunner().invoke(app, ["plan", str(path)])
+    assert answer.exit_code == 2, answer.output
+    assert "has no files to upload" in answer.output

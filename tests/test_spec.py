@@ -393,3 +393,11 @@ def test_build_env_plain_lets_a_checked_value_through(tmp_path: Path) -> None:
     assert load_manifest(path).functions[0].build_env["NPM_TOKEN"] == "public-mirror"
     message = rejected(tmp_path, {"functions": [function(build_env={"A": "1"}, build_env_plain=["B"])]})
     assert "build_env_plain names B, which build_env does not set" in message
+
+
+def test_a_boolean_is_not_taken_for_a_number(tmp_path: Path) -> None:
+    """YAML reads `true` as a boolean; pydantic would take it as 1 (a one-second timeout)."""
+    message = rejected(tmp_path, {"functions": [function(timeout_s=True, min_instances=False)]})
+    assert ("functions[0] (orders-api).timeout_s: timeout_s takes a number, and YAML reads true as a "
+            "boolean; write the number") in message
+    assert "min_instances takes a number, and YAML reads false as a boolean" in message

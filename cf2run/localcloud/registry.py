@@ -59,7 +59,7 @@ from typing import Any
 
 from cf2run.localcloud.metadata import TrackingServer
 from cf2run.localcloud.repositories import DockerRepositories, denied_message
-from cf2run.localcloud.settings import FAULT_HTTP_STATUS, FaultInjector
+from cf2run.localcloud.settings import FAULT_HTTP_STATUS, INTERNAL_HEADER, FaultInjector
 from cf2run.oci import (
     DIGEST_RE,
     DOCKER_MANIFEST,
@@ -405,6 +405,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
             repository or ArtifactRepository(project=name, repository="-", location=None), push))
 
     def _check_fault(self, verb: str) -> None:
+        if self.headers.get(INTERNAL_HEADER) == self.server.faults.internal_key:
+            return  # the local cloud's own push or pull: not the caller's traffic
         fault = self.server.faults.check(f"Registry.{verb}")
         if fault is not None:
             status = FAULT_HTTP_STATUS.get(fault.code, 500)

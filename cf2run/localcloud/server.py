@@ -42,7 +42,7 @@ from cf2run.localcloud.router import Router
 from cf2run.localcloud.runtime import Runtime
 from cf2run.localcloud.scaling import Instances
 from cf2run.localcloud.secretmanager_api import SecretManagerService
-from cf2run.localcloud.settings import FaultInjector, LocalCloudSettings
+from cf2run.localcloud.settings import INTERNAL_HEADER, FaultInjector, LocalCloudSettings
 from cf2run.localcloud.storage import StorageFront, StorageServer
 from cf2run.oci import RegistryClient, basic_access_token
 
@@ -92,7 +92,7 @@ class LocalCloud:
         tokens = TokenAuthority(state)
         # Callers reach Cloud Storage through its front end (credentials checked); the local Cloud
         # Build, like Google's service agents, talks to fake-gcs-server directly.
-        storage_front = StorageFront(tokens, port=previous.get("storage", 0))
+        storage_front = StorageFront(tokens, port=previous.get("storage", 0), faults=self.faults)
         storage_front.start()
         stack.callback(storage_front.stop)
         storage = StorageServer(state / "storage", external_url=storage_front.url)
@@ -117,6 +117,7 @@ class LocalCloud:
         stack.callback(registry.stop)
         # Cloud Build pushes and Cloud Run pulls as Google's own service agents do: with a token.
         registry_client = RegistryClient(resolve=lambda host: f"http://{registry.address}",
+                                         headers={INTERNAL_HEADER: self.faults.internal_key},
                                          auth=lambda: basic_access_token(tokens.mint_access(
                                              SERVICE_AGENT, [CLOUD_PLATFORM_SCOPE])[0]))
 

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import random
 import re
+import secrets
 import threading
+from collections import Counter
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -47,7 +49,8 @@ class Fault(BaseModel):
     (v1), ``FunctionService.ListFunctions`` (v2), ``SecretManagerService.GetSecretVersion``, or
     for the registry ``Registry.<Verb>`` with Verb one of ``GetManifest HeadManifest PutManifest
     GetBlob HeadBlob StartUpload PatchUpload PutUpload GetUpload CancelUpload ListTags Ping
-    GetToken``. ``*`` matches every method.
+    GetToken``, or for Cloud Storage's JSON API ``Storage.<HTTP method>`` (``Storage.POST``: an
+    upload, ``Storage.GET``...). ``*`` matches every method.
     Without `first_n` and `probability` every call fails.
     """
 
@@ -132,17 +135,30 @@ class LocalCloudSettings(BaseSettings):
                                   "once (false: a new interpreter per revision).")
 
 
+#: Header the local cloud's own registry client sends (Cloud Build's push, Cloud Run's pull):
+#: its value is `FaultInjector.internal_key`, and calls carrying it skip the fault knob, as a
+#: caller's fault knob has no say over Google's internal traffic.
+INTERNAL_HEADER = "X-Cf2run-Localcloud-Internal"
+
+
 class FaultInjector:
-    """Decides, call by call, whether an injected fault fires. Thread-safe."""
+    """Decides, call by call, whether an injected fault fires. Thread-safe.
+
+    `calls` counts every call asked about, by ``Service.Method`` (the local cloud's own internal
+    traffic is never asked about): what a caller made the local cloud do."""
 
     def __init__(self, settings: LocalCloudSettings) -> None:
         self._settings = settings
         self._lock = threading.Lock()
         self._fired: dict[int, int] = {}
+        self.calls: Counter[str] = Counter()
+        self.injected: Counter[str] = Counter()
+        self.internal_key = secrets.token_hex(16)
 
     def check(self, method: str) -> Fault | None:
         """The fault to answer for this call of `method` (``Service.Method``), if any."""
         with self._lock:
+            self.calls[method] += 1
             for fault in self._settings.faults:
                 if fault.method not in ("*", method):
                     continue
@@ -152,6 +168,7 @@ class FaultInjector:
                 if fault.probability is not None and random.random() >= fault.probability:
                     continue
                 self._fired[id(fault)] = fired + 1
+                self.injected[method] += 1
                 return fault
         return None
 

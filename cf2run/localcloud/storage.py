@@ -28,6 +28,7 @@ from cf2run.localcloud import children
 from cf2run.localcloud.accounts import bearer_error, bearer_token
 from cf2run.localcloud.metadata import CLOUD_PLATFORM_SCOPE, LoopbackService, TokenAuthority
 from cf2run.localcloud.proxy import ConnectionPool, ProxyHandler
+from cf2run.localcloud.settings import FAULT_HTTP_STATUS, FaultInjector
 
 START_DEADLINE_S = 30.0
 SIGNED_URL_LIFETIME_S = 1800
@@ -215,9 +216,10 @@ class StorageFront(LoopbackService):
     """The JSON API as callers reach it: a request without a valid OAuth access token of a storage
     scope is refused as Google refuses it; the rest goes to fake-gcs-server at `backend`."""
 
-    def __init__(self, tokens: TokenAuthority, port: int = 0) -> None:
+    def __init__(self, tokens: TokenAuthority, port: int = 0, faults: FaultInjector | None = None) -> None:
         super().__init__(port)
         self.tokens = tokens
+        self.faults = faults
         self.backend = ""  # fake-gcs-server's host:port, set once it runs
         self.pool = ConnectionPool()
 
@@ -257,6 +259,16 @@ class _StorageHandler(ProxyHandler):
         if refused is not None:
             body = refusal(refused[0], token is not None, self.command, self.path.split("?", 1)[0])
             self.fail(refused[0], json.dumps(body), "application/json; charset=UTF-8")
+            return
+        fault = self.front.faults.check(f"Storage.{self.command}") if self.front.faults else None
+        if fault is not None:
+            status = FAULT_HTTP_STATUS.get(fault.code, 500)
+            # The JSON API's error body (https://cloud.google.com/storage/docs/json_api/v1/status-codes:
+            # 503 "backendError", 429 "rateLimitExceeded", 500 "internalError").
+            reason = {503: "backendError", 429: "rateLimitExceeded"}.get(status, "internalError")
+            self.fail(status, json.dumps({"error": {"code": status, "message": fault.message, "errors": [
+                {"message": fault.message, "domain": "global", "reason": reason}]}}),
+                "application/json; charset=UTF-8")
             return
         self.forward(self.front.backend, 300.0, self.forwarded_headers())
 
