@@ -173,7 +173,11 @@ class Cloud:
         the local cloud's own key locally; impersonating the target's impersonate_service_account."""
         if target.kind == "local":  # a stopped or killed local cloud: LocalCloudNotRunning, at once
             directory = Path(target.localcloud_dir or default_localcloud_dir())
-            return _cached_local(Endpoints.running(directory), target.project, target.credentials_block,
+            endpoints = Endpoints.running(directory)
+            # The route is process-wide and the clients are cached: the local cloud asked for last
+            # gets the endpoint-less storage clients (one per process in use; tests have several).
+            route_storage_clients(endpoints.storage)
+            return _cached_local(endpoints, target.project, target.credentials_block,
                                  target.impersonate_service_account, directory)
         return _cached_gcp(target.project, target.credentials_block, target.impersonate_service_account)
 
