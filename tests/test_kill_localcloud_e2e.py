@@ -41,6 +41,7 @@ class Serve:
 
     def __init__(self, state: Path, **knobs: str) -> None:
         self.state = state
+        started = time.time()
         self.process = subprocess.Popen(
             [str(CF2RUN), "localcloud", "serve", "--state-dir", str(state)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -50,7 +51,10 @@ class Serve:
             assert self.process.poll() is None, self.process.stderr.read().decode()  # type: ignore[union-attr]
             try:
                 Endpoints.running(state)
-                return
+                # written by this instance once every service listens (a killed one left its file)
+                if (state / "endpoints.json").stat().st_mtime >= started:
+                    return
+                raise LocalCloudNotRunning("still starting")
             except (LocalCloudNotRunning, Exception):
                 assert time.monotonic() < deadline, "the local cloud did not start"
                 time.sleep(0.2)
