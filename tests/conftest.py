@@ -5,9 +5,13 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 
 # Everything the session creates lives under one temporary directory: local clouds' state,
 # tmp_path, and PREFECT_HOME (results = the cross-run cache, and the database), so tests neither
@@ -91,3 +95,19 @@ def no_leaked_processes() -> Iterator[None]:
     while (leaked := _session_processes()) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not leaked, f"processes outlived the test session (local cloud, servers): {sorted(leaked)}"
+
+
+@pytest.fixture
+def client() -> Iterator[SyncPrefectClient]:
+    """A Prefect client of the test's server (with `prefect_api`)."""
+    with get_client(sync_client=True) as client:
+        yield client
+
+
+@pytest.fixture
+def limit(client: SyncPrefectClient) -> Iterator[str]:
+    """A concurrency limit of one slot, only this test's."""
+    name = f"cf2run-test-{uuid.uuid4().hex[:12]}"
+    client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+    yield name
+    client.delete_global_concurrency_limit_by_name(name)

@@ -7,10 +7,9 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 
 import pytest
-from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
 from prefect.context import SyncClientContext
 
@@ -19,21 +18,6 @@ from cf2run.slots import LocalQueue, Slot, settle, spend
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
 LEASE_S = 60.0  # the shortest lease the server accepts
-
-
-@pytest.fixture
-def client() -> Iterator[SyncPrefectClient]:
-    with get_client(sync_client=True) as client:
-        yield client
-
-
-@pytest.fixture
-def limit(client: SyncPrefectClient) -> Iterator[str]:
-    """A concurrency limit of one slot, only this test's."""
-    name = f"cf2run-test-{uuid.uuid4().hex[:12]}"
-    client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
-    yield name
-    client.delete_global_concurrency_limit_by_name(name)
 
 
 def active(client: SyncPrefectClient, name: str) -> int:

@@ -14,14 +14,12 @@ import subprocess
 import sys
 import textwrap
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from uuid import UUID
 
 import pytest
-from prefect.client.orchestration import SyncPrefectClient, get_client
-from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.client.orchestration import SyncPrefectClient
 from prefect.settings import PREFECT_API_URL
 
 from cf2run.quotas import ensure_limits
@@ -48,20 +46,6 @@ HOLDER = textwrap.dedent("""
 
     fleet()
 """)
-
-
-@pytest.fixture
-def client() -> Iterator[SyncPrefectClient]:
-    with get_client(sync_client=True) as client:
-        yield client
-
-
-@pytest.fixture
-def limit(client: SyncPrefectClient) -> Iterator[str]:
-    name = f"cf2run-test-{uuid.uuid4().hex[:12]}"
-    client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
-    yield name
-    client.delete_global_concurrency_limit_by_name(name)
 
 
 @pytest.fixture
