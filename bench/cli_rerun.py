@@ -74,12 +74,11 @@ def main() -> None:
         migrate = [str(BIN / "cf2run"), "migrate", str(manifest)]
         temporary, background, imports = (Samples("temporary server"), Samples("background server"),
                                           Samples("imports"))
-        with prefect_api(root, "sqlite", {}) as url:
+        groups: dict[str, int] = {}
+        with prefect_api(root, "sqlite", groups) as url:
             port = url.rsplit(":", 1)[1].split("/")[0]
             env = clean | {"PREFECT_HOME": str(home), "PREFECT_SERVER_API_PORT": port}
-            server_pid = subprocess.run(["pgrep", "-f", f"--port {port}"], capture_output=True,
-                                        text=True).stdout.split()[0]
-            (home / PID_FILE).write_text(server_pid)
+            (home / PID_FILE).write_text(str(groups["Prefect server"]))
             timed(migrate, env, Samples("first migration"))  # builds and deploys once
             for _ in range(args.reps):
                 output = timed(migrate, env, background)
