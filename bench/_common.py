@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
-    from cf2run.cloud import Backoff
+    from cf2run.gcp.cloud import Backoff
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -148,7 +148,7 @@ def write_section(name: str, body: str, path: Path = README) -> None:
 
 
 def backoff_sees(duration: float, backoff: Backoff, expected_s: float | None = None) -> float:
-    """When a poller that asks on `backoff.schedule(expected_s)` (cf2run.cloud) first sees
+    """When a poller that asks on `backoff.schedule(expected_s)` (cf2run.gcp.cloud) first sees
     something that takes `duration` seconds to finish."""
     return next(at for at in backoff.schedule(expected_s) if at >= duration)
 

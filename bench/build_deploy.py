@@ -55,13 +55,13 @@ from _common import (
 )
 from google.cloud.devtools import cloudbuild_v1
 
-from cf2run.cloud import LOCAL_POLLING, Cloud
-from cf2run.localcloud.runtime import RevisionSpec, _launch
+from cf2run.fleet.quotas import cloud_run_write
+from cf2run.gcp.cloud import LOCAL_POLLING, Cloud
+from cf2run.gcp.oci import ImageRef
+from cf2run.localcloud.cloudrun.runtime import RevisionSpec, _launch
 from cf2run.localcloud.server import LocalCloud
-from cf2run.oci import ImageRef
-from cf2run.quotas import cloud_run_write
+from cf2run.manifest.spec import FunctionSpec, Target
 from cf2run.results import BuiltImage, SourceArchive
-from cf2run.spec import FunctionSpec, Target
 from tasks.build import TERMINAL, image_for, pack_build_request
 from tasks.deploy import deploy
 from tasks.package import archive_object_name, make_tarball, upload_archive

@@ -8,7 +8,7 @@ build; no requirements, so all share one dependency layer, made once by an untim
 against an in-process `LocalCloud` whose builds stay WORKING at least B seconds, their real
 work included, as a remote build of that length (`build_latency_s`), and of which at most Q run
 at once (`max_concurrent_builds`, and the Prefect limit `cf2run-cloud-build` set to Q with
-`cf2run.quotas.ensure_limits`). Prefect API: a temporary `prefect server start` on a throw-away
+`cf2run.fleet.quotas.ensure_limits`). Prefect API: a temporary `prefect server start` on a throw-away
 Postgres cluster (default; what the README recommends for fleets) or on SQLite (`--prefect-db
 sqlite`), PREFECT_HOME in a temporary directory, so every cache starts empty. Each measured
 flow runs in a fresh Python process (`--child`, as a worker's flow-run process would); its wall
@@ -111,8 +111,8 @@ def write_fleet(directory: Path, names: list[str], localcloud_dir: Path) -> Path
 
 def child(args: argparse.Namespace) -> int:
     """Run one flow (imported first, then timed) and write `Run`'s own fields to --out as JSON."""
-    from cf2run.fleet import load
-    from cf2run.fleet_report import FleetReport
+    from cf2run.fleet.fanout import load
+    from cf2run.fleet.report import FleetReport
     from cf2run.report import migrate_each
     from flows.migrate_fleet import migrate_fleet
 
@@ -394,10 +394,10 @@ def prefect_api(root: Path, db: str, groups: dict[str, int]) -> Iterator[str]:
 
 
 def measure(args: argparse.Namespace, root: Path, groups: dict[str, int], machine_line: str) -> Figures:
-    from cf2run.cloud import LOCAL_POLLING, Cloud
+    from cf2run.fleet.quotas import BUILD_LIMIT, RUN_WRITES_LIMIT, QuotaLimits, ensure_limits
+    from cf2run.gcp.cloud import LOCAL_POLLING, Cloud
     from cf2run.localcloud.server import LocalCloud
     from cf2run.localcloud.settings import LocalCloudSettings
-    from cf2run.quotas import BUILD_LIMIT, RUN_WRITES_LIMIT, QuotaLimits, ensure_limits
 
     n = args.n
     max_parallel = args.max_parallel or min(n, MAX_PARALLEL)

@@ -115,10 +115,10 @@ class Figures1000:
 
 def measure(args: argparse.Namespace, root: Path, groups: dict[str, int], machine_line: str,
             others_before: str, memory_before_kib: int) -> Figures1000:
-    from cf2run.cloud import Cloud
+    from cf2run.fleet.quotas import BUILD_LIMIT, RUN_WRITES_LIMIT, QuotaLimits, ensure_limits
+    from cf2run.gcp.cloud import Cloud
     from cf2run.localcloud.server import LocalCloud
     from cf2run.localcloud.settings import LocalCloudSettings
-    from cf2run.quotas import BUILD_LIMIT, RUN_WRITES_LIMIT, QuotaLimits, ensure_limits
 
     ensure_limits(QuotaLimits(builds=args.q, run_writes_per_minute=100_000),
                   replace=[BUILD_LIMIT, RUN_WRITES_LIMIT])

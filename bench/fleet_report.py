@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from _common import backoff_sees, command_line, markdown_table, mib, seconds
 
 if TYPE_CHECKING:
-    from cf2run.cloud import Backoff
+    from cf2run.gcp.cloud import Backoff
 
 #: Issue 4, "Speed": (a)/ideal at most this; (b)/(a) at least this; a cached rerun under this per function.
 GOAL_IDEAL, GOAL_SPEEDUP, GOAL_RERUN_S = 1.2, 8.0, 0.2

@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
-    from cf2run.cloud import Cloud
+    from cf2run.gcp.cloud import Cloud
     from cf2run.localcloud.server import LocalCloud
     from cf2run.localcloud.settings import LocalCloudSettings
 

@@ -32,14 +32,14 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cf2run.cloud import default_localcloud_dir
 from cf2run.errors import SpecError
-from cf2run.localcloud.accounts import DEFAULT_ACCOUNT as LOCAL_ACCOUNT
+from cf2run.gcp.cloud import default_localcloud_dir
+from cf2run.localcloud.iam.accounts import DEFAULT_ACCOUNT as LOCAL_ACCOUNT
 from cf2run.prefect_server import TIP, configured_api_url, use_background_server
 
 if TYPE_CHECKING:
-    from cf2run.cloud import Cloud
-    from cf2run.spec import Manifest, Target
+    from cf2run.gcp.cloud import Cloud
+    from cf2run.manifest.spec import Manifest, Target
 
 app = typer.Typer(help="Migrate Google Cloud Functions to Cloud Run with buildpacks, on Prefect.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -132,7 +132,7 @@ def demo(
 def _run_fleet(manifest: Manifest, max_parallel: int, title: str, dry_run: bool = False,
                fanout: str = "local") -> list[str]:
     """The migrate-fleet flow over `manifest`, its table printed; returns the functions that failed."""
-    from cf2run.fleet_report import FleetReport
+    from cf2run.fleet.report import FleetReport
     from cf2run.report import print_results
     from flows.migrate_fleet import migrate_fleet
 
@@ -211,8 +211,8 @@ def setup(
     """Create the work pool and the quota limits (Prefect global concurrency limits) if missing; with
     --results-bucket, the workers' shared result storage on Cloud Storage."""
     from cf2run.errors import Cf2RunError
+    from cf2run.fleet.quotas import BUILD_LIMIT, RUN_WRITES_LIMIT, QuotaLimits
     from cf2run.fleet_setup import setup as do_setup
-    from cf2run.quotas import BUILD_LIMIT, RUN_WRITES_LIMIT, QuotaLimits
 
     chosen = None
     if results_bucket is None and (manifest or target or project or region):
@@ -260,7 +260,7 @@ def _print_rows(rows: list[dict[str, object]], title: str) -> None:
 
 
 def _load(manifest: Path, only: list[str] | None, target: str | None) -> Manifest:
-    from cf2run.spec import load_manifest
+    from cf2run.manifest.spec import load_manifest
 
     if target not in (None, "local", "gcp"):
         raise typer.BadParameter("must be 'local' or 'gcp'", param_hint="--target")
@@ -368,8 +368,8 @@ def rollback(
 def _connect(target: Target) -> Cloud:
     """The target's clients, once its credentials are known to do the whole job, the smoke test's ID
     token included (no network call); otherwise one line naming the fix, exit 2, nothing changed."""
-    from cf2run.cloud import Cloud
     from cf2run.errors import Cf2RunError
+    from cf2run.gcp.cloud import Cloud
 
     try:
         cloud = Cloud.for_target(target)
@@ -385,7 +385,7 @@ def _target(manifest: Path | None, kind: str | None, project: str | None, region
     """The manifest's target (or the default one), with the given options over it."""
     from pydantic import ValidationError
 
-    from cf2run.spec import Target
+    from cf2run.manifest.spec import Target
 
     base = _load(manifest, None, kind).target if manifest else Target()
     given = {"kind": kind, "project": project, "region": region}
@@ -453,7 +453,7 @@ def localcloud_token(audience: Annotated[str, typer.Argument(help="The service U
     Bearer TOKEN"); exit 2 when none runs there (a token of a new key would be refused everywhere)."""
     from cf2run.errors import Cf2RunError
     from cf2run.localcloud.endpoints import Endpoints
-    from cf2run.localcloud.metadata import TokenAuthority
+    from cf2run.localcloud.iam.metadata import TokenAuthority
 
     directory = state_dir or default_localcloud_dir()
     try:
@@ -478,7 +478,7 @@ def localcloud_credentials(
     import json
 
     from cf2run.errors import Cf2RunError
-    from cf2run.localcloud.accounts import KINDS, Accounts, write_private
+    from cf2run.localcloud.iam.accounts import KINDS, Accounts, write_private
 
     if kind not in KINDS:
         raise typer.BadParameter(f"must be one of {', '.join(KINDS)}", param_hint="KIND")
@@ -501,7 +501,7 @@ def localcloud_add_secret(
 ) -> None:
     """Add a version to a local secret (like `gcloud secrets versions add SECRET --data-file FILE`);
     a revision reads it at its next start."""
-    from cf2run.localcloud.secretmanager import InvalidSecretName, SecretStore
+    from cf2run.localcloud.secretmanager.store import InvalidSecretName, SecretStore
 
     try:
         data = typer.get_binary_stream("stdin").read() if data_file == "-" else Path(data_file).read_bytes()
@@ -525,7 +525,11 @@ def localcloud_create_repository(
 ) -> None:
     """Create a Docker repository in the local Artifact Registry (like `gcloud artifacts repositories
     create REPO --repository-format=docker --location=L`); images go only into repositories that exist."""
-    from cf2run.localcloud.repositories import DockerRepositories, InvalidRepository, RepositoryExists
+    from cf2run.localcloud.registry.repositories import (
+        DockerRepositories,
+        InvalidRepository,
+        RepositoryExists,
+    )
 
     repositories = DockerRepositories.of(state_dir or default_localcloud_dir())
     try:

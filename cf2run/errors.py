@@ -43,7 +43,7 @@ class BuildFailed(Cf2RunError):
 
 class BuildInfrastructureFailed(Cf2RunError):
     """Cloud Build failed the build for a cause of its own (INTERNAL_ERROR, EXPIRED, a logging
-    failure, a first timeout), not the source's: retried (cf2run/build_outcome.py)."""
+    failure, a first timeout), not the source's: retried (cf2run/gcp/build_outcome.py)."""
 
     transient = True
 
@@ -112,7 +112,7 @@ class RegistryError(Cf2RunError):
 
 class EndpointUnreachable(TransientError):
     """Nothing answers at an endpoint (connection refused, a host name that does not resolve, no
-    route to it): said at once, naming the service and its address (cf2run/reachability.py), not
+    route to it): said at once, naming the service and its address (cf2run/gcp/reachability.py), not
     retried inside the call; the step's own retries (tasks/policy.py) are its one retry budget."""
 
 

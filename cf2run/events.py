@@ -30,9 +30,9 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from cf2run import mapping
-from cf2run.spec import FunctionSpec, SmokeRequest, Target
-from cf2run.spec_parts import Trigger
+from cf2run.manifest import mapping
+from cf2run.manifest.spec import FunctionSpec, SmokeRequest, Target
+from cf2run.manifest.spec_parts import Trigger
 
 PUBSUB_SOURCE = "//pubsub.googleapis.com"
 STORAGE_SOURCE = "//storage.googleapis.com"

@@ -20,7 +20,7 @@ from prefect.exceptions import ObjectAlreadyExists
 from prefect.workers.process import ProcessWorker
 
 from cf2run.errors import Cf2RunError
-from cf2run.quotas import QuotaLimits, ensure_limits
+from cf2run.fleet.quotas import QuotaLimits, ensure_limits
 
 WORK_POOL = "cf2run"
 CHECKOUT_ENV = "CF2RUN_CHECKOUT"

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cf2run.spec_parts import ParityCheck
+from cf2run.manifest.spec_parts import ParityCheck
 
 #: Characters of a value shown in a difference.
 SHOWN_CHARS = 60

@@ -1,10 +1,10 @@
 """`cf2run plan MANIFEST`: what a migration would change, before it changes anything.
 
 Per function: whether the build is cached (HEAD of the image tag the build would push, via
-cf2run.fleet_plan), the Cloud Run service the deploy step would send (`service_for`) and,
+cf2run.fleet.plan), the Cloud Run service the deploy step would send (`service_for`) and,
 where the service exists, a readable diff against it: image, env, limits, scaling, IAM and the
 other gen1 settings; and a problem line for each secret the manifest names that Secret Manager
-lacks or has disabled (cf2run.secret_check: the plan is then not ok). Read-only calls only.
+lacks or has disabled (cf2run.gcp.secret_check: the plan is then not ok). Read-only calls only.
 Secret values are never printed (cf2run never has them: the manifest and the service only name
 secrets).
 
@@ -21,17 +21,18 @@ from google.api_core import exceptions as api_exceptions
 from google.cloud import run_v2
 from pydantic import BaseModel, ConfigDict, Field
 
-from cf2run import mapping, secret_check
-from cf2run.cloud import Cloud
 from cf2run.errors import Cf2RunError, SourceError, SpecError
 from cf2run.events import eventarc_command
-from cf2run.fleet_plan import plan as build_plan
-from cf2run.oci import ImageRef
+from cf2run.fleet.plan import plan as build_plan
+from cf2run.gcp import secret_check
+from cf2run.gcp.cloud import Cloud
+from cf2run.gcp.oci import ImageRef
+from cf2run.gcp.traffic import serving
+from cf2run.manifest import mapping
+from cf2run.manifest.principals import ALL_USERS
+from cf2run.manifest.spec import FunctionSpec, Target
 from cf2run.parity import planned
-from cf2run.principals import ALL_USERS
 from cf2run.results import VerifiedImage
-from cf2run.spec import FunctionSpec, Target
-from cf2run.traffic import serving
 from tasks.deploy import get_service, service_for, service_path
 from tasks.invokers import (
     INVOKER_ROLE,

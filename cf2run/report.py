@@ -7,9 +7,9 @@ from collections.abc import Iterable
 from rich.console import Console
 from rich.table import Table
 
-from cf2run.quotas import ensure_limits
+from cf2run.fleet.quotas import ensure_limits
+from cf2run.manifest.spec import FunctionSpec, Target
 from cf2run.results import MigrationResult
-from cf2run.spec import FunctionSpec, Target
 
 
 def migrate_each(functions: Iterable[FunctionSpec], target: Target) -> list[MigrationResult]:

@@ -26,7 +26,7 @@ cached results there. On one machine `$PREFECT_HOME/storage` serves; across mach
    here, not in the middle of a fleet.
 
 On the local target, prefect-gcp builds its Cloud Storage client with no endpoint; a process that
-uses the local cloud sends such clients there (`cf2run.cloud.route_storage_clients`), and
+uses the local cloud sends such clients there (`cf2run.gcp.cloud.route_storage_clients`), and
 `reach_results` makes a fleet that only reads results do so.
 """
 
@@ -40,9 +40,9 @@ from uuid import UUID
 from google.api_core import exceptions as api_exceptions
 from prefect.client.orchestration import get_client
 
-from cf2run.cloud import Cloud
 from cf2run.errors import Cf2RunError, SpecError
-from cf2run.spec import BUCKET_RE, Target
+from cf2run.gcp.cloud import Cloud
+from cf2run.manifest.spec import BUCKET_RE, Target
 
 if TYPE_CHECKING:  # prefect-gcp is imported by setup only, not by every flow that reads results
     from prefect_gcp import GcpCredentials

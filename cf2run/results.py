@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cf2run.oci import ImageRef
+from cf2run.gcp.oci import ImageRef
 
 
 class _Result(BaseModel):
@@ -28,7 +28,8 @@ class SourceArchive(_Result):
     files: int = Field(description="Number of files (and symlinks) in the archive.")
     bytes: int = Field(description="Size of the archive in bytes.")
     warnings: list[str] = Field(
-        default_factory=list, description="Files in it that look like secrets (cf2run/source_secrets.py).")
+        default_factory=list,
+        description="Files in it that look like secrets (cf2run/manifest/source_secrets.py).")
 
 
 class BuiltImage(_Result):

@@ -1,6 +1,6 @@
 """`cf2run rollback SERVICE`: all traffic back to the revision that served before.
 
-"Before" is the promotion history cf2run keeps on the service (cf2run/traffic.py): the last
+"Before" is the promotion history cf2run keeps on the service (cf2run/gcp/traffic.py): the last
 revision promoted before the one serving now, so a candidate that failed its smoke test (Ready
 for Cloud Run, but never promoted) is never chosen. A service cf2run has no history for falls
 back to the newest Ready revision created before the serving one. `to` names a revision
@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from google.cloud import run_v2
 
-from cf2run.cloud import Cloud
 from cf2run.errors import DeployFailed
+from cf2run.gcp.cloud import Cloud
+from cf2run.gcp.traffic import all_to, candidate_tag, history, rolled_back, same_traffic, serving, short_name
+from cf2run.manifest.spec import Target
 from cf2run.results import TrafficChange
-from cf2run.spec import Target
-from cf2run.traffic import all_to, candidate_tag, history, rolled_back, same_traffic, serving, short_name
 from tasks.deploy import Log, api_step, log, service_path
 from tasks.promote import move_traffic
 

@@ -3,7 +3,7 @@
     manifest -> [function: package, build, verify, deploy, smoke, promote] x N -> report
 
 At most `max_parallel` functions at a time, and never more builds or Cloud Run writes than
-the global concurrency limits standing for the quotas allow (cf2run/quotas.py), however
+the global concurrency limits standing for the quotas allow (cf2run/fleet/quotas.py), however
 many fleets and workers share them. Each function's steps are task runs named by step and
 function (`build[orders-api]`). One function's failure never stops the others: it is a row
 of the report that says which step failed and why. A progress artifact moves as functions
@@ -28,15 +28,15 @@ from prefect.runtime import deployment, flow_run
 from prefect.states import Completed, Failed, State
 from pydantic import Field
 
-from cf2run.fleet import Fanout, load, migrate_here, migrate_on_a_worker
-from cf2run.fleet_plan import FunctionPlan, plan_function
-from cf2run.fleet_progress import FleetProgress
-from cf2run.fleet_report import FleetReport
-from cf2run.quotas import ensure_limits
+from cf2run.fleet.fanout import Fanout, load, migrate_here, migrate_on_a_worker
+from cf2run.fleet.plan import FunctionPlan, plan_function
+from cf2run.fleet.progress import FleetProgress
+from cf2run.fleet.quotas import ensure_limits
+from cf2run.fleet.report import FleetReport
+from cf2run.fleet.slots import settle
+from cf2run.manifest.spec import FunctionSpec, Manifest, Target, TargetChanges
 from cf2run.result_storage import reach_results
 from cf2run.results import MigrationResult
-from cf2run.slots import settle
-from cf2run.spec import FunctionSpec, Manifest, Target, TargetChanges
 from flows.migrate_function import run_step
 
 #: Artifact keys of a run not started from a deployment (the CLI).

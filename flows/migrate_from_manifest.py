@@ -14,9 +14,9 @@ from prefect import flow
 from prefect.states import State
 from pydantic import Field
 
-from cf2run.fleet import load
+from cf2run.fleet.fanout import load
+from cf2run.manifest.spec import MAX_NAME_WITH_TAG, SERVICE_NAME_RE, TargetChanges
 from cf2run.results import MigrationResult
-from cf2run.spec import MAX_NAME_WITH_TAG, SERVICE_NAME_RE, TargetChanges
 from flows.migrate_function import migrate_and_publish
 
 #: A function's name on a form: the UI checks its shape before it creates the run (forms.py).

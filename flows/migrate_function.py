@@ -35,15 +35,16 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.states import Completed, Failed, State
 from prefect.utilities.annotations import opaque
 
-from cf2run import events, secret_check
-from cf2run.api_hints import explain
-from cf2run.cloud import Cloud
+from cf2run import events
 from cf2run.errors import CandidateRejected, ImageVerificationError, ParityDiffers, SmokeTestFailed
+from cf2run.fleet.quotas import build_lane, build_turn
+from cf2run.fleet.slots import settle
 from cf2run.forms import override
-from cf2run.quotas import build_lane, build_turn
+from cf2run.gcp import secret_check
+from cf2run.gcp.api_hints import explain
+from cf2run.gcp.cloud import Cloud
+from cf2run.manifest.spec import FunctionSpec, Target, TargetChanges
 from cf2run.results import Deployment, MigrationResult, ParityResult, SmokeResult
-from cf2run.slots import settle
-from cf2run.spec import FunctionSpec, Target, TargetChanges
 from tasks.build import submit_pack_build
 from tasks.deploy import deploy_service, still_in_effect
 from tasks.package import package_source

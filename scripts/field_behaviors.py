@@ -1,4 +1,4 @@
-"""Write cf2run/localcloud/field_behavior_table.py from Google's own .proto files.
+"""Write cf2run/localcloud/frontend/field_behavior_table.py from Google's own .proto files.
 
 The proto-plus classes of google-cloud-run and google-cloud-build build their descriptors from
 Python, without the ``(google.api.field_behavior)`` options of the .proto files they come
@@ -24,10 +24,11 @@ from pathlib import Path
 from google.api import annotations_pb2, field_behavior_pb2, http_pb2
 from google.protobuf import descriptor_pb2
 
-#: The APIs the local cloud serves through grpcapi.py, as googleapis paths.
+#: The APIs the local cloud serves through frontend/grpcapi.py, as googleapis paths.
 PROTO_DIRS = ("google/cloud/run/v2", "google/devtools/cloudbuild/v1", "google/cloud/functions/v1",
               "google/cloud/functions/v2")
-TABLE = Path(__file__).resolve().parent.parent / "cf2run" / "localcloud" / "field_behavior_table.py"
+TABLE = (Path(__file__).resolve().parent.parent / "cf2run" / "localcloud" / "frontend"
+         / "field_behavior_table.py")
 #: The behaviours the local services act on (OPTIONAL, IDENTIFIER, ... change nothing there).
 KEPT = frozenset({"REQUIRED", "OUTPUT_ONLY", "IMMUTABLE"})
 Behaviors = dict[str, dict[str, tuple[str, ...]]]

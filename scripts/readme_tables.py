@@ -14,8 +14,8 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from cf2run.localcloud.settings import Fault, LocalCloudSettings
-from cf2run.spec import FunctionSpec, SmokeRequest, Target
-from cf2run.spec_parts import ParityCheck, SecretFile, SecretRef, SecretVolume, Trigger
+from cf2run.manifest.spec import FunctionSpec, SmokeRequest, Target
+from cf2run.manifest.spec_parts import ParityCheck, SecretFile, SecretRef, SecretVolume, Trigger
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 SECTIONS: dict[str, list[tuple[str, type[BaseModel]]]] = {

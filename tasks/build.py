@@ -26,15 +26,15 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy
 from prefect.context import TaskRunContext
 
-from cf2run.build_log import explain as explain_log
-from cf2run.build_log import read_tail
-from cf2run.build_outcome import build_error
-from cf2run.cloud import Cloud
 from cf2run.errors import BuildFailed
-from cf2run.oci import ImageRef
-from cf2run.quotas import build_slot
+from cf2run.fleet.quotas import build_slot
+from cf2run.gcp.build_log import explain as explain_log
+from cf2run.gcp.build_log import read_tail
+from cf2run.gcp.build_outcome import build_error
+from cf2run.gcp.cloud import Cloud
+from cf2run.gcp.oci import ImageRef
+from cf2run.manifest.spec import FunctionSpec, Target
 from cf2run.results import BuiltImage, SourceArchive
-from cf2run.spec import FunctionSpec, Target
 from tasks.policy import RETRIES
 
 # ==============================================================================================

@@ -40,14 +40,15 @@ from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy
 from prefect.context import TaskRunContext
 from prefect.utilities.hashing import hash_objects
 
-from cf2run import api_hints, mapping
-from cf2run.cloud import Cloud
 from cf2run.errors import DeployFailed, TransientError
-from cf2run.oci import ImageRef
-from cf2run.quotas import cloud_run_write
+from cf2run.fleet.quotas import cloud_run_write
+from cf2run.gcp import api_hints
+from cf2run.gcp.cloud import Cloud
+from cf2run.gcp.oci import ImageRef
+from cf2run.gcp.traffic import REVISION, candidate_tag, serving, short_name, tag_url, with_candidate
+from cf2run.manifest import mapping
+from cf2run.manifest.spec import FunctionSpec, Target
 from cf2run.results import Deployment, VerifiedImage
-from cf2run.spec import FunctionSpec, Target
-from cf2run.traffic import REVISION, candidate_tag, serving, short_name, tag_url, with_candidate
 from tasks.policy import RETRIES, is_transient
 
 Log: TypeAlias = "logging.Logger | logging.LoggerAdapter[Any]"
@@ -62,14 +63,14 @@ SOURCE_LABEL_LEN = 12
 CLIENT = "cf2run"
 #: How many times a read-modify-write is tried again when its etag went stale meanwhile.
 ETAG_ATTEMPTS = 3
-#: How long to wait for Cloud Run to bring a revision to Ready (how often to ask: cf2run/cloud.py).
+#: How long to wait for Cloud Run to bring a revision to Ready (how often to ask: cf2run/gcp/cloud.py).
 DEPLOY_TIMEOUT_S = 900.0
 
 SUCCEEDED = run_v2.Condition.State.CONDITION_SUCCEEDED
 FAILED = run_v2.Condition.State.CONDITION_FAILED
 LATEST = run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST
 
-log = logging.getLogger(__name__)
+log: logging.Logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
@@ -96,7 +97,7 @@ def service_labels(spec: FunctionSpec, source_sha256: str | None = None) -> dict
 def service_for(spec: FunctionSpec, target: Target, image: VerifiedImage,
                 source_sha256: str | None = None) -> run_v2.Service:
     """The Service to create or update (without `name`: Create takes it as `service_id`); the gen1
-    settings are mapped by cf2run.mapping.
+    settings are mapped by cf2run.manifest.mapping.
 
     Cloud Run needs `cpu_idle` set explicitly once resources are given; True keeps a
     function's billing model (CPU only during requests), and below 1 vCPU it is required.

@@ -22,10 +22,10 @@ from google.api_core import exceptions as api_exceptions
 from google.cloud import run_v2
 from google.iam.v1 import policy_pb2
 
-from cf2run.principals import ALL_USERS
-from cf2run.quotas import cloud_run_write
-from cf2run.spec import FunctionSpec
-from cf2run.traffic import short_name
+from cf2run.fleet.quotas import cloud_run_write
+from cf2run.gcp.traffic import short_name
+from cf2run.manifest.principals import ALL_USERS
+from cf2run.manifest.spec import FunctionSpec
 from tasks.deploy import Log, again_on_aborted, api_step
 
 INVOKER_ROLE = "roles/run.invoker"

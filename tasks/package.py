@@ -12,7 +12,7 @@ bench/package.py) into a temporary file (in memory below 8 MiB), and uploaded fr
 written only if absent (`if_generation_match=0`).
 
 Sizes are checked as 1st gen checked them, before anything is read: at most 500 MB of source
-and at most 100 MB compressed (cf2run/source_limits.py).
+and at most 100 MB compressed (cf2run/manifest/source_limits.py).
 """
 
 from __future__ import annotations
@@ -39,13 +39,13 @@ from isal import isal_zlib
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from cf2run import source_secrets
-from cf2run.cloud import Cloud
 from cf2run.errors import Cf2RunError, SourceError
+from cf2run.gcp.cloud import Cloud
+from cf2run.manifest import source_secrets
+from cf2run.manifest.source_limits import check_compressed, check_uncompressed
+from cf2run.manifest.source_secrets import SecretFile
+from cf2run.manifest.spec import FunctionSpec, Target
 from cf2run.results import SourceArchive
-from cf2run.source_limits import check_compressed, check_uncompressed
-from cf2run.source_secrets import SecretFile
-from cf2run.spec import FunctionSpec, Target
 from tasks.deploy import Log
 from tasks.policy import RETRIES
 

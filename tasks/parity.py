@@ -24,11 +24,11 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from cf2run import events
-from cf2run.cloud import Cloud
 from cf2run.errors import ParityDiffers
+from cf2run.gcp.cloud import Cloud
+from cf2run.manifest.spec import FunctionSpec, SmokeRequest, Target
 from cf2run.parity import Answer, acceptance_difference, differences
 from cf2run.results import Deployment, ParityResult, RequestParity
-from cf2run.spec import FunctionSpec, SmokeRequest, Target
 from tasks.deploy import Log, log
 from tasks.policy import RETRIES, is_transient
 from tasks.smoke import request_for, request_headers, request_url, send_until_warm

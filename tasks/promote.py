@@ -8,7 +8,7 @@
   ``invokers``; tasks/invokers.py): nobody outside could reach a revision before it passed its
   smoke test. The step is done only when they have it (a failure fails it: retried when
   transient) and, for a public service, the URL answers a caller without a token. The promoted
-  revision is added to the history that `cf2run rollback` reads (cf2run/traffic.py).
+  revision is added to the history that `cf2run rollback` reads (cf2run/gcp/traffic.py).
 - `discard`: the candidate failed its smoke test; its tag goes, and the revisions that served
   keep all the traffic (they never lost any).
 
@@ -25,14 +25,14 @@ from google.cloud import run_v2
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from cf2run import mapping
-from cf2run.cloud import Cloud
 from cf2run.errors import DeployFailed
-from cf2run.principals import ALL_USERS
-from cf2run.quotas import cloud_run_write
+from cf2run.fleet.quotas import cloud_run_write
+from cf2run.gcp.cloud import Cloud
+from cf2run.gcp.traffic import all_to, candidate_tag, same_traffic, serving, with_promoted, without_tag
+from cf2run.manifest import mapping
+from cf2run.manifest.principals import ALL_USERS
+from cf2run.manifest.spec import FunctionSpec, Target
 from cf2run.results import Deployment, TrafficChange
-from cf2run.spec import FunctionSpec, Target
-from cf2run.traffic import all_to, candidate_tag, same_traffic, serving, with_promoted, without_tag
 from tasks.deploy import SUCCEEDED, Log, again_on_aborted, api_step, get_service, log, wait_for
 from tasks.invokers import ensure_invokers, wanted_invokers
 from tasks.policy import RETRIES

@@ -2,7 +2,7 @@
 
 Run by the migration right after the credentials check, before the source is uploaded, built or
 deployed: a missing or disabled secret would otherwise surface only as a revision that fails to
-start (cf2run/secret_check.py). Never cached (a secret can be added or disabled at any time);
+start (cf2run/gcp/secret_check.py). Never cached (a secret can be added or disabled at any time);
 retried only on transient errors. A check Secret Manager refuses is returned as a warning.
 """
 
@@ -11,10 +11,10 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from cf2run import secret_check
-from cf2run.cloud import Cloud
 from cf2run.errors import SecretsUnavailable
-from cf2run.spec import FunctionSpec, Target
+from cf2run.gcp import secret_check
+from cf2run.gcp.cloud import Cloud
+from cf2run.manifest.spec import FunctionSpec, Target
 from tasks.policy import RETRIES
 
 

@@ -24,11 +24,11 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from cf2run import events
-from cf2run.cloud import Cloud
 from cf2run.errors import SmokeRefused, SmokeTestFailed
-from cf2run.mapping import INGRESS
+from cf2run.gcp.cloud import Cloud
+from cf2run.manifest.mapping import INGRESS
+from cf2run.manifest.spec import FunctionSpec, SmokeRequest, Target
 from cf2run.results import Deployment, SmokeResult
-from cf2run.spec import FunctionSpec, SmokeRequest, Target
 from tasks.deploy import Log, get_service, log
 
 RETRY_STATUSES = frozenset({429}) | frozenset(range(500, 600))
@@ -110,7 +110,7 @@ def run_smoke(url: str, smoke: SmokeRequest, token: str | None = None, *, public
 
 def front_end_404(response: httpx.Response) -> bool:
     """Whether a 404 is Google's front end's own page (what it answers a caller that ingress
-    keeps out; see cf2run/localcloud/router.py), not one of the function's: HTML whose text is
+    keeps out; see cf2run/localcloud/cloudrun/router.py), not one of the function's: HTML whose text is
     Google's "The requested URL ... was not found on this server." (Flask's and Express's say
     otherwise)."""
     return (response.status_code == 404
@@ -205,7 +205,7 @@ def smoke(cloud: Cloud, spec: FunctionSpec, target: Target, deployment: Deployme
     """The spec's smoke request (or its trigger's event) against the candidate's tag URL, else the
     service URL, with an ID token; a request the service's ingress refused fails saying so, or
     is `unreachable` when the manifest accepts that."""
-    # Every service gets an ID token (cf2run/credentials.py), whatever the credentials: a public
+    # Every service gets an ID token (cf2run/gcp/credentials.py), whatever the credentials: a public
     # service is opened only after its smoke test passes, so a call without one is refused.
     token = cloud.id_token(deployment.url)
     url = deployment.smoke_url

@@ -22,11 +22,11 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from cf2run.cloud import Cloud
 from cf2run.errors import ImageVerificationError
-from cf2run.oci import INDEX_MEDIA_TYPES, ImageRef, Manifest, RegistryClient
+from cf2run.gcp.cloud import Cloud
+from cf2run.gcp.oci import INDEX_MEDIA_TYPES, ImageRef, Manifest, RegistryClient
+from cf2run.manifest.spec import FunctionSpec, Target
 from cf2run.results import LOCAL_RUNTIME_NOTE_LABEL, BuiltImage, VerifiedImage
-from cf2run.spec import FunctionSpec, Target
 from tasks.policy import RETRIES
 
 PLATFORM = "linux/amd64"

@@ -27,7 +27,7 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 import pytest  # noqa: E402
 
-from cf2run.cloud import Cloud  # noqa: E402
+from cf2run.gcp.cloud import Cloud  # noqa: E402
 from cf2run.localcloud.settings import LocalCloudSettings  # noqa: E402
 
 if TYPE_CHECKING:

@@ -11,10 +11,10 @@ from pathlib import Path
 import httpx
 from google.auth import jwt
 
-from cf2run.cloud import Cloud
-from cf2run.credentials import application_default
+from cf2run.gcp.cloud import Cloud
+from cf2run.gcp.credentials import application_default
+from cf2run.gcp.oci import ImageRef
 from cf2run.localcloud.endpoints import Endpoints
-from cf2run.oci import ImageRef
 
 
 def exercise(cloud: Cloud, service: str, uri: str, image: str) -> str:

@@ -10,8 +10,8 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import TaskRun
 
+from cf2run.manifest.spec import FunctionSpec, Target
 from cf2run.results import MigrationResult
-from cf2run.spec import FunctionSpec, Target
 from flows.migrate_function import migrate_function
 
 

@@ -1,5 +1,5 @@
 """A Google API error retrying will not fix reaches the user with what to do: the role, on what,
-for every API the pipeline calls (cf2run/api_hints.py), and end to end through the local cloud."""
+for every API the pipeline calls (cf2run/gcp/api_hints.py), and end to end through the local cloud."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from google.api_core import exceptions as api_exceptions
 from google.auth import exceptions as auth_exceptions
 from test_migrate_e2e import fresh_copy
 
-from cf2run.api_hints import API_OF_STEP, explain
 from cf2run.errors import BuildFailed
+from cf2run.gcp.api_hints import API_OF_STEP, explain
 from cf2run.localcloud.server import LocalCloud
 from cf2run.localcloud.settings import Fault, LocalCloudSettings
-from cf2run.spec import Target, load_manifest
+from cf2run.manifest.spec import Target, load_manifest
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 ROLES = {"package": "roles/storage.objectAdmin", "build": "roles/cloudbuild.builds.editor",

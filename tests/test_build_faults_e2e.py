@@ -16,10 +16,10 @@ from flowruns import migrate
 from google.cloud.devtools import cloudbuild_v1
 from test_migrate_e2e import builds_of, fresh_copy, revisions_of
 
-from cf2run.cloud import Cloud
+from cf2run.gcp.cloud import Cloud
 from cf2run.localcloud.server import LocalCloud
 from cf2run.localcloud.settings import BuildFault, Fault, LocalCloudSettings
-from cf2run.spec import FunctionSpec, Target, load_manifest
+from cf2run.manifest.spec import FunctionSpec, Target, load_manifest
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 Status = cloudbuild_v1.Build.Status

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from cf2run.build_log import DEFAULT_HINT, error_lines, explain
-from cf2run.spec import FunctionSpec
+from cf2run.gcp.build_log import DEFAULT_HINT, error_lines, explain
+from cf2run.manifest.spec import FunctionSpec
 
 # Ends of real logs of the local Cloud Build (its steps print what pip, npm and the Functions
 # Framework print), each closed by Cloud Build's own line.

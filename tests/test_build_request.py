@@ -11,9 +11,9 @@ import pytest
 from google.cloud.devtools import cloudbuild_v1
 from google.protobuf import duration_pb2
 
-from cf2run.build_outcome import build_error
+from cf2run.gcp.build_outcome import build_error
+from cf2run.manifest.spec import FunctionSpec, Target
 from cf2run.results import SourceArchive
-from cf2run.spec import FunctionSpec, Target
 from tasks.build import image_for, image_tag, pack_build_request
 
 SHA = "ab" * 32

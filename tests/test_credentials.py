@@ -1,6 +1,7 @@
 """Every credential type a user has, for every call the pipeline makes (issue 14 §1).
 
-The local cloud authenticates as Google does (cf2run/localcloud/accounts.py, grpcauth.py, storage.py):
+The local cloud authenticates as Google does (cf2run/localcloud/iam/accounts.py,
+frontend/grpcauth.py, storage/emulator.py):
 google-auth's own classes refresh against its OAuth token endpoint, STS and IAM Credentials; Cloud
 Storage's front end, Cloud Build and Cloud Run refuse calls without a valid access token, the registry's
 token exchange wants one, and a private Cloud Run URL wants an ID token.
@@ -30,19 +31,19 @@ from google.cloud.run_v2.services.services.transports import ServicesGrpcTranspo
 from google.oauth2 import credentials as user_credentials
 from google.oauth2 import service_account
 
-from cf2run.cloud import Cloud
-from cf2run.credentials import CLOUD_PLATFORM, application_default, from_block
 from cf2run.errors import Cf2RunError
-from cf2run.localcloud.accounts import (
+from cf2run.gcp.cloud import Cloud
+from cf2run.gcp.credentials import CLOUD_PLATFORM, application_default, from_block
+from cf2run.localcloud.cloudbuild.builder import build_function
+from cf2run.localcloud.iam.accounts import (
     DEFAULT_ACCOUNT,
     INSUFFICIENT_SCOPES,
     KINDS,
     MISSING_CREDENTIAL,
     UNAUTHENTICATED,
 )
-from cf2run.localcloud.builder import build_function
 from cf2run.localcloud.server import LocalCloud
-from cf2run.spec import Target, load_manifest
+from cf2run.manifest.spec import Target, load_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOYER = "deployer@local-project.iam.gserviceaccount.com"

@@ -20,10 +20,10 @@ from flowruns import migrate, migrate_with_task_runs
 from typer.testing import CliRunner
 
 from cf2run.cli import app
-from cf2run.cloud import Cloud
+from cf2run.gcp.cloud import Cloud
+from cf2run.gcp.traffic import HISTORY_ANNOTATION
 from cf2run.localcloud.server import LocalCloud
-from cf2run.spec import FunctionSpec, Target
-from cf2run.traffic import HISTORY_ANNOTATION
+from cf2run.manifest.spec import FunctionSpec, Target
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 

@@ -18,14 +18,14 @@ from google.cloud import run_v2
 from google.iam.v1 import policy_pb2
 from google.type import expr_pb2
 
-from cf2run.cloud import Cloud
 from cf2run.errors import DeployFailed, SmokeTestFailed
-from cf2run.localcloud.builder import build_function
+from cf2run.gcp.cloud import Cloud
+from cf2run.localcloud.cloudbuild.builder import build_function
 from cf2run.localcloud.server import LocalCloud
 from cf2run.localcloud.settings import LocalCloudSettings
+from cf2run.manifest.spec import FunctionSpec, Target
 from cf2run.results import BuiltImage, Deployment, SmokeResult, VerifiedImage
 from cf2run.rollback import rollback
-from cf2run.spec import FunctionSpec, Target
 from tasks.deploy import deploy
 from tasks.promote import promote
 from tasks.smoke import run_smoke
@@ -218,7 +218,7 @@ def test_revision_that_never_gets_ready_fails_with_googles_reason(
 
 def test_secret_env_is_read_from_secret_manager_and_a_missing_secret_fails_the_revision(
         localcloud: LocalCloud, cloud: Cloud, image: tuple[Path, VerifiedImage]) -> None:
-    """The local Secret Manager stand-in (cf2run/localcloud/secretmanager.py) holds the value;
+    """The local Secret Manager stand-in (cf2run/localcloud/secretmanager/store.py) holds the value;
     the Service carries only the reference."""
     source, verified = image
     secret = f"greeting-{uuid.uuid4().hex[:6]}"

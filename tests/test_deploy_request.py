@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from google.cloud import run_v2
 
-from cf2run.localcloud import cloudrun_rules
+from cf2run.localcloud.cloudrun import rules as cloudrun_rules
+from cf2run.manifest.spec import FunctionSpec, Target
 from cf2run.results import VerifiedImage
-from cf2run.spec import FunctionSpec, Target
 from tasks.deploy import deploy_cache_key, serves, service_for, service_path
 
 DIGEST = "sha256:" + "ab" * 32

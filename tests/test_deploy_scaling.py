@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from google.api_core import exceptions
 
-from cf2run.cloud import Cloud
 from cf2run.errors import DeployFailed
+from cf2run.gcp.cloud import Cloud
+from cf2run.manifest.spec import FunctionSpec, Target
 from cf2run.results import VerifiedImage
-from cf2run.spec import FunctionSpec, Target
 from tasks.deploy import deploy, service_path
 
 #: Never pulled: Cloud Run refuses the request before it looks at the image.

@@ -25,10 +25,10 @@ from google.cloud import functions_v1
 from typer.testing import CliRunner, Result
 
 from cf2run.cli import app
-from cf2run.cloud import Cloud
+from cf2run.gcp.cloud import Cloud
 from cf2run.localcloud.server import LocalCloud
 from cf2run.localcloud.settings import LocalCloudSettings
-from cf2run.spec import FunctionSpec, load_manifest
+from cf2run.manifest.spec import FunctionSpec, load_manifest
 
 GOLDEN = Path(__file__).parent / "discover_fixtures" / "samples.golden.yaml"
 HELLO = {"httpsTrigger": {}, "runtime": "python312", "entryPoint": "hello"}

@@ -24,7 +24,7 @@ from cf2run.discovery.entry import check_migratable, entry_for
 from cf2run.discovery.manifest_writer import render
 from cf2run.discovery.names import service_names
 from cf2run.discovery.signature import declared_signature
-from cf2run.spec import FunctionSpec, load_manifest
+from cf2run.manifest.spec import FunctionSpec, load_manifest
 
 GOLDEN = Path(__file__).parent / "discover_fixtures" / "every_setting.golden.yaml"
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from cf2run.events import eventarc_command, gen1_data, missing_trigger_note, smoke_event, smoke_request
-from cf2run.spec import FunctionSpec, Target
+from cf2run.manifest.spec import FunctionSpec, Target
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 TARGET = Target(project="my-project", region="europe-west1")

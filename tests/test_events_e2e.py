@@ -15,7 +15,7 @@ import pytest
 from flowruns import migrate
 
 from cf2run.localcloud.server import LocalCloud
-from cf2run.spec import FunctionSpec, Target, load_manifest
+from cf2run.manifest.spec import FunctionSpec, Target, load_manifest
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 pytestmark = pytest.mark.usefixtures("prefect_api")

@@ -26,16 +26,16 @@ from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.settings import PREFECT_API_URL
 from prefect.states import State
 
-from cf2run.cloud import Cloud
 from cf2run.errors import Cf2RunError, SpecError
-from cf2run.fleet_report import FleetReport
+from cf2run.fleet.quotas import BUILD_LIMIT, RUN_WRITES_LIMIT, QuotaLimits, ensure_limits
+from cf2run.fleet.report import FleetReport
 from cf2run.fleet_setup import CHECKOUT_ENV, checkout_dir, setup
+from cf2run.gcp.cloud import Cloud
 from cf2run.localcloud.server import LocalCloud
 from cf2run.localcloud.settings import LocalCloudSettings
-from cf2run.quotas import BUILD_LIMIT, RUN_WRITES_LIMIT, QuotaLimits, ensure_limits
+from cf2run.manifest.spec import Target, load_manifest
 from cf2run.report import migrate_each
 from cf2run.results import MigrationResult
-from cf2run.spec import Target, load_manifest
 from flows.migrate_fleet import migrate_fleet
 
 ROOT = Path(__file__).resolve().parents[1]

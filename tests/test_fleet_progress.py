@@ -13,7 +13,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 from prefect.context import FlowRunContext
 
-from cf2run.fleet_progress import FleetProgress
+from cf2run.fleet.progress import FleetProgress
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 

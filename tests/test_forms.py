@@ -13,8 +13,8 @@ from fleet_samples import write_fleet
 from prefect.utilities.callables import parameter_schema
 from prefect.utilities.schema_tools.validation import validate
 
-from cf2run.fleet import load, portable
-from cf2run.spec import FunctionSpec, Target, load_manifest
+from cf2run.fleet.fanout import load, portable
+from cf2run.manifest.spec import FunctionSpec, Target, load_manifest
 from flows.migrate_fleet import migrate_fleet
 from flows.migrate_from_manifest import migrate_from_manifest
 from flows.migrate_function import migrate_function

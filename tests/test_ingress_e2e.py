@@ -1,7 +1,7 @@
 """Ingress as Google enforces it, on the local cloud: a service setting that moves at promote.
 
 The worker runs outside the VPC unless the test sets the local cloud's `caller_in_vpc`; an
-internal service then answers Google's 404 page on its URL and its tag URLs (router.py).
+internal service then answers Google's 404 page on its URL and its tag URLs (cloudrun/router.py).
 Deploy, smoke, promote and discard are the plain functions their Prefect tasks call.
 """
 
@@ -16,12 +16,12 @@ from flowruns import migrate
 from google.cloud import run_v2
 from test_deploy_e2e import MAIN_PY, make_spec, revisions_of
 
-from cf2run.cloud import Cloud
 from cf2run.errors import SmokeTestFailed
+from cf2run.gcp.cloud import Cloud
 from cf2run.localcloud.server import LocalCloud
 from cf2run.localcloud.settings import LocalCloudSettings
+from cf2run.manifest.spec import FunctionSpec, Target
 from cf2run.results import Deployment, VerifiedImage
-from cf2run.spec import FunctionSpec, Target
 from tasks.deploy import deploy
 from tasks.promote import discard, promote
 from tasks.smoke import smoke

@@ -24,11 +24,11 @@ from flowruns import migrate
 from google.cloud.devtools import cloudbuild_v1
 from test_migrate_e2e import builds_of, fresh_copy
 
-from cf2run.cloud import Cloud
 from cf2run.errors import LocalCloudNotRunning
+from cf2run.gcp.cloud import Cloud
+from cf2run.gcp.oci import ImageRef
 from cf2run.localcloud.endpoints import Endpoints
-from cf2run.oci import ImageRef
-from cf2run.spec import FunctionSpec, Target, load_manifest
+from cf2run.manifest.spec import FunctionSpec, Target, load_manifest
 
 CF2RUN = Path(sys.executable).with_name("cf2run")
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

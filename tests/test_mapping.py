@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from google.cloud import run_v2
 
-from cf2run.localcloud import cloudrun_rules
+from cf2run.localcloud.cloudrun import rules as cloudrun_rules
+from cf2run.manifest.spec import FunctionSpec, Target
 from cf2run.results import VerifiedImage
-from cf2run.spec import FunctionSpec, Target
 from tasks.build import pack_env
 from tasks.deploy import service_for
 

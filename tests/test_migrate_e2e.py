@@ -21,12 +21,12 @@ from google.api_core import exceptions as api_exceptions
 from google.cloud.devtools import cloudbuild_v1
 from rich.console import Console
 
-from cf2run.cloud import Cloud
-from cf2run.fleet_report import result_rows
+from cf2run.fleet.report import result_rows
+from cf2run.gcp.cloud import Cloud
 from cf2run.localcloud.server import LocalCloud
 from cf2run.localcloud.settings import Fault, LocalCloudSettings
+from cf2run.manifest.spec import FunctionSpec, Target, load_manifest
 from cf2run.report import results_table
-from cf2run.spec import FunctionSpec, Target, load_manifest
 from flows.migrate_function import summary
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

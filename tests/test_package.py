@@ -15,11 +15,11 @@ from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud.storage import Bucket, Client
 
-from cf2run import source_limits
 from cf2run.errors import Cf2RunError, SourceError
-from cf2run.localcloud.storage import StorageServer
+from cf2run.localcloud.storage.emulator import StorageServer
+from cf2run.manifest import source_limits
+from cf2run.manifest.spec import FunctionSpec, Target
 from cf2run.results import SourceArchive
-from cf2run.spec import FunctionSpec, Target
 from tasks import package
 from tasks.package import make_tarball, upload_archive
 

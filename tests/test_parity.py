@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 
 from cf2run.errors import SpecError
+from cf2run.manifest.spec import load_manifest
+from cf2run.manifest.spec_parts import ParityCheck
 from cf2run.parity import (
     MISSING,
     Answer,
@@ -17,8 +19,6 @@ from cf2run.parity import (
     first_json_difference,
     planned,
 )
-from cf2run.spec import load_manifest
-from cf2run.spec_parts import ParityCheck
 
 
 def check(**fields: Any) -> ParityCheck:

@@ -21,10 +21,10 @@ import httpx
 import pytest
 from flowruns import migrate
 
-from cf2run.cloud import Cloud
-from cf2run.fleet_report import result_rows
+from cf2run.fleet.report import result_rows
+from cf2run.gcp.cloud import Cloud
 from cf2run.localcloud.server import LocalCloud
-from cf2run.spec import FunctionSpec, Target
+from cf2run.manifest.spec import FunctionSpec, Target
 from flows.migrate_function import summary
 
 pytestmark = pytest.mark.usefixtures("prefect_api")

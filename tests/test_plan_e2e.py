@@ -14,10 +14,10 @@ from google.iam.v1 import policy_pb2
 from typer.testing import CliRunner
 
 from cf2run.cli import app
-from cf2run.cloud import Cloud
+from cf2run.gcp.cloud import Cloud
 from cf2run.localcloud.server import LocalCloud
+from cf2run.manifest.spec import load_manifest
 from cf2run.results import MigrationResult
-from cf2run.spec import load_manifest
 from flows.migrate_function import migrate_function
 
 pytestmark = pytest.mark.usefixtures("prefect_api")

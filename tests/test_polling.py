@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from cf2run.cloud import GCP_POLLING, LOCAL_POLLING, Backoff
+from cf2run.gcp.cloud import GCP_POLLING, LOCAL_POLLING, Backoff
 from tasks.build import RecentBuilds
 
 

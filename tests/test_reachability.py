@@ -13,13 +13,13 @@ import pytest
 import requests
 from flowruns import migrate
 
-from cf2run.cloud import Cloud
 from cf2run.errors import EndpointUnreachable
-from cf2run.localcloud.accounts import route_google_auth, routed_to
+from cf2run.gcp.cloud import Cloud
+from cf2run.gcp.reachability import ReachingInterceptor, reaching
 from cf2run.localcloud.endpoints import Endpoints
+from cf2run.localcloud.iam.accounts import route_google_auth, routed_to
 from cf2run.localcloud.server import LocalCloud
-from cf2run.reachability import ReachingInterceptor, reaching
-from cf2run.spec import FunctionSpec, Target
+from cf2run.manifest.spec import FunctionSpec, Target
 from tasks.policy import is_transient
 
 PARENT = "projects/local-project/locations/us-central1"

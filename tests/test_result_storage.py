@@ -20,12 +20,12 @@ from prefect.client.orchestration import get_client
 from prefect.states import State
 from test_cli import cf2run
 
-from cf2run.cloud import STORAGE_EMULATOR_HOST, Cloud
 from cf2run.errors import Cf2RunError, SpecError
-from cf2run.localcloud import accounts
+from cf2run.gcp.cloud import STORAGE_EMULATOR_HOST, Cloud
+from cf2run.localcloud.iam import accounts
 from cf2run.localcloud.server import LocalCloud
+from cf2run.manifest.spec import Target
 from cf2run.result_storage import RESULTS_BLOCK, check_bucket_name, setup_result_storage
-from cf2run.spec import Target
 
 
 @pytest.fixture

@@ -16,10 +16,10 @@ from flowruns import migrate
 from typer.testing import CliRunner
 
 from cf2run.cli import app
-from cf2run.cloud import Cloud
+from cf2run.gcp.cloud import Cloud
 from cf2run.localcloud.server import LocalCloud
 from cf2run.localcloud.settings import LocalCloudSettings
-from cf2run.spec import FunctionSpec, Target
+from cf2run.manifest.spec import FunctionSpec, Target
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 MAIN_PY = "import os\n\n\ndef hello(request):\n    return 'key ' + os.environ['API_KEY']\n"

@@ -1,4 +1,4 @@
-"""Slots of Prefect global concurrency limits (cf2run/slots.py), against a real Prefect server:
+"""Slots of Prefect global concurrency limits (cf2run/fleet/slots.py), against a real Prefect server:
 what another fleet or worker sharing the limit sees, and what the threads of one process see."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
 from prefect.context import SyncClientContext
 
-from cf2run.slots import LocalQueue, Slot, settle, spend
+from cf2run.fleet.slots import LocalQueue, Slot, settle, spend
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -88,13 +88,13 @@ def test_a_due_lease_is_renewed_and_a_lost_one_only_warns(
         limit: str, caplog: pytest.LogCaptureFixture) -> None:
     slot = Slot.take(limit, LEASE_S)
     slot._renew_at = 0.0  # due now, instead of in 45 s
-    with caplog.at_level(logging.WARNING, logger="cf2run.slots"):
+    with caplog.at_level(logging.WARNING, logger="cf2run.fleet.slots"):
         slot.keep()
     assert not caplog.records, caplog.text
     slot.release()
     settle()
     slot._renew_at = 0.0
-    with caplog.at_level(logging.WARNING, logger="cf2run.slots"):
+    with caplog.at_level(logging.WARNING, logger="cf2run.fleet.slots"):
         slot.keep()
     assert "could not renew concurrency lease" in caplog.text
 
@@ -106,7 +106,7 @@ def test_a_renewal_through_a_closed_client_only_warns(limit: str, caplog: pytest
         slot = Slot.take(limit, LEASE_S)
         context.client._client.close()
         slot._renew_at = 0.0
-        with caplog.at_level(logging.WARNING, logger="cf2run.slots"):
+        with caplog.at_level(logging.WARNING, logger="cf2run.fleet.slots"):
             slot.keep()
     assert "could not renew concurrency lease" in caplog.text
     assert "client has been closed" in caplog.text
@@ -116,7 +116,7 @@ def test_a_renewal_through_a_closed_client_only_warns(limit: str, caplog: pytest
 
 def test_a_missing_limit_is_not_waited_for_and_says_how_to_create_it(
         caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="cf2run.slots"):
+    with caplog.at_level(logging.WARNING, logger="cf2run.fleet.slots"):
         slot = Slot.take("cf2run-test-no-such-limit", LEASE_S)
         spend("cf2run-test-no-such-rate-limit", 1)
     assert slot.lease_id is None
@@ -169,7 +169,7 @@ def test_lanes_and_turns_let_so_many_threads_in_and_the_rest_wait(hold: str, at_
 def test_the_queue_takes_its_size_from_what_ensure_limits_read(client: SyncPrefectClient, limit: str,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """A fleet reads the limits when it starts (ensure_limits); its first build does not ask again."""
-    from cf2run import quotas
+    from cf2run.fleet import quotas
 
     client.update_global_concurrency_limit(limit, GlobalConcurrencyLimitUpdate(limit=3))
     monkeypatch.setattr(quotas.QuotaLimits, "creates", lambda self: [
@@ -180,7 +180,7 @@ def test_the_queue_takes_its_size_from_what_ensure_limits_read(client: SyncPrefe
 
 
 def test_threads_asking_together_share_one_queue_per_limit(limit: str) -> None:
-    from cf2run import quotas
+    from cf2run.fleet import quotas
 
     seen: list[LocalQueue] = []
     start = threading.Barrier(8)

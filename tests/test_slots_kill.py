@@ -22,8 +22,8 @@ import pytest
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.settings import PREFECT_API_URL
 
-from cf2run.quotas import ensure_limits
-from cf2run.slots import Slot
+from cf2run.fleet.quotas import ensure_limits
+from cf2run.fleet.slots import Slot
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +32,7 @@ LEASE_S = 60.0  # the shortest lease the server accepts
 HOLDER = textwrap.dedent("""
     import sys, time
     from prefect import flow, task
-    from cf2run.slots import Slot
+    from cf2run.fleet.slots import Slot
 
     @task
     def build() -> None:

@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from cf2run.errors import SmokeTestFailed
-from cf2run.spec import SmokeRequest
+from cf2run.manifest.spec import SmokeRequest
 from tasks.smoke import run_smoke
 
 

@@ -11,7 +11,7 @@ import yaml
 from pydantic import ValidationError
 
 from cf2run.errors import SpecError
-from cf2run.spec import FunctionSpec, SmokeRequest, Target, load_manifest
+from cf2run.manifest.spec import FunctionSpec, SmokeRequest, Target, load_manifest
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from cf2run.errors import SpecError
-from cf2run.spec import load_manifest
+from cf2run.manifest.spec import load_manifest
 
 
 def function(**overrides: Any) -> dict[str, Any]:

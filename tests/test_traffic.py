@@ -1,4 +1,4 @@
-"""Where the cutover sends traffic (cf2run/traffic.py) and where a rollback goes (cf2run/rollback.py).
+"""Where the cutover sends traffic (cf2run/gcp/traffic.py) and where a rollback goes (cf2run/rollback.py).
 
 Pure functions over the Service that Cloud Run answers; the e2e test (test_cutover_e2e.py)
 checks the same on the local cloud.
@@ -12,8 +12,7 @@ import pytest
 from google.cloud import run_v2
 
 from cf2run.errors import DeployFailed
-from cf2run.rollback import previous_revision
-from cf2run.traffic import (
+from cf2run.gcp.traffic import (
     HISTORY_ANNOTATION,
     LATEST,
     REVISION,
@@ -28,6 +27,7 @@ from cf2run.traffic import (
     with_promoted,
     without_tag,
 )
+from cf2run.rollback import previous_revision
 
 NAME = "projects/p/locations/us-central1/services/svc"
 

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from cf2run.errors import ImageVerificationError
-from cf2run.localcloud.registry import RegistryServer
+from cf2run.gcp.oci import OCI_INDEX, OCI_MANIFEST, ImageRef, Layer, RegistryClient
+from cf2run.localcloud.registry.distribution import RegistryServer
 from cf2run.localcloud.settings import FaultInjector, LocalCloudSettings
-from cf2run.oci import OCI_INDEX, OCI_MANIFEST, ImageRef, Layer, RegistryClient
 from cf2run.results import BuiltImage
 from tasks.verify import verify_built_image
 

@@ -1,7 +1,7 @@
 """Discovered entries -> the manifest's YAML text, every value with its origin as a comment.
 
 The text is built line by line (PyYAML drops comments); each value is dumped by PyYAML, so it
-reads back exactly (quoting of '1', 'on', ...). The result loads with `cf2run.spec.load_manifest`.
+reads back exactly (quoting of '1', 'on', ...). The result loads with `cf2run.manifest.spec.load_manifest`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from cf2run.discovery.entry import Entry
-from cf2run.spec import DEFAULT_BUILDER, UBUNTU18_BUILDER, UBUNTU18_RUNTIMES
+from cf2run.manifest.spec import DEFAULT_BUILDER, UBUNTU18_BUILDER, UBUNTU18_RUNTIMES
 
 COMMENT_COLUMN = 40
 WIDTH = 100

@@ -17,7 +17,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 
-from cf2run.spec import MAX_NAME_WITH_TAG, SERVICE_NAME_RE
+from cf2run.manifest.spec import MAX_NAME_WITH_TAG, SERVICE_NAME_RE
 
 SUFFIX_LENGTH = 6
 

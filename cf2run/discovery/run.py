@@ -32,7 +32,7 @@ from cf2run.discovery.names import service_names
 from cf2run.discovery.settings import CannotMigrate, NotCarried
 from cf2run.discovery.signature import declared_signature
 from cf2run.errors import SourceError
-from cf2run.spec import REGION_RE, FunctionSpec
+from cf2run.manifest.spec import REGION_RE, FunctionSpec
 
 MANIFEST = "manifest.yaml"
 FUNCTIONS_DIR = "functions"

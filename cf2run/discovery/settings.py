@@ -22,8 +22,8 @@ from typing import Any, get_args
 from google.cloud import functions_v1
 from google.iam.v1 import policy_pb2
 
-from cf2run.spec import DERIVED_BUILD_ENV, RESERVED_ENV, Runtime
-from cf2run.spec_parts import GEN1_EVENT_TYPES, PUBSUB_CLOUDEVENT
+from cf2run.manifest.spec import DERIVED_BUILD_ENV, RESERVED_ENV, Runtime
+from cf2run.manifest.spec_parts import GEN1_EVENT_TYPES, PUBSUB_CLOUDEVENT
 
 CloudFunction = functions_v1.CloudFunction
 Ingress = CloudFunction.IngressSettings

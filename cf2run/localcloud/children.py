@@ -7,7 +7,7 @@
   gRPC or build thread, which may end while the child should run on. The setting survives
   execve(2) (except for set-user-ID binaries), so it holds for fake-gcs-server (a Go binary) and
   the revisions' runtimes. A `kill -9` of the local cloud thus takes them with it. Python
-  revisions forked by a zygote already end with it (zygote_server.py ends its forks when the
+  revisions forked by a zygote already end with it (cloudrun/zygote_server.py ends its forks when the
   local cloud's socket closes); the zygote itself is spawned here.
 - Each child is recorded in ``STATE/PART/children/PID.json`` (PART: the part of the local cloud
   that started it, e.g. ``storage``, ``runtime``) with its start time and its owner (the local

@@ -24,27 +24,27 @@ from types import TracebackType
 
 import grpc
 
+from cf2run.gcp.oci import RegistryClient, basic_access_token
 from cf2run.localcloud import children
-from cf2run.localcloud.accounts import Accounts, AccountsServer, bearer_error
-from cf2run.localcloud.cloudbuild import CloudBuildService
-from cf2run.localcloud.cloudfunctions import CloudFunctionsService
-from cf2run.localcloud.cloudfunctions_store import FunctionStore
-from cf2run.localcloud.cloudrun import CloudRunService
+from cf2run.localcloud.cloudbuild.api import CloudBuildService
+from cf2run.localcloud.cloudfunctions.api import CloudFunctionsService
+from cf2run.localcloud.cloudfunctions.gen1 import Gen1Functions
+from cf2run.localcloud.cloudfunctions.gen1_frontend import FunctionsFrontEnd
+from cf2run.localcloud.cloudfunctions.store import FunctionStore
+from cf2run.localcloud.cloudrun.api import CloudRunService
+from cf2run.localcloud.cloudrun.router import Router
+from cf2run.localcloud.cloudrun.runtime import Runtime
+from cf2run.localcloud.cloudrun.scaling import Instances
 from cf2run.localcloud.endpoints import FILENAME, Endpoints
-from cf2run.localcloud.gen1 import Gen1Functions
-from cf2run.localcloud.gen1_frontend import FunctionsFrontEnd
-from cf2run.localcloud.grpcapi import serve
-from cf2run.localcloud.grpcauth import RequireAccessToken
-from cf2run.localcloud.metadata import CLOUD_PLATFORM_SCOPE, MetadataServer, TokenAuthority
-from cf2run.localcloud.registry import RegistryServer
-from cf2run.localcloud.repositories import DEFAULT_REPOSITORY, DockerRepositories
-from cf2run.localcloud.router import Router
-from cf2run.localcloud.runtime import Runtime
-from cf2run.localcloud.scaling import Instances
-from cf2run.localcloud.secretmanager_api import SecretManagerService
+from cf2run.localcloud.frontend.grpcapi import serve
+from cf2run.localcloud.frontend.grpcauth import RequireAccessToken
+from cf2run.localcloud.iam.accounts import Accounts, AccountsServer, bearer_error
+from cf2run.localcloud.iam.metadata import CLOUD_PLATFORM_SCOPE, MetadataServer, TokenAuthority
+from cf2run.localcloud.registry.distribution import RegistryServer
+from cf2run.localcloud.registry.repositories import DEFAULT_REPOSITORY, DockerRepositories
+from cf2run.localcloud.secretmanager.api import SecretManagerService
 from cf2run.localcloud.settings import INTERNAL_HEADER, FaultInjector, LocalCloudSettings
-from cf2run.localcloud.storage import StorageFront, StorageServer
-from cf2run.oci import RegistryClient, basic_access_token
+from cf2run.localcloud.storage.emulator import StorageFront, StorageServer
 
 log = logging.getLogger(__name__)
 #: Who the local Cloud Build pushes and the local Cloud Run pulls images as.
@@ -185,7 +185,7 @@ class LocalCloud:
         return port, front.url
 
     def seed_functions(self, directory: Path) -> list[str]:
-        """Take the Cloud Functions of a seed directory (cloudfunctions_seed.py; SeedError naming
+        """Take the Cloud Functions of a seed directory (cloudfunctions/seed.py; SeedError naming
         the file when it is bad, before anything changes) and serve the 1st-gen ones; returns their
         resource names. Idempotent: an unchanged function is not deployed or built again. Kept in
         the state dir: a restarted local cloud serves them again."""

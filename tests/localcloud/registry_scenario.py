@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from cf2run.errors import RegistryError
-from cf2run.oci import OCI_CONFIG, OCI_LAYER_TAR_GZIP, OCI_MANIFEST, ImageRef, Layer, RegistryClient
+from cf2run.gcp.oci import OCI_CONFIG, OCI_LAYER_TAR_GZIP, OCI_MANIFEST, ImageRef, Layer, RegistryClient
 
 HOST = "us-central1-docker.pkg.dev"
 

@@ -23,13 +23,13 @@ import pytest
 from builder_samples import node_function, python_function
 
 from cf2run.errors import BuildFailed
-from cf2run.localcloud.builder import BuildCancelled, BuildError, build_function, detect_language
-from cf2run.localcloud.builder_python import FF_REQUIREMENT
-from cf2run.localcloud.image import DependencyCache, LayerFile, write_layer
-from cf2run.localcloud.registry import RegistryServer
+from cf2run.gcp.oci import ImageRef, PulledImage, RegistryClient
+from cf2run.localcloud.cloudbuild.builder import BuildCancelled, BuildError, build_function, detect_language
+from cf2run.localcloud.cloudbuild.builder_python import FF_REQUIREMENT
+from cf2run.localcloud.cloudbuild.image import DependencyCache, LayerFile, write_layer
+from cf2run.localcloud.registry.distribution import RegistryServer
 from cf2run.localcloud.settings import FaultInjector, LocalCloudSettings
-from cf2run.localcloud.storage import free_port
-from cf2run.oci import ImageRef, PulledImage, RegistryClient
+from cf2run.localcloud.storage.emulator import free_port
 
 HOST = "us-central1-docker.pkg.dev"
 
@@ -219,8 +219,8 @@ def test_missing_target_env_fails() -> None:
 
 
 def test_python_target_may_come_from_an_import_or_a_guarded_def(tmp_path: Path) -> None:
-    from cf2run.localcloud.builder_common import FunctionEnv, Runner
-    from cf2run.localcloud.builder_python import PythonPack
+    from cf2run.localcloud.cloudbuild.builder_common import FunctionEnv, Runner
+    from cf2run.localcloud.cloudbuild.builder_python import PythonPack
 
     (tmp_path / "main.py").write_text(
         "from handlers import handle as imported\n"
@@ -237,8 +237,8 @@ def test_python_target_may_come_from_an_import_or_a_guarded_def(tmp_path: Path) 
 ])
 def test_functions_framework_injected_only_when_not_declared(
         tmp_path: Path, requirements: str | None, injected: bool) -> None:
-    from cf2run.localcloud.builder_common import FunctionEnv, Runner
-    from cf2run.localcloud.builder_python import PythonPack
+    from cf2run.localcloud.cloudbuild.builder_common import FunctionEnv, Runner
+    from cf2run.localcloud.cloudbuild.builder_python import PythonPack
 
     python_function(tmp_path, requirements=requirements)
     pack = PythonPack(tmp_path, FunctionEnv(target="hello"), Runner(print), print)
@@ -365,8 +365,8 @@ def test_layers_are_reproducible(tmp_path: Path) -> None:
 def test_compiled_dependencies_are_reproducible(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Bytecode in the dependency layer: the same modules give the same layer wherever (and
     with whatever hash seed) they were built; a module that does not compile stays source only."""
-    from cf2run.localcloud.builder_common import FunctionEnv, Runner
-    from cf2run.localcloud.builder_python import PIP_LAYER, PythonPack
+    from cf2run.localcloud.cloudbuild.builder_common import FunctionEnv, Runner
+    from cf2run.localcloud.cloudbuild.builder_python import PIP_LAYER, PythonPack
 
     lines: list[str] = []
     pack = PythonPack(tmp_path, FunctionEnv(target="hello"), Runner(lines.append), lines.append)

@@ -30,13 +30,13 @@ from google.cloud import (
 )
 from google.cloud.devtools import cloudbuild_v1
 
-from cf2run.cloud import Backoff, Cloud, Polling
-from cf2run.localcloud.cloudbuild import CloudBuildService
-from cf2run.localcloud.cloudbuild_steps import PackBuild, PackConfig, StepNotSupported, parse_step, substitute
+from cf2run.gcp.cloud import Backoff, Cloud, Polling
+from cf2run.gcp.oci import ImageRef, RegistryClient
+from cf2run.localcloud.cloudbuild.api import CloudBuildService
+from cf2run.localcloud.cloudbuild.steps import PackBuild, PackConfig, StepNotSupported, parse_step, substitute
 from cf2run.localcloud.server import LocalCloud
 from cf2run.localcloud.settings import Fault, FaultInjector, LocalCloudSettings
-from cf2run.oci import ImageRef, RegistryClient
-from cf2run.spec import Target
+from cf2run.manifest.spec import Target
 
 PROJECT = "demo-project"
 REGION = "us-central1"

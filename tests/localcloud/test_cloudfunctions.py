@@ -22,8 +22,8 @@ import pytest
 from google.api_core import exceptions as gexc
 from google.cloud import functions_v1, functions_v2
 
-from cf2run.cloud import Cloud
-from cf2run.localcloud.cloudfunctions_seed import SeedError, zip_directory
+from cf2run.gcp.cloud import Cloud
+from cf2run.localcloud.cloudfunctions.seed import SeedError, zip_directory
 from cf2run.localcloud.server import LocalCloud
 
 US = "projects/local-project/locations/us-central1"

@@ -2,7 +2,7 @@
 
 Images are real: a tiny web app (stdlib only) is pushed to the local registry as an OCI image
 with a buildpacks ``web`` process, and the runtime runs it as a process, as it runs built
-functions. Rules that are Google's cite REFERENCE.md §4 and the sources in cloudrun_rules.py.
+functions. Rules that are Google's cite REFERENCE.md §4 and the sources in cloudrun/rules.py.
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ from google.api_core import exceptions
 from google.cloud import run_v2
 from google.iam.v1 import iam_policy_pb2, policy_pb2
 
-from cf2run.cloud import Cloud
-from cf2run.localcloud.repositories import RepositoryExists
+from cf2run.gcp.cloud import Cloud
+from cf2run.gcp.oci import ImageRef, Layer, RegistryClient
+from cf2run.localcloud.registry.repositories import RepositoryExists
 from cf2run.localcloud.server import LocalCloud
 from cf2run.localcloud.settings import Fault, LocalCloudSettings
-from cf2run.oci import ImageRef, Layer, RegistryClient
 
 PARENT = "projects/local-project/locations/us-central1"
 State = run_v2.Condition.State
@@ -605,7 +605,7 @@ def test_naming_an_existing_revision_deploys_it_again(
 
 
 def test_a_revision_name_keeps_its_configuration(env: Env, hello_v1: str, hello_v2: str) -> None:
-    """Knative's rules (cloudrun_rules.py): the service's current revision name comes back only
+    """Knative's rules (cloudrun/rules.py): the service's current revision name comes back only
     with the very same template, labels included; an older revision's name with the same spec,
     whatever its labels, and that revision is reused; echoing the template as read is fine."""
     name = unique("immutable")

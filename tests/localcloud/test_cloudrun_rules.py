@@ -1,6 +1,6 @@
 """Cloud Run v2's validation rules (REFERENCE.md §4), checked directly on the request messages.
 
-Each rule's source (Google's message, doc page or issue thread) is cited in cloudrun_rules.py;
+Each rule's source (Google's message, doc page or issue thread) is cited in cloudrun/rules.py;
 test_cloudrun.py checks the same rules through the API with the official client.
 """
 
@@ -14,8 +14,8 @@ import pytest
 from google.cloud import run_v2
 from google.iam.v1 import policy_pb2
 
-from cf2run.localcloud import cloudrun_rules as rules
-from cf2run.localcloud.grpcapi import RpcError
+from cf2run.localcloud.cloudrun import rules
+from cf2run.localcloud.frontend.grpcapi import RpcError
 
 IMAGE = "us-central1-docker.pkg.dev/p/r/img:v1"
 LATEST = rules.LATEST

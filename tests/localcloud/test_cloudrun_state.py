@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-from cf2run.localcloud.cloudrun_state import FILENAME, SAVE_DELAY_S, Store
+from cf2run.localcloud.cloudrun.state import FILENAME, SAVE_DELAY_S, Store
 
 
 def on_disk(state_dir: Path) -> dict[str, int]:

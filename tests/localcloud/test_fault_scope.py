@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from google.api_core.exceptions import ServiceUnavailable
 
-from cf2run.cloud import Cloud
 from cf2run.errors import RegistryError
-from cf2run.localcloud.registry import RegistryServer
+from cf2run.gcp.cloud import Cloud
+from cf2run.gcp.oci import ImageRef, Layer, RegistryClient
+from cf2run.localcloud.registry.distribution import RegistryServer
 from cf2run.localcloud.server import LocalCloud
 from cf2run.localcloud.settings import INTERNAL_HEADER, Fault, FaultInjector, LocalCloudSettings
-from cf2run.oci import ImageRef, Layer, RegistryClient
 
 
 def test_storage_uploads_fail_as_the_json_api_answers_then_succeed(

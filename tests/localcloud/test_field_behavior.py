@@ -1,7 +1,7 @@
 """The local gRPC services treat request fields as `google.api.field_behavior` says (AIP-203):
 a missing REQUIRED field is INVALID_ARGUMENT, OUTPUT_ONLY values are ignored and never stored,
 an IMMUTABLE field may not change. Driven through the official clients over real sockets; the
-annotations are googleapis/googleapis' (cf2run/localcloud/field_behavior_table.py).
+annotations are googleapis/googleapis' (cf2run/localcloud/frontend/field_behavior_table.py).
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from test_cloudbuild import (  # noqa: F401 - functions_repository: its builds p
 )
 from test_cloudrun import APP, PARENT, Env, create, env_of, service_of, unique, update
 
-from cf2run.cloud import Cloud
-from cf2run.localcloud import fieldbehavior
+from cf2run.gcp.cloud import Cloud
+from cf2run.localcloud.frontend import fieldbehavior
 from cf2run.localcloud.server import LocalCloud
 from cf2run.localcloud.settings import LocalCloudSettings
 

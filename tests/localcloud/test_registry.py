@@ -1,4 +1,5 @@
-"""The local Artifact Registry (cf2run.localcloud.registry) through cf2run.oci.RegistryClient.
+"""The local Artifact Registry (cf2run.localcloud.registry.distribution) through
+cf2run.gcp.oci.RegistryClient.
 
 The scenarios in registry_scenario.py run here and, unchanged, against distribution 2.8 in
 test_registry_contract.py. The tests below them are about the local registry only: fault
@@ -17,9 +18,9 @@ import pytest
 from registry_scenario import HOST, SCENARIOS, Target, make_target
 
 from cf2run.errors import RegistryError, SpecError
-from cf2run.localcloud.registry import RegistryServer
+from cf2run.gcp.oci import ImageRef, Layer, RegistryClient
+from cf2run.localcloud.registry.distribution import RegistryServer
 from cf2run.localcloud.settings import Fault, FaultInjector, LocalCloudSettings
-from cf2run.oci import ImageRef, Layer, RegistryClient
 
 
 def _server(state_dir: Path, *faults: Fault) -> RegistryServer:

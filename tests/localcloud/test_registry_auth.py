@@ -1,4 +1,4 @@
-"""Token authentication, as Artifact Registry does it, through cf2run.oci.RegistryClient.
+"""Token authentication, as Artifact Registry does it, through cf2run.gcp.oci.RegistryClient.
 
 The local registry with ``auth=`` answers 401 and a Bearer challenge until the client brings a
 token from ``/v2/token``, which it gets for Basic ``oauth2accesstoken:<access token>`` (what
@@ -28,9 +28,9 @@ from registry_scenario import (
 )
 
 from cf2run.errors import RegistryError
-from cf2run.localcloud.registry import RegistryServer
+from cf2run.gcp.oci import ImageRef, Layer, RegistryClient
+from cf2run.localcloud.registry.distribution import RegistryServer
 from cf2run.localcloud.settings import Fault, FaultInjector, LocalCloudSettings
-from cf2run.oci import ImageRef, Layer, RegistryClient
 
 SECRET = "ya29.local-access-token"
 

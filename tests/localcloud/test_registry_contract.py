@@ -17,7 +17,7 @@ import httpx
 import pytest
 from registry_scenario import SCENARIOS, Target, make_target
 
-from cf2run.localcloud.storage import free_port
+from cf2run.localcloud.storage.emulator import free_port
 
 CONFIG = """\
 version: 0.1

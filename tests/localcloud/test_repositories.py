@@ -2,7 +2,7 @@
 
 A repository that does not exist is refused as Artifact Registry refuses it: HTTP 403 with
 distribution's error body, code DENIED, "Permission ... denied on resource ... (or it may not
-exist)" (cf2run/localcloud/repositories.py cites where that text is seen). Real sockets and the
+exist)" (cf2run/localcloud/registry/repositories.py cites where that text is seen). Real sockets and the
 local cloud's own token service; no mocks.
 """
 
@@ -20,13 +20,13 @@ import httpx
 import pytest
 
 from cf2run.errors import RegistryError
-from cf2run.localcloud.metadata import CLOUD_PLATFORM_SCOPE, TokenAuthority
-from cf2run.localcloud.registry import RegistryServer
-from cf2run.localcloud.repositories import DEFAULT_REPOSITORY, DockerRepositories, RepositoryExists
+from cf2run.gcp.oci import ImageRef, Layer, RegistryClient
+from cf2run.localcloud.iam.metadata import CLOUD_PLATFORM_SCOPE, TokenAuthority
+from cf2run.localcloud.registry.distribution import RegistryServer
+from cf2run.localcloud.registry.repositories import DEFAULT_REPOSITORY, DockerRepositories, RepositoryExists
 from cf2run.localcloud.server import LocalCloud
 from cf2run.localcloud.settings import FaultInjector, LocalCloudSettings
-from cf2run.oci import ImageRef, Layer, RegistryClient
-from cf2run.spec import Target
+from cf2run.manifest.spec import Target
 
 CF2RUN = Path(sys.executable).with_name("cf2run")
 

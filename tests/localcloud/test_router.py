@@ -15,9 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cf2run.localcloud.accounts import GCLOUD_CLIENT_IDS
-from cf2run.localcloud.metadata import LoopbackServer, MetadataServer, QuietHandler, TokenAuthority
-from cf2run.localcloud.router import Router, running_only
+from cf2run.localcloud.cloudrun.router import Router, running_only
+from cf2run.localcloud.iam.accounts import GCLOUD_CLIENT_IDS
+from cf2run.localcloud.iam.metadata import LoopbackServer, MetadataServer, QuietHandler, TokenAuthority
 
 
 class EchoHandler(QuietHandler):

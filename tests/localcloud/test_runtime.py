@@ -1,4 +1,4 @@
-"""Revisions as local processes (cf2run.localcloud.runtime): real images in the local registry,
+"""Revisions as local processes (cf2run.localcloud.cloudrun.runtime): real images in the local registry,
 real Functions Framework processes answering real HTTP.
 
 The images are made here by hand, shaped as the local builder makes them: a dependency layer
@@ -26,12 +26,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cf2run.localcloud.metadata import TokenAuthority
-from cf2run.localcloud.registry import RegistryServer
-from cf2run.localcloud.router import Router, running_only
-from cf2run.localcloud.runtime import RevisionFailed, RevisionSpec, Runtime
+from cf2run.gcp.oci import ImageRef, Layer, RegistryClient
+from cf2run.localcloud.cloudrun.router import Router, running_only
+from cf2run.localcloud.cloudrun.runtime import RevisionFailed, RevisionSpec, Runtime
+from cf2run.localcloud.iam.metadata import TokenAuthority
+from cf2run.localcloud.registry.distribution import RegistryServer
 from cf2run.localcloud.settings import FaultInjector, LocalCloudSettings
-from cf2run.oci import ImageRef, Layer, RegistryClient
 
 REPO = "us-central1-docker.pkg.dev/local-project/functions"
 PIP_LAYER = "layers/google.python.pip/pip"

@@ -13,8 +13,8 @@ from google.cloud.secretmanager_v1.services.secret_manager_service.transports im
     SecretManagerServiceGrpcTransport,
 )
 
-from cf2run.cloud import Cloud
-from cf2run.localcloud.cloudfunctions_shapes import project_number
+from cf2run.gcp.cloud import Cloud
+from cf2run.localcloud.cloudfunctions.shapes import project_number
 from cf2run.localcloud.server import LocalCloud
 from cf2run.localcloud.settings import LocalCloudSettings
 

@@ -16,9 +16,9 @@ import pytest
 from builder_samples import PYTHON_MAIN, python_function
 from google.cloud import run_v2
 
-from cf2run.cloud import Cloud
 from cf2run.errors import LocalCloudNotRunning
-from cf2run.localcloud.builder import build_function
+from cf2run.gcp.cloud import Cloud
+from cf2run.localcloud.cloudbuild.builder import build_function
 from cf2run.localcloud.endpoints import FILENAME, Endpoints
 
 CF2RUN = Path(sys.executable).with_name("cf2run")
@@ -94,7 +94,7 @@ def test_restart_brings_services_back_on_the_same_urls(serve: Serve, tmp_path: P
                                             service=service).result(timeout=120)
     token = cloud.id_token(created.uri)
     assert "hello from python" in get(created.uri, token).text
-    assert get(created.uri, "not-a-token").status_code == 401  # a refused token (router.py)
+    assert get(created.uri, "not-a-token").status_code == 401  # a refused token (cloudrun/router.py)
 
     # What a user reaches for from a shell: a token for the URL, and the revision's output.
     printed = cf2run("localcloud", "token", created.uri, "--state-dir", str(serve.state_dir))

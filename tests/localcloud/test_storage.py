@@ -1,4 +1,4 @@
-"""The local Cloud Storage (fake-gcs-server started by cf2run.localcloud.storage), through the
+"""The local Cloud Storage (fake-gcs-server started by cf2run.localcloud.storage.emulator), through the
 official google-cloud-storage client over a real socket."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from google.api_core.exceptions import PreconditionFailed
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
-from cf2run.localcloud.storage import StorageServer
+from cf2run.localcloud.storage.emulator import StorageServer
 
 BUCKET = "test_cloudbuild"
 

@@ -1,4 +1,4 @@
-"""Python revisions forked from a zygote (cf2run.localcloud.zygote): real images, real Functions
+"""Python revisions forked from a zygote (cf2run.localcloud.cloudrun.zygote): real images, real Functions
 Framework processes, one zygote per dependency set, and nothing a revision can tell apart from
 a new interpreter. The images and fixtures are test_runtime's."""
 
@@ -15,9 +15,9 @@ import pytest
 import test_runtime
 from test_runtime import CRASHING, PIP_LAYER, _push, eventually, group_alive, python_image
 
-from cf2run.localcloud.runtime import RevisionFailed, RevisionSpec, Runtime
+from cf2run.gcp.oci import RegistryClient
+from cf2run.localcloud.cloudrun.runtime import RevisionFailed, RevisionSpec, Runtime
 from cf2run.localcloud.settings import LocalCloudSettings
-from cf2run.oci import RegistryClient
 
 ff_deps = test_runtime.ff_deps
 registry = test_runtime.registry

@@ -18,7 +18,7 @@ import httpx
 from fleet_samples import MISSING_ENTRY_POINT, answer, write_fleet
 from prefect.client.schemas.objects import FlowRun
 
-from cf2run.cloud import Cloud
+from cf2run.gcp.cloud import Cloud
 from cf2run.localcloud.endpoints import Endpoints
 from prefect_server.processes import Service
 from prefect_server.stack import PrefectStack

@@ -16,9 +16,9 @@ from pathlib import Path
 from google.cloud import run_v2
 from prefect.client.schemas.objects import FlowRun
 
-from cf2run.cloud import Cloud
+from cf2run.gcp.cloud import Cloud
 from cf2run.localcloud.endpoints import Endpoints
-from cf2run.spec import Target
+from cf2run.manifest.spec import Target
 from prefect_server.conftest import RESULTS_BUCKET
 from prefect_server.stack import PrefectStack
 from prefect_server.test_fleet_on_server import FLEET, answers, table_rows

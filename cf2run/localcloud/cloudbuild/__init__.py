@@ -1,0 +1,1 @@
+"""Cloud Build, locally: the API and the buildpack builder behind it."""

@@ -1,0 +1,1 @@
+"""Google's token services, ID tokens and the metadata server, locally."""

@@ -1,0 +1,1 @@
+"""Artifact Registry, locally: Docker repositories and an OCI distribution server."""
