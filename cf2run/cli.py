@@ -46,6 +46,10 @@ app = typer.Typer(help="Migrate Google Cloud Functions to Cloud Run with buildpa
 localcloud_app = typer.Typer(help="The embedded local cloud (Cloud Storage, Artifact Registry, "
                                   "Cloud Build, Cloud Run on 127.0.0.1).", no_args_is_help=True)
 app.add_typer(localcloud_app, name="localcloud")
+server_app = typer.Typer(help="A Prefect server in the background, for the commands and the UI "
+                              "(host, port: PREFECT_SERVER_API_HOST, PREFECT_SERVER_API_PORT).",
+                         no_args_is_help=True)
+app.add_typer(server_app, name="server")
 
 
 @app.callback()
@@ -541,6 +545,58 @@ def localcloud_create_repository(
         raise typer.Exit(1) from None
     typer.echo(f"Create request issued for: [{repository}]")
     typer.echo(f"Created repository [{repository}].")
+
+
+@server_app.command("start")
+def server_start() -> None:
+    """Start a Prefect server that keeps running after this command (log: PREFECT_HOME/server.log);
+    cf2run commands without PREFECT_API_URL report to it."""
+    from cf2run import background_server
+    from cf2run.errors import Cf2RunError
+
+    try:
+        background_server.refuse_if_running()
+        typer.echo("starting a Prefect server in the background (the first start migrates its "
+                   "database: up to a minute)...")
+        server = background_server.start()
+    except Cf2RunError as error:
+        typer.secho(f"error: {error}", fg="red", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"Prefect server running in the background (PID {server.pid}; log {server.log})\n"
+               f"  API: {server.api_url}\n  UI:  {server.ui_url}\n"
+               f"cf2run commands with this PREFECT_HOME use it; elsewhere (a worker, another "
+               f"profile) set:\n  export PREFECT_API_URL={server.api_url}\n"
+               "Stop it with `cf2run server stop`.")
+    configured = configured_api_url()
+    if configured and configured != server.api_url:
+        typer.secho(f"note: PREFECT_API_URL is {configured}: cf2run commands report there, "
+                    "not to this server, until it is unset", fg="yellow", err=True)
+
+
+@server_app.command("stop")
+def server_stop() -> None:
+    """Stop the Prefect server `cf2run server start` started."""
+    from cf2run import background_server
+
+    pid = background_server.stop()
+    typer.echo(f"stopped the Prefect server (PID {pid})" if pid is not None
+               else "no Prefect server was running in the background")
+
+
+@server_app.command("status")
+def server_status() -> None:
+    """Whether the server `cf2run server start` started runs and answers (exit 1 when not)."""
+    from cf2run import background_server
+    from cf2run.prefect_server import answers
+
+    server = background_server.running()
+    if server is None:
+        typer.echo("no Prefect server running in the background (`cf2run server start` starts one)")
+        raise typer.Exit(1)
+    state = "answers" if answers(server.api_url) else "does NOT answer"
+    typer.echo(f"Prefect server PID {server.pid} {state} at {server.api_url} (UI {server.ui_url}; "
+               f"log {server.log})")
+    raise typer.Exit(0 if state == "answers" else 1)
 
 
 def main() -> None:

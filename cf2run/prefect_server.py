@@ -3,10 +3,10 @@
 Without `PREFECT_API_URL` (in the environment or the active Prefect profile), every flow run
 of a command starts a temporary Prefect server, which alone takes 15-20 s (bench/cli_rerun.py)
 and forgets the runs when the command ends. A server the user keeps running in the background
-(`prefect server start --background`: Prefect writes its PID to `PREFECT_HOME/server.pid`) is
-used instead when it answers: the command starts in seconds and its runs stay in that
-server's UI. `use_background_server` sets `PREFECT_API_URL` for this process only; nothing
-else in the user's configuration changes.
+(`cf2run server start`, cf2run/background_server.py: its PID in `PREFECT_HOME/server.pid`, the
+file `prefect server start --background` writes too) is used instead when it answers: the
+command starts in seconds and its runs stay in that server's UI. `use_background_server` sets
+`PREFECT_API_URL` for this process only; nothing else in the user's configuration changes.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import httpx
 PID_FILE = "server.pid"
 PROBE_TIMEOUT_S = 1.0
 TIP = ("no Prefect server configured: this command starts a temporary one (15-20 s) and its runs "
-       "are gone when it ends; `prefect server start --background` keeps one running, with its UI, "
-       "and the next commands use it")
+       "are gone when it ends; `cf2run server start` keeps one running, with its UI, and the next "
+       "commands use it")
 
 
 def prefect_home() -> Path:
@@ -44,21 +44,46 @@ def configured_api_url() -> str | None:
     return url if isinstance(url, str) and url else None
 
 
-def background_server_url() -> str | None:
-    """The API URL of a server `prefect server start --background` runs, when it answers."""
-    pid_file = prefect_home() / PID_FILE
+def server_host() -> str:
+    """Where `prefect server start` listens: Prefect's PREFECT_SERVER_API_HOST, its default."""
+    return os.environ.get("PREFECT_SERVER_API_HOST", "127.0.0.1")
+
+
+def server_port() -> str:
+    """PREFECT_SERVER_API_PORT, Prefect's default 4200."""
+    return os.environ.get("PREFECT_SERVER_API_PORT", "4200")
+
+
+def local_api_url() -> str:
+    """The API URL of a server started here with `server_host()` and `server_port()`."""
+    host = server_host()
+    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{server_port()}/api"
+
+
+def answers(url: str) -> bool:
+    """Whether a Prefect server answers `url`/health."""
     try:
-        os.kill(int(pid_file.read_text().strip()), 0)
+        return httpx.get(f"{url}/health", timeout=PROBE_TIMEOUT_S).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def background_pid() -> int | None:
+    """The PID in PREFECT_HOME/server.pid when that process is alive."""
+    try:
+        pid = int((prefect_home() / PID_FILE).read_text().strip())
+        os.kill(pid, 0)
     except (OSError, ValueError):
         return None
-    host = os.environ.get("PREFECT_SERVER_API_HOST", "127.0.0.1")
-    port = os.environ.get("PREFECT_SERVER_API_PORT", "4200")
-    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/api"
-    try:
-        answered = httpx.get(f"{url}/health", timeout=PROBE_TIMEOUT_S).status_code == 200
-    except httpx.HTTPError:
+    return pid
+
+
+def background_server_url() -> str | None:
+    """The API URL of a server `cf2run server start` runs, when it answers."""
+    if background_pid() is None:
         return None
-    return url if answered else None
+    url = local_api_url()
+    return url if answers(url) else None
 
 
 def use_background_server() -> str | None:

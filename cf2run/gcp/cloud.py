@@ -7,6 +7,10 @@ tasks ask `Cloud.for_target(target)` for `storage`, `builds`, `services`, `revis
 the same client types either way, with the
 `polling` that suits the backend.
 Clients are never task parameters (they would break Prefect's cache keys).
+
+Each Google client library is imported when its client is first built, not with this module:
+an unchanged rerun needs Cloud Run and Artifact Registry only, and a command pays for what it
+uses (bench/cli_rerun.py).
 """
 
 from __future__ import annotations
@@ -19,27 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import google.auth.transport.requests
-import grpc
-from google.api_core.client_options import ClientOptions
 from google.auth.credentials import Credentials
-from google.auth.transport.grpc import AuthMetadataPlugin
-from google.cloud import functions_v1, functions_v2, run_v2, secretmanager
-from google.cloud.devtools import cloudbuild_v1
-from google.cloud.devtools.cloudbuild_v1.services.cloud_build.transports import (
-    CloudBuildGrpcTransport,
-)
-from google.cloud.functions_v1.services.cloud_functions_service.transports import (
-    CloudFunctionsServiceGrpcTransport,
-)
-from google.cloud.functions_v2.services.function_service.transports import FunctionServiceGrpcTransport
-from google.cloud.run_v2.services.revisions.transports import RevisionsGrpcTransport
-from google.cloud.run_v2.services.services.transports import ServicesGrpcTransport
-from google.cloud.secretmanager_v1.services.secret_manager_service.transports import (
-    SecretManagerServiceGrpcTransport,
-)
-from google.cloud.storage import Client as StorageClient
-from google.oauth2 import service_account
 
 from cf2run.errors import Cf2RunError
 from cf2run.gcp.credentials import IdTokens, application_default, from_block, kind_of, resolve
@@ -49,6 +33,11 @@ from cf2run.localcloud.endpoints import Endpoints, serve_command
 from cf2run.localcloud.iam.accounts import route_google_auth, routed_to
 
 if TYPE_CHECKING:
+    import grpc
+    from google.cloud import functions_v1, functions_v2, run_v2, secretmanager
+    from google.cloud.devtools import cloudbuild_v1
+    from google.cloud.storage import Client as StorageClient
+
     from cf2run.manifest.spec import Target
 
 
@@ -140,6 +129,8 @@ class Cloud:
         """Clients for the embedded local cloud: loopback endpoints, and (unless `base` says otherwise)
         the local cloud's own service-account key (`endpoints.credentials`) through google-auth.
         `state_dir`: where it runs, named when it stops answering."""
+        from google.oauth2 import service_account
+
         route_google_auth(endpoints.accounts)
         route_storage_clients(endpoints.storage)
         own_key = functools.partial(service_account.Credentials.from_service_account_file,
@@ -215,6 +206,8 @@ class Cloud:
 
     def _access_token(self) -> str:
         """A current OAuth access token of the credentials (refreshed when needed)."""
+        import google.auth.transport.requests
+
         found = self.credentials
         if not found.valid:
             found.refresh(google.auth.transport.requests.Request())
@@ -224,6 +217,10 @@ class Cloud:
         """An authenticated loopback channel to a local service (None on Google: the client makes its own)."""
         if self.endpoints is None:
             return None
+        import google.auth.transport.requests
+        import grpc
+        from google.auth.transport.grpc import AuthMetadataPlugin
+
         plugin = AuthMetadataPlugin(self.credentials, google.auth.transport.requests.Request())
         address = getattr(self.endpoints, service)
         # Call credentials need a secure channel; gRPC's local credentials are one over loopback TCP.
@@ -238,6 +235,9 @@ class Cloud:
     def storage(self) -> StorageClient:
         """Its session raises EndpointUnreachable for an endpoint nobody answers at, which the
         client's own retry (120 s) does not repeat: the step's retries are the one budget."""
+        from google.api_core.client_options import ClientOptions
+        from google.cloud.storage import Client as StorageClient
+
         local = ClientOptions(api_endpoint=self.endpoints.storage) if self.endpoints else None
         session = ReachingSession(self.credentials, SERVICE_NAMES["storage"], self.unreachable_hint)
         return StorageClient(project=self.project, credentials=self.credentials, client_options=local,
@@ -245,6 +245,11 @@ class Cloud:
 
     @functools.cached_property
     def builds(self) -> cloudbuild_v1.CloudBuildClient:
+        from google.cloud.devtools import cloudbuild_v1
+        from google.cloud.devtools.cloudbuild_v1.services.cloud_build.transports import (
+            CloudBuildGrpcTransport,
+        )
+
         channel = self._channel("cloudbuild")
         if channel is None:
             return cloudbuild_v1.CloudBuildClient(credentials=self.credentials)
@@ -252,6 +257,9 @@ class Cloud:
 
     @functools.cached_property
     def services(self) -> run_v2.ServicesClient:
+        from google.cloud import run_v2
+        from google.cloud.run_v2.services.services.transports import ServicesGrpcTransport
+
         channel = self._channel("cloudrun")
         if channel is None:
             return run_v2.ServicesClient(credentials=self.credentials)
@@ -259,6 +267,9 @@ class Cloud:
 
     @functools.cached_property
     def revisions(self) -> run_v2.RevisionsClient:
+        from google.cloud import run_v2
+        from google.cloud.run_v2.services.revisions.transports import RevisionsGrpcTransport
+
         channel = self._channel("cloudrun")
         if channel is None:
             return run_v2.RevisionsClient(credentials=self.credentials)
@@ -267,6 +278,11 @@ class Cloud:
     @functools.cached_property
     def functions(self) -> functions_v1.CloudFunctionsServiceClient:
         """Cloud Functions v1: 1st-gen functions in their own shape (get, download URL, IAM, call)."""
+        from google.cloud import functions_v1
+        from google.cloud.functions_v1.services.cloud_functions_service.transports import (
+            CloudFunctionsServiceGrpcTransport,
+        )
+
         channel = self._channel("cloudfunctions")
         if channel is None:
             return functions_v1.CloudFunctionsServiceClient(credentials=self.credentials)
@@ -276,6 +292,11 @@ class Cloud:
     @functools.cached_property
     def functions_v2(self) -> functions_v2.FunctionServiceClient:
         """Cloud Functions v2: lists 1st- and 2nd-gen functions (`environment` GEN_1 / GEN_2)."""
+        from google.cloud import functions_v2
+        from google.cloud.functions_v2.services.function_service.transports import (
+            FunctionServiceGrpcTransport,
+        )
+
         channel = self._channel("cloudfunctions")
         if channel is None:
             return functions_v2.FunctionServiceClient(credentials=self.credentials)
@@ -284,6 +305,11 @@ class Cloud:
     @functools.cached_property
     def secrets(self) -> secretmanager.SecretManagerServiceClient:
         """Secret Manager: whether the secrets a manifest names exist (cf2run never reads their data)."""
+        from google.cloud import secretmanager
+        from google.cloud.secretmanager_v1.services.secret_manager_service.transports import (
+            SecretManagerServiceGrpcTransport,
+        )
+
         channel = self._channel("secretmanager")
         if channel is None:
             return secretmanager.SecretManagerServiceClient(credentials=self.credentials)
