@@ -84,13 +84,18 @@ def migrate(
         "--target", help="Override the manifest's target kind: local or gcp.")] = None,
 ) -> None:
     """Migrate the functions of a manifest to Cloud Run, one after another."""
-    from cf2run.report import migrate_each, print_results
+    from cf2run import short_process
+
+    with short_process.imports_frozen():
+        import flows.migrate_function  # noqa: F401 - what migrate_each runs, frozen with the rest
+        from cf2run.report import migrate_each, print_results
 
     loaded = _load(manifest, only, target)
     _connect(loaded.target)
     _tell_about_the_prefect_server()
     results = migrate_each(loaded.functions, loaded.target)
     print_results(results, f"cf2run migrate {manifest}")
+    short_process.before_exit()
     raise typer.Exit(0 if all(r.status == "succeeded" for r in results) else 1)
 
 
