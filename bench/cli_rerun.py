@@ -8,9 +8,10 @@ then `cf2run migrate MANIFEST` run again, unchanged, as a user runs it (a new pr
 time, wall time from the shell's point of view), three ways:
 
 - temporary server: no Prefect server configured: Prefect starts one for the command;
-- background server: a server left running as `prefect server start --background` leaves one
-  (its PID in PREFECT_HOME/server.pid): cf2run uses it (cf2run/prefect_server.py);
-- baseline: `python -c "import flows.migrate_function"`: the imports every run pays.
+- background server: a server `cf2run server start` left running (its PID in
+  PREFECT_HOME/server.pid): cf2run uses it (cf2run/prefect_server.py);
+- baselines: `python -c "import flows.migrate_function"` (the imports every run pays) and
+  `python -c "import prefect"` (Prefect's share of them).
 
 Goal (issue 16): an unchanged rerun under 3 s wall with the background server.
 """
@@ -33,14 +34,13 @@ from bench._common import (
     Samples,
     Stopwatch,
     command_line,
+    free_port,
     machine,
     markdown_table,
     ratio,
     write_section,
 )
-from bench.fleet import prefect_api
 from cf2run.localcloud.server import LocalCloud
-from cf2run.prefect_server import PID_FILE
 
 BIN = Path(sys.executable).parent
 
@@ -72,31 +72,33 @@ def main() -> None:
         clean = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
         os.environ["PREFECT_HOME"] = str(home)
         migrate = [str(BIN / "cf2run"), "migrate", str(manifest)]
-        temporary, background, imports = (Samples("temporary server"), Samples("background server"),
-                                          Samples("imports"))
-        groups: dict[str, int] = {}
-        with prefect_api(root, "sqlite", groups) as url:
-            port = url.rsplit(":", 1)[1].split("/")[0]
-            env = clean | {"PREFECT_HOME": str(home), "PREFECT_SERVER_API_PORT": port}
-            (home / PID_FILE).write_text(str(groups["Prefect server"]))
+        temporary, background = Samples("temporary server"), Samples("background server")
+        imports, prefect = Samples("imports"), Samples("import prefect")
+        env = clean | {"PREFECT_HOME": str(home), "PREFECT_SERVER_API_PORT": str(free_port())}
+        server = [str(BIN / "cf2run"), "server"]
+        timed([*server, "start"], env, Samples("server start"))
+        try:
             timed(migrate, env, Samples("first migration"))  # builds and deploys once
             for _ in range(args.reps):
                 output = timed(migrate, env, background)
                 assert "Starting temporary server" not in output, output[-2000:]
                 timed([sys.executable, "-c", "import flows.migrate_function"], env, imports)
-            (home / PID_FILE).unlink()
-            for _ in range(args.reps):
-                timed(migrate, env, temporary)
-    body = report(temporary, background, imports, args.reps)
+                timed([sys.executable, "-c", "import prefect"], env, prefect)
+        finally:
+            timed([*server, "stop"], env, Samples("server stop"))
+        for _ in range(args.reps):
+            timed(migrate, env, temporary)
+    body = report(temporary, background, imports, prefect, args.reps)
     print(body)
     if not args.no_readme:
         write_section("cli_rerun", body)
 
 
-def report(temporary: Samples, background: Samples, imports: Samples, reps: int) -> str:
+def report(temporary: Samples, background: Samples, imports: Samples, prefect: Samples,
+           reps: int) -> str:
     met = "met" if background.median < 3 else "NOT met"
     rows = [[s.label, f"{s.median:.2f} s", s.spread(), ratio(s.median, imports.median)]
-            for s in (temporary, background, imports)]
+            for s in (temporary, background, imports, prefect)]
     return "\n".join([
         f"Measured {machine()}.", f"`{command_line()}`: median of {reps} runs each.", "",
         markdown_table(["unchanged rerun of one function", "wall (median)", "min-max",
