@@ -9,8 +9,9 @@ internal registry traffic is exempt from the fault knob) and a temporary Prefect
 (1) inputs: every case of bench/reliability_inputs.py through `cf2run plan`; refused clearly =
     exit 2, the message names the field or file, no traceback or internal class, and the local
     cloud received no call;
-(2) faults: N functions migrated as one fleet with every call the pipeline makes (gRPC and
-    registry) failing with UNAVAILABLE at probability P;
+(2) faults: N functions (each naming a secret) migrated as one fleet with every call the
+    pipeline makes (gRPC, Secret Manager included, registry, Cloud Storage) failing with
+    UNAVAILABLE at probability P;
 (3) kills: `cf2run migrate` of a new function killed (SIGKILL) while each step runs, then rerun:
     converged (succeeded, URL answers), builds of its image and revisions of its service
     counted (goal: 1 each), rerun wall time;
@@ -87,10 +88,12 @@ def bad_inputs(root: Path, local: Any) -> tuple[int, list[str]]:
 # -- shared: manifests and migrations -----------------------------------------------------------
 
 
-def write_manifest(directory: Path, local: Any, functions: dict[str, str], slow: bool = False) -> Path:
+def write_manifest(directory: Path, local: Any, functions: dict[str, str], slow: bool = False,
+                   secret: str | None = None) -> Path:
     """A manifest of functions name -> their answer, public, smoke-tested on their body. `slow`:
     each source carries 40 MB of random bytes and answers after a second, so that packaging and
-    the smoke test last long enough to be killed in."""
+    the smoke test last long enough to be killed in. `secret`: each names it (secret_env), so the
+    migration asks Secret Manager about it."""
     entries = []
     for name, body in functions.items():
         source = directory / name
@@ -100,7 +103,8 @@ def write_manifest(directory: Path, local: Any, functions: dict[str, str], slow:
         if slow:
             (source / "padding.bin").write_bytes(os.urandom(40 * 1024 * 1024))
         entries.append({"name": name, "source": str(source), "runtime": "python311", "entry_point": "hello",
-                        "allow_unauthenticated": True, "smoke": {"expect_body": body}})
+                        "allow_unauthenticated": True, "smoke": {"expect_body": body},
+                        **({"secret_env": {"FAULTS_SECRET": secret}} if secret else {})})
     path = directory / "manifest.yaml"
     path.write_text(yaml.safe_dump({"target": {"kind": "local", "localcloud_dir": str(local.state_dir)},
                                     "functions": entries}))
@@ -132,7 +136,8 @@ def under_faults(root: Path, local: Any, cloud: Any, env: dict[str, str], n: int
 
     prefix = f"flt-{uuid.uuid4().hex[:4]}"
     functions = {f"{prefix}-{i}": f"answer {i}" for i in range(n)}
-    manifest = write_manifest(root / prefix, local, functions)
+    local.cloudrun.secrets.add_version("local-project", prefix, b"not-a-real-secret")
+    manifest = write_manifest(root / prefix, local, functions, secret=prefix)
     before, injected_before = local.faults.calls.copy(), local.faults.injected.copy()
     local.settings.faults = [Fault(method="*", code="UNAVAILABLE", probability=probability)]
     watch = Stopwatch()
@@ -307,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
             goals.append(["bad inputs refused clearly before any cloud call (every one of >= 100)",
                           f"{tried - len(failures)} of {tried}",
                           "met" if not failures and tried >= 100 else "missed"])
-            details += ["Bad inputs not refused clearly:", "", *[f"- {f}" for f in failures], ""]
+            if failures:
+                details += ["Bad inputs not refused clearly:", "", *[f"- {f}" for f in failures], ""]
         if "faults" in parts:
             done, missing, elapsed, calls = under_faults(root / "faults", local, cloud, env, args.n, args.p)
             print(f"faults: {done}/{args.n} migrated in {elapsed:.0f} s ({calls})", flush=True)

@@ -118,3 +118,7 @@ class EndpointUnreachable(TransientError):
 
 class LocalCloudNotRunning(Cf2RunError):
     """No local cloud runs in the state directory a local target names (stopped, or killed)."""
+
+
+class LocalCloudStarting(LocalCloudNotRunning):
+    """The local cloud in the state directory is still starting: not every service listens yet."""

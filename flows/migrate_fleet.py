@@ -29,6 +29,7 @@ from prefect.states import Completed, Failed, State
 from pydantic import Field
 
 from cf2run.fleet.fanout import Fanout, load, migrate_here, migrate_on_a_worker
+from cf2run.fleet.lease_holders import RUN_HOOKS
 from cf2run.fleet.plan import FunctionPlan, plan_function
 from cf2run.fleet.progress import FleetProgress
 from cf2run.fleet.quotas import ensure_limits
@@ -51,7 +52,7 @@ def _run_name() -> str:
     return f"fleet[{name}]" + ("-dry-run" if flow_run.parameters.get("dry_run") else "")
 
 
-@flow(name="migrate-fleet", flow_run_name=_run_name, log_prints=False)
+@flow(name="migrate-fleet", flow_run_name=_run_name, log_prints=False, **RUN_HOOKS)
 def migrate_fleet(
     manifest: Path | Manifest,
     target: TargetChanges = None,

@@ -37,6 +37,7 @@ from prefect.utilities.annotations import opaque
 
 from cf2run import events
 from cf2run.errors import CandidateRejected, ImageVerificationError, ParityDiffers, SmokeTestFailed
+from cf2run.fleet.lease_holders import RUN_HOOKS
 from cf2run.fleet.quotas import build_lane, build_turn
 from cf2run.fleet.slots import settle
 from cf2run.forms import override
@@ -88,7 +89,7 @@ class _Steps:
 
 
 @flow(name="migrate-function", flow_run_name="migrate[{spec.name}]", log_prints=False,
-      persist_result=True)
+      persist_result=True, **RUN_HOOKS)
 def migrate_function(spec: FunctionSpec, target: TargetChanges = None) -> State[MigrationResult]:
     """Migrate one function: package, pack build, verify, deploy, smoke test, parity, promote.
 

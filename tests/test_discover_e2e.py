@@ -27,7 +27,7 @@ from typer.testing import CliRunner, Result
 from cf2run.cli import app
 from cf2run.gcp.cloud import Cloud
 from cf2run.localcloud.server import LocalCloud
-from cf2run.localcloud.settings import LocalCloudSettings
+from cf2run.localcloud.settings import Fault, LocalCloudSettings
 from cf2run.manifest.spec import FunctionSpec, load_manifest
 
 GOLDEN = Path(__file__).parent / "discover_fixtures" / "samples.golden.yaml"
@@ -207,3 +207,29 @@ def test_the_old_functions_are_unchanged_by_discover(functions_cloud: LocalCloud
     answer = requests.get(f"{functions_cloud.endpoints.functions}/hello-python?name=old", timeout=60)
     assert answer.status_code == 200 and "Hello, old!" in answer.text
     shutil.rmtree(tmp_path)
+
+
+def test_transient_failures_of_the_download_url_and_its_download_are_retried(
+        functions_cloud: LocalCloud, tmp_path: Path) -> None:
+    """GenerateDownloadUrl answering UNAVAILABLE, then its signed URL answering 503 (Cloud Storage's
+    XML API: retry with backoff), each for the first calls (100% of them, then 0%): discover still
+    takes the deployed source from GenerateDownloadUrl, not the fallback, and the knob fired."""
+    faults = functions_cloud.faults
+    functions_cloud.settings.faults = [
+        Fault(method="CloudFunctionsService.GenerateDownloadUrl", code="UNAVAILABLE", first_n=1),
+        Fault(method="Storage.SignedGET", code="UNAVAILABLE", first_n=2, message="backend down")]
+    before = faults.injected.copy()
+    try:
+        run = discover(functions_cloud, tmp_path, "--filter", "hello-python")
+    finally:
+        functions_cloud.settings.faults = []
+    assert run.exit_code == 0, run.output
+    assert "# deployed source of version 1 (GenerateDownloadUrl)" in (tmp_path / "manifest.yaml").read_text()
+    example = EXAMPLES / SAMPLES["hello-python"][0]
+    for path in example.rglob("*"):
+        if path.is_file():
+            extracted = tmp_path / "functions" / "hello-python" / path.relative_to(example)
+            assert extracted.read_bytes() == path.read_bytes()
+    injected = faults.injected - before
+    assert injected["CloudFunctionsService.GenerateDownloadUrl"] == 1
+    assert injected["Storage.SignedGET"] == 2

@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 from flowruns import migrate
 from google.cloud.devtools import cloudbuild_v1
+from serving import wait_serving
 from test_migrate_e2e import builds_of, fresh_copy
 
-from cf2run.errors import LocalCloudNotRunning
 from cf2run.gcp.cloud import Cloud
 from cf2run.gcp.oci import ImageRef
 from cf2run.localcloud.endpoints import Endpoints
@@ -41,23 +41,11 @@ class Serve:
 
     def __init__(self, state: Path, **knobs: str) -> None:
         self.state = state
-        started = time.time()
         self.process = subprocess.Popen(
             [str(CF2RUN), "localcloud", "serve", "--state-dir", str(state)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             env={**os.environ, **{f"CF2RUN_LOCALCLOUD_{k.upper()}": v for k, v in knobs.items()}})
-        deadline = time.monotonic() + 120
-        while True:
-            assert self.process.poll() is None, self.process.stderr.read().decode()  # type: ignore[union-attr]
-            try:
-                Endpoints.running(state)
-                # written by this instance once every service listens (a killed one left its file)
-                if (state / "endpoints.json").stat().st_mtime >= started:
-                    return
-                raise LocalCloudNotRunning("still starting")
-            except (LocalCloudNotRunning, Exception):
-                assert time.monotonic() < deadline, "the local cloud did not start"
-                time.sleep(0.2)
+        wait_serving(self.process, state)
 
     def kill_9(self) -> None:
         self.process.send_signal(signal.SIGKILL)

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from cf2run.cli import app
 from cf2run.gcp.cloud import Cloud
 from cf2run.localcloud.server import LocalCloud
-from cf2run.localcloud.settings import LocalCloudSettings
+from cf2run.localcloud.settings import Fault, LocalCloudSettings
 from cf2run.manifest.spec import FunctionSpec, Target
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -110,3 +110,20 @@ def test_a_check_secret_manager_refuses_is_a_warning_naming_the_roles(
     assert ("gcloud secrets add-iam-policy-binding whatever --project=local-project "
             "--member=serviceAccount:local-project@appspot.gserviceaccount.com "
             "--role=roles/secretmanager.secretAccessor") in answer.output, answer.output
+
+
+def test_secret_manager_failing_transiently_is_retried_and_the_migration_succeeds(
+        localcloud: LocalCloud, knobs: LocalCloudSettings, tmp_path: Path) -> None:
+    """GetSecretVersion answers UNAVAILABLE to its first two calls (100%, then 0%): the secrets
+    step is retried as transient, and the migration succeeds."""
+    key = f"api-key-{uuid.uuid4().hex[:6]}"
+    localcloud.cloudrun.secrets.add_version("local-project", key, b"s3cret")
+    spec = FunctionSpec.model_validate(function(tmp_path, secret_env={"API_KEY": key}))
+    knobs.faults = [Fault(method="SecretManagerService.GetSecretVersion", code="UNAVAILABLE", first_n=2)]
+    before = localcloud.faults.injected["SecretManagerService.GetSecretVersion"]
+
+    migrated, runs = migrate(spec, Target(kind="local", localcloud_dir=localcloud.state_dir))
+
+    assert migrated.status == "succeeded", migrated.message
+    assert localcloud.faults.injected["SecretManagerService.GetSecretVersion"] - before == 2
+    assert runs[f"secrets[{spec.name}]"] == 3, runs

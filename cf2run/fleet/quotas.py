@@ -9,8 +9,9 @@ run more builds, or write to Cloud Run faster, than the project's quota allows:
 | `cf2run-cloud-build` | concurrency | 10 | concurrent builds per project (REFERENCE §1) |
 | `cf2run-cloud-run-writes` | rate limit | 60 a minute | Cloud Run Admin API writes per minute, region |
 
-A slot held by a run that was killed (`kill -9`) is taken back by the next fleet or `cf2run
-setup` on the same Prefect server (lease_holders.py), not only when its lease runs out.
+A slot held by a run that was killed (`kill -9`) is taken back by the next fleet, `cf2run
+migrate` or `cf2run setup` on the same Prefect server (lease_holders.py), not only when its
+lease runs out; a killed run on the same host is marked Crashed then, slots or not.
 
 Set them to your project's quotas (IAM & Admin > Quotas) with `cf2run setup --builds N
 --run-writes-per-minute N`, or `prefect gcl update NAME --limit N`. A limit that does not
@@ -74,10 +75,12 @@ def ensure_limits(quotas: QuotaLimits | None = None, *, replace: Collection[str]
         with get_client(sync_client=True) as own:
             return ensure_limits(quotas, replace=replace, client=own)
     reclaimed = lease_holders.reclaim(client)  # slots of killed runs, before anyone waits for them
+    slots = [holder for holder in reclaimed if holder.lease_id is not None]
     if reclaimed:
-        _logger().warning("took back %d build slot(s) held by runs that were killed: %s", len(reclaimed),
-                          ", ".join(sorted({f"flow run {h.flow_run} (pid {h.pid} on {h.host})"
-                                            for h in reclaimed})))
+        runs = sorted({f"flow run {h.flow_run} (pid {h.pid} on {h.host})" for h in reclaimed})
+        _logger().warning("%d flow run(s) were killed or ended unseen (%s): marked Crashed if still "
+                          "Running; %d build slot(s) they held taken back", len(runs), ", ".join(runs),
+                          len(slots))
     changed, sizes = [], {}
     for limit in (quotas or QuotaLimits()).creates():
         if limit.name in replace:

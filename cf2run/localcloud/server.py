@@ -64,6 +64,7 @@ class LocalCloud:
         self.faults = FaultInjector(self.settings)
         self._stack = contextlib.ExitStack()
         self._endpoints: Endpoints | None = None
+        self._marked = False  # endpoints.json says this instance started (or is starting) here
 
     @property
     def endpoints(self) -> Endpoints:
@@ -74,11 +75,15 @@ class LocalCloud:
     def start(self) -> LocalCloud:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         children.claim(self.state_dir)  # LocalCloudBusy while another live one serves here
+        previous = _previous_ports(self.state_dir)
+        # Before any service listens: a command meanwhile is told it is starting, not sent to the
+        # token service that answers first while the others are still to come (endpoints.py).
+        Endpoints.mark_starting(self.state_dir)
+        self._marked = True
         ended = children.end_leftovers(self.state_dir)
         if ended:
             log.warning("ended %d processes an earlier local cloud in %s left running (pids %s)",
                         len(ended), self.state_dir, ", ".join(map(str, ended)))
-        previous = _previous_ports(self.state_dir)
         try:
             self._start(previous)
         except BaseException:
@@ -161,7 +166,7 @@ class LocalCloud:
             cloudfunctions=f"127.0.0.1:{functions_port}", functions=functions_url,
             secretmanager=f"127.0.0.1:{secrets_port}",
             credentials=str(self.accounts.default_key_file()))
-        self._endpoints.write(state)  # kept after close: a restart reuses its ports
+        self._endpoints.write(state)  # clears the starting mark; kept after close (the ports are reused)
 
     def _start_functions(self, previous: dict[str, int], tokens: TokenAuthority, instances: Instances,
                          registry: RegistryClient, storage_backend: str, storage_url: str) -> tuple[int, str]:
@@ -210,9 +215,9 @@ class LocalCloud:
 
     def close(self) -> None:
         self._stack.close()
-        if self._endpoints is not None:  # commands then say at once that none runs here
+        if self._marked:  # commands then say at once that none runs here
             Endpoints.mark_stopped(self.state_dir)
-        self._endpoints = None
+        self._endpoints, self._marked = None, False
         children.release(self.state_dir)
         if self._ephemeral:
             shutil.rmtree(self.state_dir, ignore_errors=True)

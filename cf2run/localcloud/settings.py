@@ -46,11 +46,14 @@ class Fault(BaseModel):
     `method` is ``Service.Method`` as the API names it: ``CloudBuild.CreateBuild``,
     ``CloudBuild.GetBuild``, ``Services.CreateService``, ``Services.UpdateService``,
     ``Revisions.ListRevisions``, ``Operations.GetOperation``, ``CloudFunctionsService.GetFunction``
-    (v1), ``FunctionService.ListFunctions`` (v2), ``SecretManagerService.GetSecretVersion``, or
+    (v1), ``FunctionService.ListFunctions`` (v2), or
     for the registry ``Registry.<Verb>`` with Verb one of ``GetManifest HeadManifest PutManifest
     GetBlob HeadBlob StartUpload PatchUpload PutUpload GetUpload CancelUpload ListTags Ping
     GetToken``, or for Cloud Storage's JSON API ``Storage.<HTTP method>`` (``Storage.POST``: an
-    upload, ``Storage.GET``...). ``*`` matches every method.
+    upload, ``Storage.GET``...), and ``Storage.SignedGET`` for a signed URL's download (e.g. the
+    one Cloud Functions' GenerateDownloadUrl returns). Secret Manager's methods
+    (``SecretManagerService.GetSecretVersion``, ``.GetSecret``...) go through the same gRPC layer
+    as every API. ``*`` matches every method.
     Without `first_n` and `probability` every call fails.
     """
 

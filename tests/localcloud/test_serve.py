@@ -15,11 +15,16 @@ import httpx
 import pytest
 from builder_samples import PYTHON_MAIN, python_function
 from google.cloud import run_v2
+from serving import wait_serving
+from test_cloudrun import APP, Env, service_of
+from test_scaling import listens
 
-from cf2run.errors import LocalCloudNotRunning
+from cf2run.errors import LocalCloudNotRunning, LocalCloudStarting
 from cf2run.gcp.cloud import Cloud
 from cf2run.localcloud.cloudbuild.builder import build_function
-from cf2run.localcloud.endpoints import FILENAME, Endpoints
+from cf2run.localcloud.endpoints import Endpoints
+from cf2run.localcloud.settings import LocalCloudSettings
+from cf2run.manifest.spec import Target
 
 CF2RUN = Path(sys.executable).with_name("cf2run")
 PARENT = "projects/local-project/locations/us-central1"
@@ -34,16 +39,18 @@ class Serve:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Endpoints:
-        path = self.state_dir / FILENAME
-        before = path.stat().st_mtime_ns if path.exists() else None
+        return wait_serving(self.launch(), self.state_dir)
+
+    def launch(self) -> subprocess.Popen[bytes]:
+        """Start it, not waiting until it serves."""
         self.process = subprocess.Popen([str(CF2RUN), "localcloud", "serve", "--state-dir",
                                          str(self.state_dir)], stdout=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
-        while not path.exists() or path.stat().st_mtime_ns == before:
-            assert self.process.poll() is None, "serve exited before writing endpoints.json"
-            assert time.monotonic() < deadline, "serve did not write endpoints.json in 60 s"
-            time.sleep(0.2)
-        return Endpoints.read(self.state_dir)
+        return self.process
+
+    def kill_9(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
 
     def stop(self) -> int:
         assert self.process is not None
@@ -73,8 +80,11 @@ def processes_using(directory: Path) -> list[int]:
 
 
 def cf2run(*args: str) -> str:
-    return subprocess.run([str(CF2RUN), *args], check=True, capture_output=True, text=True,
-                          timeout=60).stdout
+    return run_cf2run(*args, check=True).stdout
+
+
+def run_cf2run(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(CF2RUN), *args], check=check, capture_output=True, text=True, timeout=60)
 
 
 def get(url: str, token: str) -> httpx.Response:
@@ -118,3 +128,52 @@ def test_restart_brings_services_back_on_the_same_urls(serve: Serve, tmp_path: P
     assert "hello from python" in get(created.uri, token).text
     assert serve.stop() == 0
     assert processes_using(serve.state_dir) == []
+
+
+#: An app that listens only once the file GATE exists: a warm revision of it holds a restarted local
+#: cloud in its restore (after its token service listens, before its last services do) until then.
+GATED = "import os, time\nwhile not os.path.exists({gate!r}):\n    time.sleep(0.05)\n" + APP
+
+
+def test_a_command_while_a_killed_serve_restarts_is_told_it_is_starting(serve: Serve, tmp_path: Path) -> None:
+    """The race of a restart after `kill -9`: the killed instance's endpoints.json was never marked,
+    the new one's token service (the port `Endpoints.running` probes) answers first, and a command
+    went ahead against a half-started cloud. Held in that state for real by a warm revision that
+    cannot start yet, a command is now told the local cloud is still starting, and works once it
+    serves; a serve killed while starting is reported as such, not as starting forever."""
+    gate = tmp_path / "gate"
+    gate.touch()
+    state = serve.state_dir
+    endpoints = serve.start()
+    cf2run("localcloud", "create-repository", "apps", "--state-dir", str(state))
+    cloud = Cloud.local(endpoints)
+    pusher = Env(cloud.services, cloud.revisions, LocalCloudSettings(), cloud.registry, str, str)
+    image = pusher.push_app(GATED.format(gate=str(gate), greeting="warm"))
+    created = cloud.services.create_service(parent=PARENT, service_id="warm", service=service_of(
+        image, scaling=run_v2.RevisionScaling(min_instance_count=1))).result(timeout=120)
+    token = cloud.id_token(created.uri)
+
+    serve.kill_9()
+    gate.unlink()
+    for attempt in ("killed while starting", "served"):
+        starting = serve.launch()
+        while not listens(Endpoints.port_of(endpoints.accounts)):  # what the old check took for "running"
+            assert starting.poll() is None, "serve exited while starting"
+            time.sleep(0.05)
+        command = run_cf2run("localcloud", "token", created.uri, "--state-dir", str(state))
+        assert command.returncode == 2, command.stdout
+        assert f"the local cloud in {state} is still starting (pid {starting.pid})" in command.stderr
+        assert f"cf2run localcloud serve --state-dir {state}" in command.stderr
+        with pytest.raises(LocalCloudStarting):
+            Cloud.for_target(Target(kind="local", localcloud_dir=state))
+        if attempt == "killed while starting":
+            serve.kill_9()
+            command = run_cf2run("localcloud", "token", created.uri, "--state-dir", str(state))
+            assert command.returncode == 2
+            assert f"its process (pid {starting.pid}) ended while it was starting" in command.stderr
+
+    gate.touch()
+    assert wait_serving(starting, state) == endpoints
+    assert get(created.uri, token).text == "warm from " + created.latest_ready_revision.rsplit("/", 1)[-1]
+    assert run_cf2run("localcloud", "token", created.uri, "--state-dir", str(state)).returncode == 0
+

@@ -37,6 +37,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilterParentFlowRunId,
 )
 from prefect.client.schemas.objects import Artifact, FlowRun, TaskRun
+from serving import serving
 
 from prefect_server.processes import BIN, ROOT, Service, free_port, kill_pid_group, start
 
@@ -169,7 +170,7 @@ def running_stack(workdir: Path, results_bucket: str | None = None, separate_wor
         services.append(start("localcloud", [str(BIN / "cf2run"), "localcloud", "serve",
                                              "--state-dir", str(localcloud_dir)], env, logs))
         services[0].wait_until(lambda: _healthy(api_url), SERVER_START_S, "healthy API")
-        services[1].wait_until((localcloud_dir / "endpoints.json").exists, 120, "endpoints.json")
+        services[1].wait_until(lambda: serving(localcloud_dir), 120, "the local cloud serving")
         results = ["--results-bucket", results_bucket] if results_bucket else []
         _run([str(BIN / "cf2run"), "setup", *results], env, "cf2run setup")
         _run([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"], env, "prefect deploy --all")

@@ -4,7 +4,8 @@ The run form of `migrate-from-manifest` refuses a bad function name before any r
 (the error under the field, no flow run), and shows no 'Property is type "None"' noise; a fleet
 run with a broken function shows its table (the message early, a short digest) and its report
 (the failure in full under the table, with the hint), and the README's automation
-(deployments/automations.yaml) fires on that failed run. Screenshots go to the test's directory,
+(deployments/automations.yaml) fires on that failed run; its zombie automation (a run whose
+heartbeats stop is marked Crashed) is accepted by the server. Screenshots go to the test's directory,
 or to $CF2RUN_UI_SCREENSHOTS (docs/ui/ holds the README's).
 
 Skipped, saying so, where Debian's chromium is not installed (.ci/run installs it).
@@ -137,6 +138,14 @@ def create_the_readme_automation(stack: PrefectStack, tmp_path: Path) -> None:
     created = subprocess.run([str(BIN / "prefect"), "automation", "create", "--from-file", str(automations)],
                              env=stack.env, capture_output=True, text=True, timeout=120)
     assert created.returncode == 0, created.stdout + created.stderr
+    # both, as the server took them: the zombie one marks a run Crashed when its heartbeats stop
+    found = {a["name"]: a for a in httpx.post(f"{stack.api_url}/automations/filter", json={},
+                                               timeout=30).json()}
+    assert {"cf2run fleet failed", "cf2run crash zombie flow runs"} <= set(found), sorted(found)
+    zombie = found["cf2run crash zombie flow runs"]
+    assert zombie["enabled"] and zombie["trigger"]["posture"] == "Proactive", zombie
+    assert zombie["trigger"]["after"] == ["prefect.flow-run.heartbeat"], zombie
+    assert [(a["type"], a["state"]) for a in zombie["actions"]] == [("change-flow-run-state", "CRASHED")]
 
 
 def automation_fired_for(stack: PrefectStack, run_id: UUID, timeout: float = 60) -> bool:

@@ -272,6 +272,20 @@ class _StorageHandler(ProxyHandler):
             return
         self.forward(self.front.backend, 300.0, self.forwarded_headers())
 
+    def _signed_fault(self) -> bool:
+        """Answer the fault knob's error for this signed-URL download (``Storage.SignedGET``), if
+        one fires: the XML API's (https://cloud.google.com/storage/docs/xml-api/reference-status:
+        an ``<Error>`` document with a Code and a Message; 503 and 429 are to be retried with
+        backoff)."""
+        fault = self.front.faults.check(f"Storage.Signed{self.command}") if self.front.faults else None
+        if fault is None:
+            return False
+        status = FAULT_HTTP_STATUS.get(fault.code, 500)
+        code = {503: "ServiceUnavailable", 429: "SlowDown"}.get(status, "InternalError")
+        self.fail(status, f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code><Message>"
+                          f"{fault.message}</Message></Error>", "application/xml; charset=UTF-8")
+        return True
+
     do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = handle_any
 
     def _signed(self, path: str, signature: str) -> None:
@@ -284,6 +298,8 @@ class _StorageHandler(ProxyHandler):
                            "<Message>The request signature we calculated does not match the signature you "
                            "provided. Check your Google secret key and signing method.</Message></Error>",
                       "application/xml; charset=UTF-8")
+            return
+        if self._signed_fault():
             return
         self.path = f"/storage/v1/b/{bucket}/o/{urllib.parse.quote(name, safe='')}?alt=media"
         headers = [h for h in self.forwarded_headers() if h[0].lower() != "authorization"]
