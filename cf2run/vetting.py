@@ -19,7 +19,7 @@ revision stays vetted; `recheck` tests it again (and records it again).
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 from prefect.results import ResultStore, get_result_store
 from prefect.utilities.hashing import hash_objects
@@ -64,4 +64,4 @@ def recorded(key: str) -> str | None:
 
 def _store() -> ResultStore:
     """The result store the deploy step's cache records go to, in this run's context."""
-    return get_result_store().update_for_task(deploy_service)
+    return cast(ResultStore, get_result_store().update_for_task(deploy_service))  # sync: no event loop here
