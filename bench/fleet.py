@@ -118,7 +118,7 @@ def child(args: argparse.Namespace) -> int:
 
     manifest = Path(args.manifest)
     fleet = load(manifest)
-    only = [spec.name for spec in fleet.functions][:args.first] if args.first else None
+    only = tuple(spec.name for spec in fleet.functions)[:args.first] if args.first else ()
     rss_before = memory_kib("VmRSS") or 0
     imports = resource.getrusage(resource.RUSAGE_SELF)
     started_at, watch = time.time(), Stopwatch()
