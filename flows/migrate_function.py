@@ -189,6 +189,8 @@ def _migrate(spec: FunctionSpec, target: Target, leave_lane: Callable[[], None],
             result.serving, result.status, result.unchanged = promoted.serving, "succeeded", True
             result.message = (f"unchanged, not tested again: {deployment.revision} serves all the "
                               f"traffic (when promoted: {vetted})")
+            if promoted.changed:  # the manifest's ingress, or a candidate tag left behind
+                result.message += "; promote updated the service's ingress or tags"
             return _finish(result, steps)
         try:
             smoke = _passed_or_discarded(steps, "smoke", smoke_test, spec, target, deployment, result)
