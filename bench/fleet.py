@@ -118,7 +118,7 @@ def child(args: argparse.Namespace) -> int:
 
     manifest = Path(args.manifest)
     fleet = load(manifest)
-    only = [spec.name for spec in fleet.functions][:args.first] if args.first else None
+    only = tuple(spec.name for spec in fleet.functions)[:args.first] if args.first else ()
     rss_before = memory_kib("VmRSS") or 0
     imports = resource.getrusage(resource.RUSAGE_SELF)
     started_at, watch = time.time(), Stopwatch()
@@ -132,7 +132,8 @@ def child(args: argparse.Namespace) -> int:
         state, results, plans = "Completed", [], [{"function": name, "ok": True} for name in names]
     else:
         flow_state = migrate_fleet(manifest, max_parallel=args.max_parallel, dry_run=args.child == "dry-run",
-                                   fanout="local", only=only, return_state=True)
+                                   fanout="local", only=only, recheck=args.child == "recheck",
+                                   return_state=True)
         fleet_report = flow_state.result(raise_on_failure=False)
         assert isinstance(fleet_report, FleetReport), fleet_report
         state, results = flow_state.name or flow_state.type.value, fleet_report.results
@@ -488,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
                              "cluster; sqlite: prefect server start's default)")
     parser.add_argument("--no-readme", action="store_true", help="print only; leave bench/README.md alone")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (children's logs)")
-    parser.add_argument("--child", choices=["fleet", "each", "dry-run", "orchestration"],
+    parser.add_argument("--child", choices=["fleet", "recheck", "each", "dry-run", "orchestration"],
                         help=argparse.SUPPRESS)
     parser.add_argument("--manifest", help=argparse.SUPPRESS)
     parser.add_argument("--first", type=int, default=0, help=argparse.SUPPRESS)

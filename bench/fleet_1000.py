@@ -149,7 +149,14 @@ def measure(args: argparse.Namespace, root: Path, groups: dict[str, int], machin
         rerun_after = counts(cloud)
         print(f"(c) rerun: {seconds(rerun.wall_s)}, peak RSS {mib(rerun.rss_peak_kib)}", flush=True)
 
-        runtime, watch = local.instances.runtime, time.monotonic()
+        runtime = local.instances.runtime
+        if args.recheck:  # printed only: the rerun as it was before it skipped unchanged functions
+            poll_until(lambda: True if not runtime.running() else None, SCALE_TO_ZERO_WAIT_S, 1.0,
+                       "every revision scaled to zero")
+            rechecked = children.run("recheck", fleet_manifest, max_parallel=max_parallel)
+            print(f"(c') rerun with recheck, every revision scaled to zero first: "
+                  f"{seconds(rechecked.wall_s)}, {rechecked.wall_s / args.n:.3f} s per function", flush=True)
+        watch = time.monotonic()
         poll_until(lambda: True if not runtime.running() else None, SCALE_TO_ZERO_WAIT_S, 1.0,
                    "every revision scaled to zero")
         scaled_in_s = time.monotonic() - watch
@@ -222,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="functions migrated one at a time for D (default 5)")
     parser.add_argument("--idle-s", type=float, default=60.0,
                         help="the local cloud's scale_to_zero_after_s (default 60)")
+    parser.add_argument("--recheck", action="store_true",
+                        help="after (c), once every revision scaled to zero, the rerun with recheck "
+                             "(smoke-testing every function, as (c) did before); printed only")
     parser.add_argument("--no-readme", action="store_true", help="print only; leave bench/README.md alone")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (children's logs)")
     args = parser.parse_args(argv)

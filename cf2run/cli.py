@@ -1,7 +1,7 @@
 """The `cf2run` command line.
 
-    cf2run migrate MANIFEST [--only NAME] [--target local|gcp]
-    cf2run fleet MANIFEST [--max-parallel N] [--dry-run] [--fanout local|deployments]
+    cf2run migrate MANIFEST [--only NAME] [--target local|gcp] [--recheck]
+    cf2run fleet MANIFEST [--max-parallel N] [--dry-run] [--fanout local|deployments] [--recheck]
     cf2run setup [--pool NAME] [--builds N] [--run-writes-per-minute N]
                  [--results-bucket BUCKET [--manifest M] [--target local|gcp] [--project P] [--region R]]
     cf2run plan MANIFEST [--only NAME] [--target local|gcp]
@@ -73,6 +73,9 @@ StateDir = Annotated[Path | None, typer.Option(
     "--state-dir", help="Where the local cloud keeps its state and endpoints.json "
                         "(default: $CF2RUN_LOCALCLOUD_DIR, else ~/.cf2run/localcloud).",
     show_default=False)]
+Recheck = Annotated[bool, typer.Option(
+    "--recheck", help="Smoke-test (and compare) unchanged functions too; without it a function "
+                      "whose revision serves unchanged is sent no request.")]
 
 
 @app.command()
@@ -82,6 +85,7 @@ def migrate(
         "--only", help="Migrate only this function (repeatable).")] = None,
     target: Annotated[str | None, typer.Option(
         "--target", help="Override the manifest's target kind: local or gcp.")] = None,
+    recheck: Recheck = False,
 ) -> None:
     """Migrate the functions of a manifest to Cloud Run, one after another."""
     from cf2run import short_process
@@ -93,7 +97,7 @@ def migrate(
     loaded = _load(manifest, only, target)
     _connect(loaded.target)
     _tell_about_the_prefect_server()
-    results = migrate_each(loaded.functions, loaded.target)
+    results = migrate_each(loaded.functions, loaded.target, recheck)
     print_results(results, f"cf2run migrate {manifest}")
     short_process.before_exit()
     raise typer.Exit(0 if all(r.status == "succeeded" for r in results) else 1)
@@ -139,14 +143,14 @@ def demo(
 
 
 def _run_fleet(manifest: Manifest, max_parallel: int, title: str, dry_run: bool = False,
-               fanout: str = "local") -> list[str]:
+               fanout: str = "local", recheck: bool = False) -> list[str]:
     """The migrate-fleet flow over `manifest`, its table printed; returns the functions that failed."""
     from cf2run.fleet.report import FleetReport
     from cf2run.report import print_results
     from flows.migrate_fleet import migrate_fleet
 
     state = migrate_fleet(manifest, max_parallel=max_parallel, dry_run=dry_run,
-                          fanout=fanout, return_state=True)  # type: ignore[arg-type]
+                          fanout=fanout, recheck=recheck, return_state=True)  # type: ignore[arg-type]
     report = state.result(raise_on_failure=False)
     if not isinstance(report, FleetReport):
         typer.secho(f"error: the fleet run crashed: {report}", fg="red", err=True)
@@ -175,6 +179,7 @@ def fleet(
         "--exclude", help="Skip this function (repeatable).")] = None,
     target: Annotated[str | None, typer.Option(
         "--target", help="Override the manifest's target kind: local or gcp.")] = None,
+    recheck: Recheck = False,
 ) -> None:
     """Migrate the functions of a manifest many at a time (the migrate-fleet flow)."""
     if fanout not in ("local", "deployments"):
@@ -188,7 +193,7 @@ def fleet(
     if fanout == "local":  # with deployments, the workers' credentials are the ones that count
         _connect(loaded.target)
     _tell_about_the_prefect_server()
-    failed = _run_fleet(loaded, max_parallel, f"cf2run fleet {manifest}", dry_run, fanout)
+    failed = _run_fleet(loaded, max_parallel, f"cf2run fleet {manifest}", dry_run, fanout, recheck)
     raise typer.Exit(1 if failed else 0)
 
 

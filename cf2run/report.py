@@ -12,15 +12,17 @@ from cf2run.manifest.spec import FunctionSpec, Target
 from cf2run.results import MigrationResult
 
 
-def migrate_each(functions: Iterable[FunctionSpec], target: Target) -> list[MigrationResult]:
+def migrate_each(functions: Iterable[FunctionSpec], target: Target, recheck: bool = False
+                 ) -> list[MigrationResult]:
     """Run the migrate-function flow for each function, one after another (creating the quota
-    limits the steps take, with their defaults, when missing: as a fleet run does)."""
+    limits the steps take, with their defaults, when missing: as a fleet run does); `recheck`:
+    smoke-test the unchanged ones too."""
     from flows.migrate_function import migrate_function
 
     ensure_limits()
     results: list[MigrationResult] = []
     for spec in functions:
-        state = migrate_function(spec, target, return_state=True)
+        state = migrate_function(spec, target, recheck, return_state=True)
         result: object = state.result(raise_on_failure=False)
         if not isinstance(result, MigrationResult):  # the flow itself crashed
             result = MigrationResult(function=spec.name, status="failed", failed_step="flow",

@@ -102,6 +102,8 @@ class TrafficChange(_Result):
     serving: list[str] = Field(description="Revisions that carry traffic now.")
     previous: list[str] = Field(default_factory=list, description="Revisions that carried it before.")
     changed: bool = Field(description="False when the traffic was already where it had to be.")
+    uid: str | None = Field(default=None, description="The service's uid (Cloud Run gives a service "
+                                                      "that is deleted and created again a new one).")
     public: bool | None = Field(default=None, description="Whether allUsers may invoke the service "
                                                           "(set by promote).")
     invokers: list[str] | None = Field(default=None, description="The other members that may invoke "
@@ -192,6 +194,10 @@ class MigrationResult(_Result):
     parity_diffs: list[str] = Field(
         default_factory=list, description="The differences parity found, one per line.")
     timings: dict[str, float] = Field(default_factory=dict, description="Seconds per step.")
+    unchanged: bool = Field(
+        default=False, description="True when nothing was deployed and nothing was tested again: the "
+                                   "revision that serves all the traffic passed its checks when it was "
+                                   "promoted (`recheck` tests it again).")
     warnings: list[str] = Field(
         default_factory=list, description="What the user should look at although it did not fail "
                                           "the migration (files in the source that look like secrets).")

@@ -62,6 +62,7 @@ def migrate_fleet(
     fanout: Fanout = "local",
     only: tuple[str, ...] = (),
     exclude: tuple[str, ...] = (),
+    recheck: bool = False,
 ) -> State[FleetReport]:
     """Migrate a fleet of Cloud Functions to Cloud Run.
 
@@ -77,6 +78,9 @@ def migrate_fleet(
             migrate-function deployment per function, so every worker on the pool shares the fleet.
         only: Migrate only these functions (names).
         exclude: Skip these functions (names).
+        recheck: Smoke-test (and compare with the old function) even the functions that did not
+            change; off, an unchanged function whose revision passed when it was promoted is sent
+            no request.
     """
     started = time.monotonic()
     fleet = load(manifest, target, only, exclude)
@@ -88,7 +92,8 @@ def migrate_fleet(
         if fanout == "deployments":  # each function's result is read back from the result storage
             reach_results(fleet.target)
     progress = FleetProgress(len(fleet.functions), PROGRESS_EVERY_S)
-    outcomes = _fan_out(fleet, max_parallel, dry_run, fanout, progress.update)
+    outcomes = _fan_out(fleet, max_parallel, _one_function(fleet.target, dry_run, fanout, recheck),
+                        progress.update)
     settle()  # the build slots are back on the server before the flow run's client closes
     report = FleetReport(dry_run=dry_run, fanout=fanout, seconds=round(time.monotonic() - started, 3))
     if dry_run:
@@ -105,7 +110,7 @@ def migrate_fleet(
     return Completed(message=report.summary, data=report)
 
 
-def _fan_out(fleet: Manifest, max_parallel: int, dry_run: bool, fanout: Fanout,
+def _fan_out(fleet: Manifest, max_parallel: int, one: Callable[[FunctionSpec], Any],
              progress: Callable[[int], None]) -> list[Any]:
     """Each function's outcome (or exception), in manifest order; `progress(done)` meanwhile.
 
@@ -113,7 +118,6 @@ def _fan_out(fleet: Manifest, max_parallel: int, dry_run: bool, fanout: Fanout,
     runs a function's steps make are this flow run's (as Prefect's ThreadPoolTaskRunner does).
     """
     specs = fleet.functions
-    one = _one_function(fleet.target, dry_run, fanout)
     with ThreadPoolExecutor(max_workers=min(max_parallel, len(specs)), thread_name_prefix="fleet") as pool:
         futures = [pool.submit(contextvars.copy_context().run, one, spec) for spec in specs]
         for done, _ in enumerate(as_completed(futures), start=1):
@@ -121,18 +125,19 @@ def _fan_out(fleet: Manifest, max_parallel: int, dry_run: bool, fanout: Fanout,
     return [future.exception() or future.result() for future in futures]
 
 
-def _one_function(target: Target, dry_run: bool, fanout: Fanout) -> Callable[[FunctionSpec], Any]:
+def _one_function(target: Target, dry_run: bool, fanout: Fanout, recheck: bool
+                  ) -> Callable[[FunctionSpec], Any]:
     """What a fleet does with each function: its plan, its migration here, or on a worker."""
     if dry_run:
         return _task_run_of(plan_function, target)
     if fanout == "local":
-        return lambda spec: migrate_here(spec, target)
-    return _task_run_of(migrate_on_a_worker, target)
+        return lambda spec: migrate_here(spec, target, recheck)
+    return _task_run_of(migrate_on_a_worker, target, recheck)
 
 
-def _task_run_of(step: Task[..., Any], target: Target) -> Callable[[FunctionSpec], Any]:
-    """`step(spec, target)` as a task run of the fleet's flow run: its result, or its exception."""
-    return lambda spec: run_step(step, spec, target).result(raise_on_failure=False)
+def _task_run_of(step: Task[..., Any], *args: Any) -> Callable[[FunctionSpec], Any]:
+    """`step(spec, *args)` as a task run of the fleet's flow run: its result, or its exception."""
+    return lambda spec: run_step(step, spec, *args).result(raise_on_failure=False)
 
 
 def _as_result(spec: FunctionSpec, outcome: Any) -> MigrationResult:

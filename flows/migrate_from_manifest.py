@@ -27,7 +27,8 @@ FunctionName = Annotated[str, Field(json_schema_extra={
 @flow(name="migrate-from-manifest", flow_run_name="migrate[{name}]", log_prints=False,
       persist_result=True)
 def migrate_from_manifest(name: FunctionName, manifest: str = "deployments/fleet.yaml",
-                          target: TargetChanges = None) -> State[MigrationResult]:
+                          target: TargetChanges = None, recheck: bool = False
+                          ) -> State[MigrationResult]:
     """Migrate one function of a manifest, with the manifest's defaults and target.
 
     Args:
@@ -35,6 +36,8 @@ def migrate_from_manifest(name: FunctionName, manifest: str = "deployments/fleet
             45 characters).
         manifest: Path of the YAML manifest in the worker's checkout, e.g. deployments/fleet.yaml.
         target: Fields that replace the manifest target's (empty = the manifest's target).
+        recheck: Smoke-test (and compare with the old function) even when nothing changed; off, an
+            unchanged function whose revision passed when it was promoted is sent no request.
     """
     fleet = load(manifest, target, only=[name])
-    return migrate_and_publish(fleet.functions[0], fleet.target)
+    return migrate_and_publish(fleet.functions[0], fleet.target, recheck)

@@ -14,6 +14,11 @@ allUsers binding). When either fails, `discard` removes the tag and the previous
 serving, untouched (`parity.on_difference: warn` promotes a candidate that differs, and the
 result says so).
 
+A rerun that changes nothing (no new revision, no candidate: the revision already serves all
+the traffic) has nothing to vet: when that revision passed its checks when it was promoted
+(cf2run/vetting.py), smoke and parity send it no request and promote only converges the
+invokers, like `terraform apply` with no changes; `recheck` tests it anyway.
+
 Each step is a Prefect task run named after the step and the function (`build[orders-api]`),
 retried only on transient errors and cached across flow runs on its content. `migrate` runs
 the steps wherever it is called (this flow, or a fleet's thread: no flow run per function
@@ -30,12 +35,13 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any, TypeVar, cast
 
+from google.cloud import run_v2
 from prefect import Task, flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.states import Completed, Failed, State
 from prefect.utilities.annotations import opaque
 
-from cf2run import events
+from cf2run import events, vetting
 from cf2run.errors import CandidateRejected, ImageVerificationError, ParityDiffers, SmokeTestFailed
 from cf2run.fleet.lease_holders import RUN_HOOKS
 from cf2run.fleet.quotas import build_lane, build_turn
@@ -90,19 +96,23 @@ class _Steps:
 
 @flow(name="migrate-function", flow_run_name="migrate[{spec.name}]", log_prints=False,
       persist_result=True, **RUN_HOOKS)
-def migrate_function(spec: FunctionSpec, target: TargetChanges = None) -> State[MigrationResult]:
+def migrate_function(spec: FunctionSpec, target: TargetChanges = None,
+                     recheck: bool = False) -> State[MigrationResult]:
     """Migrate one function: package, pack build, verify, deploy, smoke test, parity, promote.
 
     Args:
         spec: The function, as in a manifest (its `source` is a path in the worker's checkout).
         target: Where to migrate to; the fields set replace the embedded local cloud's defaults.
+        recheck: Smoke-test (and compare with the old function) even when nothing changed; off, an
+            unchanged function whose revision passed when it was promoted sends it no request.
     """
-    return migrate_and_publish(spec, override(Target(), target))
+    return migrate_and_publish(spec, override(Target(), target), recheck)
 
 
-def migrate_and_publish(spec: FunctionSpec, target: Target) -> State[MigrationResult]:
+def migrate_and_publish(spec: FunctionSpec, target: Target, recheck: bool = False
+                        ) -> State[MigrationResult]:
     """The migration of one function in this flow run, its artifacts, and its final state."""
-    result = migrate(spec, target)
+    result = migrate(spec, target, recheck)
     settle()  # its build slot is back on the server before the flow run's client closes
     create_markdown_artifact(markdown=summary(result, events.missing_trigger_note(spec)),
                              key=_key(spec, "summary"), description=f"Migration of {spec.name}")
@@ -123,16 +133,18 @@ def final_state(result: MigrationResult) -> State[MigrationResult]:
     return Completed(message=f"{result.function} serves at {result.url}", data=result)
 
 
-def migrate(spec: FunctionSpec, target: Target) -> MigrationResult:
+def migrate(spec: FunctionSpec, target: Target, recheck: bool = False) -> MigrationResult:
     """The steps of one migration, as task runs of whatever flow or task calls this (the
     migrate-function flow, or a fleet's flow run, in one of its threads); a failure is the result's
-    `failed_step` and `message`, never an exception."""
+    `failed_step` and `message`, never an exception. `recheck`: smoke-test (and compare) a
+    revision that serves unchanged too."""
     with ExitStack() as lane:
         lane.enter_context(build_lane())  # packaged just in time for a build slot
-        return _migrate(spec, target, leave_lane=lane.close)
+        return _migrate(spec, target, leave_lane=lane.close, recheck=recheck)
 
 
-def _migrate(spec: FunctionSpec, target: Target, leave_lane: Callable[[], None]) -> MigrationResult:
+def _migrate(spec: FunctionSpec, target: Target, leave_lane: Callable[[], None],
+             recheck: bool) -> MigrationResult:
     logger = get_run_logger()
     steps = _Steps()
     result = MigrationResult(function=spec.name, status="failed",
@@ -163,12 +175,24 @@ def _migrate(spec: FunctionSpec, target: Target, leave_lane: Callable[[], None])
         result.digest, result.build_cached = built.digest, built.cached or steps.cached["build"]
         result.build_log_url, result.runtime_note = built.log_url, image.runtime_note
         deployment = steps.run("deploy", deploy_service, spec, target, image, archive.sha256)
-        if steps.cached["deploy"] and not still_in_effect(Cloud.for_target(target), deployment):
+        current = None
+        if steps.cached["deploy"] or not deployment.changed:
+            current = still_in_effect(Cloud.for_target(target), deployment)
+        if steps.cached["deploy"] and current is None:
             # A cached candidate was promoted or discarded since; a cached deployment whose
             # revision no longer has the traffic (A, B, then A again) would skip A's smoke test.
             deployment = steps.run("deploy", deploy_service, spec, target, image, archive.sha256,
                                    refresh=True)
         result.url, result.revision = deployment.url, deployment.revision
+        vetted = _vetted(spec, deployment, current) if current is not None and not recheck else None
+        if vetted is not None:  # nothing to vet: no candidate, and this revision passed when promoted
+            promoted = steps.run("promote", promote_revision, spec, target, deployment, True)
+            result.serving, result.status, result.unchanged = promoted.serving, "succeeded", True
+            result.message = (f"unchanged, not tested again: {deployment.revision} serves all the "
+                              f"traffic (when promoted: {vetted})")
+            if promoted.changed:  # the manifest's ingress, or a candidate tag left behind
+                result.message += "; promote updated the service's ingress or tags"
+            return _finish(result, steps)
         try:
             smoke = _passed_or_discarded(steps, "smoke", smoke_test, spec, target, deployment, result)
         except SmokeTestFailed as error:
@@ -194,13 +218,28 @@ def _migrate(spec: FunctionSpec, target: Target, leave_lane: Callable[[], None])
                 f": {'; '.join(parity.diffs)}" if parity.warned else "")
         elif spec.parity.enabled:
             result.message += "; parity not checked (the candidate is unreachable from this worker)"
+        if promoted.uid:  # what lets an unchanged rerun test nothing (cf2run/vetting.py)
+            vetting.record(vetting.vetting_key(spec, deployment.service, promoted.uid, deployment.revision),
+                           deployment.revision, result.message)
         if promoted.changed:
             result.message += f"; traffic moved from {', '.join(promoted.previous)}"
     except Exception as error:
         result.failed_step, result.message = steps.current, explain(error, steps.current)
         logger.error("%s failed at %s: %s", spec.name, steps.current, error)
+    return _finish(result, steps)
+
+
+def _finish(result: MigrationResult, steps: _Steps) -> MigrationResult:
     result.timings = steps.timings
     return result
+
+
+def _vetted(spec: FunctionSpec, deployment: Deployment, current: run_v2.Service) -> str | None:
+    """What the checks found when the revision serving all of `current`'s traffic was promoted,
+    if it was (cf2run/vetting.py); None: it is tested now."""
+    if not current.uid:
+        return None
+    return vetting.recorded(vetting.vetting_key(spec, deployment.service, current.uid, deployment.revision))
 
 
 def _passed_or_discarded(steps: _Steps, name: str, check: Task[..., T], spec: FunctionSpec,

@@ -149,15 +149,16 @@ def revision_name(name: str, service: run_v2.Service) -> str:
     return f"{name}-{digest[:length]}"
 
 
-def still_in_effect(cloud: Cloud, deployment: Deployment) -> bool:
-    """Whether a deployment read back from the cache still says what the service does: no
-    candidate waiting (a cached one was promoted or discarded since) and all the traffic on its
-    revision. A, then B, then A again within the cache's life: A's cached deployment says A
-    serves, while B does; deploying again makes A the candidate, smoke-tested before promote."""
+def still_in_effect(cloud: Cloud, deployment: Deployment) -> run_v2.Service | None:
+    """The service, read now, when a deployment (read back from the cache, or one that changed
+    nothing) still says what it does: no candidate waiting (a cached one was promoted or
+    discarded since) and all the traffic on its revision; None otherwise. A, then B, then A
+    again within the cache's life: A's cached deployment says A serves, while B does; deploying
+    again makes A the candidate, smoke-tested before promote."""
     if deployment.candidate_url:
-        return False
+        return None
     current = get_service(cloud.services, deployment.service)
-    return current is not None and serving(current) == [deployment.revision]
+    return current if current is not None and serving(current) == [deployment.revision] else None
 
 
 def kept_from(existing: run_v2.Service, wanted: run_v2.Service) -> run_v2.Service:

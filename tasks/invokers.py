@@ -17,6 +17,7 @@ manifest is logged with the command that removes it, and `cf2run plan` shows it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 from google.api_core import exceptions as api_exceptions
 from google.cloud import run_v2
@@ -76,17 +77,26 @@ def with_invokers(policy: policy_pb2.Policy, members: Iterable[str]) -> policy_p
     return updated
 
 
+class Invokers(NamedTuple):
+    """What `ensure_invokers` found: the members holding the role afterwards (None: the policy
+    could not be read) and those it granted now."""
+
+    members: list[str] | None
+    granted: list[str]
+
+
 def ensure_invokers(services: run_v2.ServicesClient, service: str, wanted: Sequence[str],
-                    logger: Log) -> list[str] | None:
+                    logger: Log) -> Invokers:
     """Grant `wanted` ``roles/run.invoker`` on `service` (once; nothing is removed). Returns the
-    members that hold it afterwards, or None when the policy of a service that wants nobody
-    could not be read (reported, not a failure: nothing had to change)."""
+    members that hold it afterwards (None when the policy of a service that wants nobody could
+    not be read: reported, not a failure, nothing had to change) and those granted now."""
+    granted: list[str] = []
     if not wanted:
         try:
             members = invoker_members(read_policy(services, service))
         except api_exceptions.GoogleAPICallError as error:
             logger.warning("could not read the IAM policy of %s (%s)", service, error.message or error)
-            return None
+            return Invokers(None, [])
     else:
         def grant() -> list[str]:
             policy = read_policy(services, service)
@@ -94,8 +104,8 @@ def ensure_invokers(services: run_v2.ServicesClient, service: str, wanted: Seque
             if updated != policy:
                 cloud_run_write()
                 services.set_iam_policy(request={"resource": service, "policy": updated})
-                logger.info("%s: %s may invoke it now", service, ", ".join(
-                    member for member in wanted if member not in invoker_members(policy)))
+                granted[:] = [member for member in wanted if member not in invoker_members(policy)]
+                logger.info("%s: %s may invoke it now", service, ", ".join(granted))
             return invoker_members(updated)
 
         with api_step(f"granting {INVOKER_ROLE} on {short_name(service)} to {', '.join(wanted)} "
@@ -105,7 +115,7 @@ def ensure_invokers(services: run_v2.ServicesClient, service: str, wanted: Seque
         logger.warning("%s: %s may invoke it but the manifest does not name it (%s); cf2run does not "
                        "remove invokers: %s", service, member, _not_wanted_because(member),
                        removal_command(service, member))
-    return members
+    return Invokers(members, granted)
 
 
 def unlisted(members: Iterable[str], wanted: Sequence[str]) -> list[str]:

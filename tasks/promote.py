@@ -7,7 +7,8 @@
   members the spec names get ``roles/run.invoker`` (``allUsers`` for a public service, and its
   ``invokers``; tasks/invokers.py): nobody outside could reach a revision before it passed its
   smoke test. The step is done only when they have it (a failure fails it: retried when
-  transient) and, for a public service, the URL answers a caller without a token. The promoted
+  transient) and, for a public service, the URL answers a caller without a token (not asked
+  again on an unchanged rerun that changed nothing: flows/migrate_function.py). The promoted
   revision is added to the history that `cf2run rollback` reads (cf2run/gcp/traffic.py).
 - `discard`: the candidate failed its smoke test; its tag goes, and the revisions that served
   keep all the traffic (they never lost any).
@@ -60,7 +61,8 @@ def _move_once(cloud: Cloud, name: str, change: Change, step: str, logger: Log,
     wanted = change(current)
     new_ingress = ingress is not None and ingress != current.ingress
     if wanted is None and not new_ingress:
-        return TrafficChange(service=name, url=current.uri, serving=before, previous=before, changed=False)
+        return TrafficChange(service=name, url=current.uri, serving=before, previous=before, changed=False,
+                             uid=current.uid or None)
     update = run_v2.Service(current)
     if wanted is not None:
         update.traffic, update.annotations = wanted
@@ -81,11 +83,16 @@ def _move_once(cloud: Cloud, name: str, change: Change, step: str, logger: Log,
     after = serving(final)
     logger.info("%s: traffic of %s now on %s (was %s)", step, name, ", ".join(after),
                 ", ".join(before) or "nothing")
-    return TrafficChange(service=name, url=final.uri, serving=after, previous=before, changed=True)
+    return TrafficChange(service=name, url=final.uri, serving=after, previous=before, changed=True,
+                         uid=final.uid or None)
 
 
-def promote(cloud: Cloud, spec: FunctionSpec, deployment: Deployment, logger: Log = log) -> TrafficChange:
-    """All traffic to the deployed revision, the candidate tag removed; then the invokers."""
+def promote(cloud: Cloud, spec: FunctionSpec, deployment: Deployment, logger: Log = log,
+            unchanged: bool = False) -> TrafficChange:
+    """All traffic to the deployed revision, the candidate tag removed; then the invokers.
+    `unchanged`: the revision served all the traffic already and passed its checks when it was
+    promoted, so a public URL is checked again only if this promote changed something (the
+    traffic, the ingress, or allUsers granted anew)."""
     revision, tag = deployment.revision, candidate_tag(spec.name)
 
     def change(current: run_v2.Service) -> tuple[list[run_v2.TrafficTarget], dict[str, str]] | None:
@@ -96,10 +103,12 @@ def promote(cloud: Cloud, spec: FunctionSpec, deployment: Deployment, logger: Lo
 
     moved = move_traffic(cloud, deployment.service, change, "promote", logger,
                          ingress=run_v2.IngressTraffic(mapping.INGRESS[spec.ingress]))
-    members = ensure_invokers(cloud.services, deployment.service, wanted_invokers(spec), logger)
-    if members is not None:
-        moved.public, moved.invokers = ALL_USERS in members, [m for m in members if m != ALL_USERS]
-    if spec.allow_unauthenticated:  # done only when the public gets in (IAM may take a moment)
+    invokers = ensure_invokers(cloud.services, deployment.service, wanted_invokers(spec), logger)
+    if invokers.members is not None:
+        moved.public = ALL_USERS in invokers.members
+        moved.invokers = [m for m in invokers.members if m != ALL_USERS]
+    settled = unchanged and not moved.changed and ALL_USERS not in invokers.granted
+    if spec.allow_unauthenticated and not settled:  # done when the public gets in (IAM takes a moment)
         status = answers_without_token(moved.url, spec.smoke.deadline_s, logger.info)
         if status in IAM_PROPAGATION_STATUSES:
             raise DeployFailed(f"promote: {moved.url} still answers {status} to callers without a token "
@@ -123,9 +132,11 @@ def discard(cloud: Cloud, deployment: Deployment, logger: Log = log) -> TrafficC
 
 
 @task(name="promote", task_run_name="promote[{spec.name}]", cache_policy=NO_CACHE, **RETRIES)
-def promote_revision(spec: FunctionSpec, target: Target, deployment: Deployment) -> TrafficChange:
-    """Move all traffic to the smoke-tested revision; make the service public if the spec says so."""
-    return promote(Cloud.for_target(target), spec, deployment, get_run_logger())
+def promote_revision(spec: FunctionSpec, target: Target, deployment: Deployment,
+                     unchanged: bool = False) -> TrafficChange:
+    """Move all traffic to the smoke-tested revision; make the service public if the spec says so
+    (`unchanged`: see `promote`)."""
+    return promote(Cloud.for_target(target), spec, deployment, get_run_logger(), unchanged)
 
 
 @task(name="discard", task_run_name="discard[{spec.name}]", cache_policy=NO_CACHE, **RETRIES)

@@ -61,21 +61,22 @@ def load(manifest: Path | str | Manifest, target: Target | None = None,
         raise SpecError(f"{where}: {error.message}", hint=error.hint) from None
 
 
-def migrate_here(spec: FunctionSpec, target: Target) -> MigrationResult:
+def migrate_here(spec: FunctionSpec, target: Target, recheck: bool = False) -> MigrationResult:
     """Migrate one function of a fleet in this process: every failure is a result."""
     try:
-        return migrate(spec, target)
+        return migrate(spec, target, recheck)
     except Exception as error:  # the orchestration itself broke (e.g. the API went away)
         return broken(spec, error)
 
 
 @task(name="function", task_run_name="function[{spec.name}]", cache_policy=NO_CACHE)
-def migrate_on_a_worker(spec: FunctionSpec, target: Target) -> State[MigrationResult]:
+def migrate_on_a_worker(spec: FunctionSpec, target: Target, recheck: bool = False
+                        ) -> State[MigrationResult]:
     """Run the migrate-function deployment for `spec`, wait for it, and read its result. The
     task run ends Failed when the function failed (so the UI shows which), with the failed
     result as its data: every failure is a result."""
     try:
-        result = result_of(_run_deployment(spec, target), spec.name)
+        result = result_of(_run_deployment(spec, target, recheck), spec.name)
     except Exception as error:  # the orchestration itself broke (API down, deployment missing)
         result = broken(spec, error)
     return final_state(result)
@@ -86,10 +87,14 @@ def broken(spec: FunctionSpec, error: Exception) -> MigrationResult:
                            message=f"{type(error).__name__}: {error}")
 
 
-def _run_deployment(spec: FunctionSpec, target: Target) -> FlowRun:
+def _run_deployment(spec: FunctionSpec, target: Target, recheck: bool) -> FlowRun:
+    parameters: dict[str, Any] = {"spec": portable(spec),
+                                  "target": target.model_dump(mode="json", exclude_none=True)}
+    if recheck:  # only when asked: a deployment made before the parameter existed takes the rest
+        parameters["recheck"] = True
     return cast(FlowRun, run_deployment(
         MIGRATE_FUNCTION_DEPLOYMENT,
-        parameters={"spec": portable(spec), "target": target.model_dump(mode="json", exclude_none=True)},
+        parameters=parameters,
         idempotency_key=f"{flow_run.get_id()}-{spec.name}" if flow_run.get_id() else None,
         poll_interval=POLL_S, timeout=None))
 

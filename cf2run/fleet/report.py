@@ -113,6 +113,8 @@ def result_markdown(report: FleetReport) -> str:
     lines = [f"# Fleet migration: {len(ok)} of {len(results)} succeeded", "",
              f"- **Functions:** {len(results)} ({len(ok)} succeeded, {len(results) - len(ok)} failed)",
              f"- **Images:** {built} built, {cached} cached",
+             f"- **Unchanged:** {sum(r.unchanged for r in results)} (not tested again: each revision "
+             "passed its checks when it was promoted)",
              f"- **Wall time:** {report.seconds:.1f}s (fan-out: {report.fanout})",
              "- **Step time (sum over functions):** "
              + ", ".join(f"{step} {seconds:.1f}s" for step, seconds in step_totals.items()), ""]

@@ -220,8 +220,10 @@ class Deployer:
             if service is not None:
                 self._store.state.ports.update(
                     {key: int(url.rsplit(":", 1)[1]) for key, url in urls.items()})
+                service = run_v2.Service(service)  # a changed copy: what marks it changed (state.py)
                 service.uri = urls[name]
                 service.urls = [urls[name]]
+                self._store.state.services[name] = service
                 self._store.save()
         if service is None:  # deleted meanwhile: its delete job may not know these URLs
             for key in keys:

@@ -1,12 +1,13 @@
 """Stable URLs for local Cloud Run services and tags, with traffic split and access control.
 
 Each service URL and each tag URL is its own HTTP listener on 127.0.0.1 (the caller keeps the
-port, so the URL survives a restart). A request is checked as Cloud Run's front end does
-(first the network: a service whose ingress is internal answers 404 to a caller outside its
-VPC; then access: private means an ID token whose audience is the URL, else 403, or 401 for a
-token it refuses), sent to
-one of the route's revisions, weighted by their traffic percent whether its instance runs or
-is scaled to zero (`backend` gives a running instance's address, after a cold start if need be:
+port, so the URL survives a restart); one thread accepts the connections of all of them
+(frontend/acceptor.py: nothing runs while no one calls, however many URLs there are).
+A request is checked as Cloud Run's front end does (first the network: a service whose
+ingress is internal answers 404 to a caller outside its VPC; then access: private means an ID
+token whose audience is the URL, else 403, or 401 for a token it refuses), sent to one of the
+route's revisions, weighted by their traffic percent whether its instance runs or is scaled to
+zero (`backend` gives a running instance's address, after a cold start if need be:
 `scaling.Instances.serving`), and proxied over HTTP/1.1:
 
     router = Router(tokens, backend=instances.serving, inside_vpc=lambda: settings.caller_in_vpc)
@@ -30,9 +31,10 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
 from cf2run.localcloud.cloudrun.scaling import NoInstance
+from cf2run.localcloud.frontend.acceptor import Acceptor, Listener
 from cf2run.localcloud.frontend.proxy import ConnectionPool, ProxyHandler
 from cf2run.localcloud.iam.accounts import GCLOUD_CLIENT_IDS
-from cf2run.localcloud.iam.metadata import LoopbackServer, TokenAuthority, google_error_page
+from cf2run.localcloud.iam.metadata import TokenAuthority, google_error_page
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +71,8 @@ class Router:
         self.tokens = tokens
         self.backend = backend
         self.inside_vpc = inside_vpc
-        self._listeners: dict[str, LoopbackServer] = {}
+        self._listeners: dict[str, Listener] = {}
+        self._acceptor = Acceptor("cloudrun-urls")
         self._routes: dict[str, Route] = {}
         self._lock = threading.Lock()
         self._pool = ConnectionPool()
@@ -86,13 +89,13 @@ class Router:
                 handler = type("ServiceHandler", (_ServiceHandler,),
                                {"router": self, "key": key, "pool": self._pool})
                 try:
-                    listener = LoopbackServer(handler, port)
+                    listener = Listener(self._acceptor, handler, port)
                 except OSError as exc:
                     if port == 0:
                         raise
                     log.warning("cannot listen on 127.0.0.1:%d for %s again (%s); using a new port",
                                 port, key, exc)
-                    listener = LoopbackServer(handler, 0)
+                    listener = Listener(self._acceptor, handler, 0)
                 self._listeners[key] = listener
             return listener.url
 
@@ -124,11 +127,9 @@ class Router:
             listeners = list(self._listeners.values())
             self._listeners.clear()
             self._routes.clear()
-        stoppers = [threading.Thread(target=listener.stop) for listener in listeners]
-        for thread in stoppers:  # in parallel: each stop waits for its serve loop to notice
-            thread.start()
-        for thread in stoppers:
-            thread.join()
+        for listener in listeners:
+            listener.stop()
+        self._acceptor.close()
         self._pool.clear()
 
     def pick(self, route: Route) -> str | None:

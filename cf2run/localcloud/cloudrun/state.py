@@ -7,9 +7,12 @@ written behind (`Store`): a burst of changes (ten deploys at once make dozens) i
 at most `SAVE_DELAY_S` after the first of them, and closing writes what is pending; only a
 local cloud killed outright (SIGKILL) can lose its last `SAVE_DELAY_S` of changes.
 
-Saving stays cheap with many services: each message's JSON text is kept beside its binary
-form (`_Rendered`) and made again only when that changed, so a save re-encodes what the change
-touched and joins the rest; the document is compact JSON (one line).
+Saving stays cheap with many services: the stored messages are kept in `Tracked` mappings
+that note the keys set or removed since the last save, and each message's JSON text is kept
+(`_Rendered`) and made again only for those, so a save encodes what changed and joins the
+other texts, whatever the number of services; the document is compact JSON (one line). So a
+stored message is never changed in place: a change stores a changed copy (`state.services[name]
+= changed`), which is what marks it.
 """
 
 from __future__ import annotations
@@ -17,10 +20,10 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import ItemsView, Iterator, Mapping, MutableMapping, Sequence, ValuesView
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from google.cloud import run_v2
 from google.iam.v1 import policy_pb2
@@ -32,6 +35,7 @@ FILENAME = "state.json"
 #: How long a change waits for the ones after it before the state is written.
 SAVE_DELAY_S = 0.2
 T = TypeVar("T")
+V = TypeVar("V")
 
 
 def tag_key(service_name: str, tag: str) -> str:
@@ -39,34 +43,81 @@ def tag_key(service_name: str, tag: str) -> str:
     return f"{service_name}#{tag}"
 
 
+class Tracked(MutableMapping[str, V], Generic[V]):
+    """A dict of stored messages that notes which keys were set or removed (`take_changed`)."""
+
+    def __init__(self, items: Mapping[str, V] | None = None) -> None:
+        self._items: dict[str, V] = dict(items or {})
+        self._changed: set[str] = set(self._items)
+
+    def __getitem__(self, key: str) -> V:
+        return self._items[key]
+
+    def __setitem__(self, key: str, value: V) -> None:
+        self._items[key] = value
+        self._changed.add(key)
+
+    def __delitem__(self, key: str) -> None:
+        del self._items[key]
+        self._changed.add(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._items
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._items.get(key, default)
+
+    def values(self) -> ValuesView[V]:
+        return self._items.values()
+
+    def items(self) -> ItemsView[str, V]:
+        return self._items.items()
+
+    def take_changed(self) -> set[str]:
+        """The keys set or removed since the last call."""
+        changed, self._changed = self._changed, set()
+        return changed
+
+
 @dataclass
 class CloudRunState:
     """Everything the local Cloud Run knows, keyed by full resource names."""
 
-    services: dict[str, run_v2.Service] = field(default_factory=dict)
-    revisions: dict[str, run_v2.Revision] = field(default_factory=dict)
+    services: Tracked[run_v2.Service] = field(default_factory=Tracked)
+    revisions: Tracked[run_v2.Revision] = field(default_factory=Tracked)
     #: the (defaults-filled) template each revision was made from
-    templates: dict[str, run_v2.RevisionTemplate] = field(default_factory=dict)
-    policies: dict[str, policy_pb2.Policy] = field(default_factory=dict)
+    templates: Tracked[run_v2.RevisionTemplate] = field(default_factory=Tracked)
+    policies: Tracked[policy_pb2.Policy] = field(default_factory=Tracked)
     #: router key (service name, or `tag_key`) -> the port its URL listens on
     ports: dict[str, int] = field(default_factory=dict)
-    _rendered: _Rendered = field(default_factory=lambda: _Rendered(), repr=False, compare=False)
+    _rendered: dict[str, _Rendered] = field(default_factory=dict, repr=False, compare=False)
 
     def revisions_of(self, service_name: str) -> list[run_v2.Revision]:
         return [r for r in self.revisions.values() if r.service == service_name]
 
     def render(self) -> str:
-        """The state as its JSON document (hold the store's lock: it reads every message)."""
-        render = self._rendered.start()
-        services = [render(name, run_v2.Service, s) for name, s in self.services.items()]
-        revisions = [render(name, run_v2.Revision, r) for name, r in self.revisions.items()]
-        templates = {name: render("template " + name, run_v2.RevisionTemplate, t)
-                     for name, t in self.templates.items()}
-        policies = {name: render("policy " + name, None, p) for name, p in self.policies.items()}
-        self._rendered.finish()
-        return ('{"policies":' + _json_object(policies) + ',"ports":' + _compact(self.ports)
-                + ',"revisions":[' + ",".join(revisions) + '],"services":[' + ",".join(services)
-                + '],"templates":' + _json_object(templates) + "}\n")
+        """The state as its JSON document (hold the store's lock: it reads the changed messages)."""
+        services = self._texts("services", self.services, run_v2.Service)
+        revisions = self._texts("revisions", self.revisions, run_v2.Revision)
+        templates = self._texts("templates", self.templates, run_v2.RevisionTemplate)
+        policies = self._texts("policies", self.policies, None)
+        return "".join(['{"policies":{', ",".join(policies.member(key) for key in sorted(self.policies)),
+                        '},"ports":', _compact(self.ports),
+                        ',"revisions":[', ",".join(revisions.text(key) for key in self.revisions),
+                        '],"services":[', ",".join(services.text(key) for key in self.services),
+                        '],"templates":{', ",".join(templates.member(key) for key in sorted(self.templates)),
+                        "}}\n"])
+
+    def _texts(self, kind: str, messages: Tracked[Any], message_type: Any) -> _Rendered:
+        rendered = self._rendered.setdefault(kind, _Rendered(message_type))
+        rendered.update(messages)
+        return rendered
 
     @classmethod
     def load(cls, state_dir: Path) -> CloudRunState:
@@ -77,12 +128,12 @@ class CloudRunState:
         services = [_from_dict(run_v2.Service, d) for d in document.get("services", [])]
         revisions = [_from_dict(run_v2.Revision, d) for d in document.get("revisions", [])]
         return cls(
-            services={s.name: s for s in services},
-            revisions={r.name: r for r in revisions},
-            templates={name: _from_dict(run_v2.RevisionTemplate, d)
-                       for name, d in document.get("templates", {}).items()},
-            policies={name: json_format.ParseDict(d, policy_pb2.Policy())
-                      for name, d in document.get("policies", {}).items()},
+            services=Tracked({s.name: s for s in services}),
+            revisions=Tracked({r.name: r for r in revisions}),
+            templates=Tracked({name: _from_dict(run_v2.RevisionTemplate, d)
+                               for name, d in document.get("templates", {}).items()}),
+            policies=Tracked({name: json_format.ParseDict(d, policy_pb2.Policy())
+                              for name, d in document.get("policies", {}).items()}),
             ports={key: int(port) for key, port in document.get("ports", {}).items()},
         )
 
@@ -153,42 +204,36 @@ def write(state_dir: Path, text: str) -> None:
 
 
 class _Rendered:
-    """The JSON text of each stored message, by key, with the binary form it was made from."""
+    """The JSON text of each message of one `Tracked` mapping (and its ``"key":text`` member of a
+    JSON object), made again only for the keys it says changed (`message_type`: a proto-plus
+    type, or None for protobuf messages)."""
 
-    def __init__(self) -> None:
-        self._texts: dict[str, tuple[bytes, str]] = {}
-        self._used: dict[str, tuple[bytes, str]] = {}
+    def __init__(self, message_type: Any) -> None:
+        self._type = message_type
+        self._texts: dict[str, tuple[str, str]] = {}
 
-    def start(self) -> Callable[[str, Any, Any], str]:
-        """A renderer for one save: `render(key, proto-plus type or None for a protobuf
-        message, message)` -> its JSON text, made again only if the message changed."""
-        self._used = {}
+    def update(self, messages: Tracked[Any]) -> None:
+        """Encode the messages changed since the last update; forget the removed ones."""
+        for key in messages.take_changed():
+            message = messages.get(key)
+            if message is None:
+                self._texts.pop(key, None)
+                continue
+            if self._type is not None:
+                text = _compact(json.loads(self._type.to_json(message, indent=None)))
+            else:
+                text = _compact(json_format.MessageToDict(message))
+            self._texts[key] = (text, f"{json.dumps(key)}:{text}")
 
-        def render(key: str, message_type: Any, message: Any) -> str:
-            binary = (message_type.serialize(message) if message_type is not None
-                      else message.SerializeToString())
-            known = self._texts.get(key)
-            if known is None or known[0] != binary:
-                data = (message_type.to_json(message, indent=None) if message_type is not None
-                        else json.dumps(json_format.MessageToDict(message)))
-                known = (binary, _compact(json.loads(data)))
-            self._used[key] = known
-            return known[1]
+    def text(self, key: str) -> str:
+        return self._texts[key][0]
 
-        return render
-
-    def finish(self) -> None:
-        """Forget the messages the last save did not see (deleted ones)."""
-        self._texts = self._used
+    def member(self, key: str) -> str:
+        return self._texts[key][1]
 
 
 def _compact(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
-
-
-def _json_object(texts: dict[str, str]) -> str:
-    """A JSON object from keys and already-encoded values, keys sorted."""
-    return "{" + ",".join(f"{json.dumps(key)}:{text}" for key, text in sorted(texts.items())) + "}"
 
 
 def _from_dict(message_type: Any, data: Any) -> Any:
