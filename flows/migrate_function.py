@@ -56,6 +56,7 @@ from tasks.build import submit_pack_build
 from tasks.deploy import deploy_service, still_in_effect
 from tasks.package import package_source
 from tasks.parity import parity_check
+from tasks.policy import retried
 from tasks.promote import discard_candidate, promote_revision
 from tasks.secrets import check_secrets
 from tasks.smoke import smoke_test
@@ -154,7 +155,7 @@ def _migrate(spec: FunctionSpec, target: Target, leave_lane: Callable[[], None],
         logger.warning(note)
     try:
         steps.current = "credentials"  # checked before anything is changed: no ID token, no migration
-        Cloud.for_target(target).check_identity()
+        retried(Cloud.for_target(target).check_identity)
         secret_warnings = steps.run("secrets", check_secrets, spec, target) \
             if secret_check.uses(spec, target) else []  # no task run for a function without secrets
         with build_turn():
@@ -177,7 +178,7 @@ def _migrate(spec: FunctionSpec, target: Target, leave_lane: Callable[[], None],
         deployment = steps.run("deploy", deploy_service, spec, target, image, archive.sha256)
         current = None
         if steps.cached["deploy"] or not deployment.changed:
-            current = still_in_effect(Cloud.for_target(target), deployment)
+            current = retried(lambda: still_in_effect(Cloud.for_target(target), deployment))
         if steps.cached["deploy"] and current is None:
             # A cached candidate was promoted or discarded since; a cached deployment whose
             # revision no longer has the traffic (A, B, then A again) would skip A's smoke test.

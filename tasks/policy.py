@@ -7,7 +7,10 @@ retried, because the same input fails the same way again.
 
 from __future__ import annotations
 
-from typing import Any
+import random
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import grpc
 import httpx
@@ -15,6 +18,8 @@ from google.api_core import exceptions as api_exceptions
 from prefect.tasks import exponential_backoff
 
 from cf2run.errors import Cf2RunError
+
+T = TypeVar("T")
 
 #: google.api_core errors worth another try (gRPC UNAVAILABLE, RESOURCE_EXHAUSTED, ...).
 TRANSIENT_API_ERRORS: tuple[type[Exception], ...] = (
@@ -69,3 +74,19 @@ RETRIES: dict[str, Any] = {
     "retry_jitter_factor": 0.5,
     "retry_condition_fn": retry_on_transient,
 }
+
+
+def retried(call: Callable[[], T], attempts: int = RETRIES["retries"] + 1, first_delay_s: float = 1.0) -> T:
+    """`call()` with a step's retry policy, for a cloud read a flow makes outside any task (a
+    check between steps): transient errors tried again with exponential backoff and jitter, as
+    `RETRIES` does for task runs; anything else, or the last attempt's error, raised. A busy
+    client can miss a deadline (many functions at once in one process: DEADLINE_EXCEEDED on a
+    read), which must not fail a migration that a retry completes."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except Exception as error:
+            if attempt + 1 >= attempts or not is_transient(error):
+                raise
+            time.sleep(first_delay_s * 2 ** attempt * (1 + random.uniform(0, 0.5)))
+    raise AssertionError("unreachable")

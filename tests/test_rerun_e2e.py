@@ -21,7 +21,7 @@ from rich.console import Console
 from cf2run.fleet.report import result_rows
 from cf2run.gcp.cloud import Cloud
 from cf2run.localcloud.server import LocalCloud
-from cf2run.localcloud.settings import LocalCloudSettings
+from cf2run.localcloud.settings import Fault, LocalCloudSettings
 from cf2run.manifest.spec import FunctionSpec, Target
 from cf2run.plan import plan_function
 from cf2run.report import results_table
@@ -162,3 +162,20 @@ def test_a_new_service_whose_smoke_test_failed_is_tested_again_on_the_rerun(
     assert (again.status, again.failed_step) == ("failed", "smoke"), again.message
     assert not again.unchanged
     assert function.received() > received, "the rerun took an untested revision for a vetted one"
+
+
+def test_a_read_between_steps_that_misses_its_deadline_is_tried_again(
+        target: Target, knobs: LocalCloudSettings, localcloud: LocalCloud, tmp_path: Path) -> None:
+    """The rerun's check that the revision still serves (a GetService between the cached deploy and
+    promote, outside any task) meets a DEADLINE_EXCEEDED, as a client busy with hundreds of
+    functions does: it is tried again like a step's call, not reported as a failed migration."""
+    function = Function(tmp_path, "reread")
+    spec = function.version("v1")
+    first, _ = migrate(spec, target)
+    assert first.status == "succeeded", first.message
+    before = localcloud.faults.injected["Services.GetService"]
+    knobs.faults = [Fault(method="Services.GetService", code="DEADLINE_EXCEEDED", first_n=2)]
+    again, _ = migrate(spec, target)
+    assert again.status == "succeeded", again.message
+    assert again.unchanged, again.message
+    assert localcloud.faults.injected["Services.GetService"] - before == 2, "the knob fired"

@@ -5,7 +5,8 @@ The run form of `migrate-from-manifest` refuses a bad function name before any r
 run with a broken function shows its table (the message early, a short digest) and its report
 (the failure in full under the table, with the hint), and the README's automation
 (deployments/automations.yaml) fires on that failed run; its zombie automation (a run whose
-heartbeats stop is marked Crashed) is accepted by the server. Screenshots go to the test's directory,
+heartbeats stop is marked Crashed) is accepted by the server; a fleet run again unchanged says
+in its table that nothing was tested again, and the fleet form offers `recheck`. Screenshots go to the test's directory,
 or to $CF2RUN_UI_SCREENSHOTS (docs/ui/ holds the README's).
 
 Skipped, saying so, where Debian's chromium is not installed (.ci/run installs it).
@@ -124,6 +125,33 @@ def test_fleet_run_table_and_report_read_in_a_browser_pane(
     # the builder's words from the build log, and the fix in the manifest's words
     assert f"function named '{MISSING_ENTRY_POINT}'" in failure, failure[:2000]
     assert f"entry_point '{MISSING_ENTRY_POINT}' is not a function main.py defines" in failure, failure[:2000]
+
+
+def test_an_unchanged_rerun_says_so_in_its_table_and_its_form_offers_recheck(
+        stack: PrefectStack, browser: Browser, screenshots: Path, tmp_path: Path) -> None:
+    """A fleet run again, unchanged: the table says the function was not tested again and which
+    revision serves (not a fresh "smoke 200"); the fleet form offers `recheck`, described."""
+    manifest = write_fleet(tmp_path, ["inventory-api"])
+    first = stack.run_deployment_like_the_ui("migrate-fleet/migrate-fleet", {"manifest": str(manifest)})
+    assert first.state and first.state.is_completed(), stack.explain(first)
+    again = stack.run_deployment_like_the_ui("migrate-fleet/migrate-fleet", {"manifest": str(manifest)})
+    assert again.state and again.state.is_completed(), stack.explain(again)
+    table = {a.key: a for a in stack.artifacts(again) if a.key}["migrate-fleet-fleet-table"]
+
+    browser.resize(1600, 700)
+    browser.open(f"{stack.ui_url}/artifacts/artifact/{table.id}")
+    browser.wait_for("document.querySelectorAll('table tr').length >= 2", what="the rerun table's rows")
+    browser.screenshot(screenshots / "fleet-rerun-table.png")
+    text = browser.text()
+    assert "unchanged, not tested again" in text, text[:2000]
+    assert "serves all the traffic" in text, text[:2000]
+
+    with stack.client() as client:
+        deployment = client.read_deployment_by_name("migrate-fleet/migrate-fleet")
+    browser.resize(1600, 1100)
+    browser.open(f"{stack.ui_url}/deployments/deployment/{deployment.id}/run")
+    browser.wait_for("document.body.innerText.includes('Smoke-test (and compare with the old function)')",
+                     timeout=90, what="the recheck field's description on the migrate-fleet form")
 
 
 def create_the_readme_automation(stack: PrefectStack, tmp_path: Path) -> None:
