@@ -189,7 +189,7 @@ def report(f: Figures1000) -> str:
          f"{f.fleet.cpu.get(OTHER_USERS, 0.0):.0f} CPU-s meanwhile", ""],
         ["(c) rerun of the unchanged fleet", seconds(f.rerun.wall_s),
          f"builds (ListBuilds) {b0} → {b1}; revisions (ListRevisions) {r0} → {r1}" + failures(f.rerun),
-         f"no build, no deploy: {verdict(b0 == b1 and r0 == r1)}"],
+         f"no build, no deploy, none failed: {verdict(b0 == b1 and r0 == r1 and not f.rerun.failed())}"],
         ["(c) per function", f"{per_fn:.3f} s", "",
          f"< {GOAL_RERUN_S:g} s: {verdict(per_fn < GOAL_RERUN_S)}"],
         ["(d) flow process peak RSS, (a)", mib(f.fleet.rss_peak_kib),

@@ -180,7 +180,7 @@ def goal_rows(f: Figures) -> list[list[str]]:
          f"≥ {GOAL_SPEEDUP:g}x: {verdict(each_total / a >= GOAL_SPEEDUP)}"],
         ["(c) rerun of the unchanged fleet", seconds(f.rerun.wall_s),
          f"builds (ListBuilds) {b0} → {b1}; revisions (ListRevisions) {r0} → {r1}" + failures(f.rerun),
-         f"no build, no deploy: {verdict(b0 == b1 and r0 == r1)}"],
+         f"no build, no deploy, none failed: {verdict(b0 == b1 and r0 == r1 and not f.rerun.failed())}"],
         ["(c) per function", f"{rerun_per_fn:.3f} s", "",
          f"< {GOAL_RERUN_S:g} s: {verdict(rerun_per_fn < GOAL_RERUN_S)}"],
     ]
@@ -224,7 +224,8 @@ def orchestration_rows(f: Figures, ideal: float) -> list[list[str]]:
 
 def failures(run: Run) -> str:
     failed = run.failed()
-    return f"; **{len(failed)} failed**: " + "; ".join(failed) if failed else ""
+    more = f"; and {len(failed) - 3} more" if len(failed) > 3 else ""
+    return f"; **{len(failed)} failed**: " + "; ".join(failed[:3]) + more if failed else ""
 
 
 def memory_rows(f: Figures) -> list[list[str]]:
