@@ -422,26 +422,24 @@ def localcloud_serve(
 ) -> None:
     """Run the local cloud until interrupted; services and functions that were serving come back."""
     from cf2run.errors import Cf2RunError
+    from cf2run.localcloud.cloudfunctions.seed import SeedError
     from cf2run.localcloud.server import LocalCloud
 
     state_dir = state_dir or default_localcloud_dir()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        cloud = LocalCloud(state_dir=state_dir).start()
+    try:  # the seed directory is taken before endpoints.json says the cloud runs
+        cloud = LocalCloud(state_dir=state_dir).start(seed_functions=seed_functions)
+    except SeedError as error:  # a bad seed directory: the user's input
+        typer.secho(f"error: {error}", fg="red", err=True)
+        raise typer.Exit(2) from None
     except Cf2RunError as error:  # another local cloud serves there, a port is taken, ...
         typer.secho(f"error: {error}", fg="red", err=True)
         raise typer.Exit(1) from None
     with contextlib.closing(cloud):
-        if seed_functions is not None:
-            try:
-                names = cloud.seed_functions(seed_functions)
-            except Cf2RunError as error:
-                typer.secho(f"error: {error}", fg="red", err=True)
-                raise typer.Exit(2) from None
-            for name in names:
-                problem = cloud.cloudfunctions.gen1.problem(name)
-                typer.echo(f"function {name}" + (f" (listed, not served: {problem})" if problem else ""))
+        for name in cloud.seeded:
+            problem = cloud.cloudfunctions.gen1.problem(name)
+            typer.echo(f"function {name}" + (f" (listed, not served: {problem})" if problem else ""))
         for name, address in vars(cloud.endpoints).items():
             typer.echo(f"{name:>14}  {address}")
         typer.echo(f"endpoints written to {state_dir / 'endpoints.json'}; Ctrl-C to stop")

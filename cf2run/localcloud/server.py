@@ -65,6 +65,7 @@ class LocalCloud:
         self._stack = contextlib.ExitStack()
         self._endpoints: Endpoints | None = None
         self._marked = False  # endpoints.json says this instance started (or is starting) here
+        self.seeded: list[str] = []  # what start(seed_functions=...) took
 
     @property
     def endpoints(self) -> Endpoints:
@@ -72,7 +73,10 @@ class LocalCloud:
             raise RuntimeError("the local cloud is not started")
         return self._endpoints
 
-    def start(self) -> LocalCloud:
+    def start(self, seed_functions: Path | None = None) -> LocalCloud:
+        """Start every service; with `seed_functions`, take that seed directory's Cloud Functions
+        (as `seed_functions()` does; their names in `seeded`) before endpoints.json says the cloud
+        runs, so no command sees a partial list of functions."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         children.claim(self.state_dir)  # LocalCloudBusy while another live one serves here
         previous = _previous_ports(self.state_dir)
@@ -85,13 +89,13 @@ class LocalCloud:
             log.warning("ended %d processes an earlier local cloud in %s left running (pids %s)",
                         len(ended), self.state_dir, ", ".join(map(str, ended)))
         try:
-            self._start(previous)
+            self._start(previous, seed_functions)
         except BaseException:
             self.close()
             raise
         return self
 
-    def _start(self, previous: dict[str, int]) -> None:
+    def _start(self, previous: dict[str, int], seed_functions: Path | None) -> None:
         stack, state = self._stack, self.state_dir
 
         tokens = TokenAuthority(state)
@@ -166,6 +170,8 @@ class LocalCloud:
             cloudfunctions=f"127.0.0.1:{functions_port}", functions=functions_url,
             secretmanager=f"127.0.0.1:{secrets_port}",
             credentials=str(self.accounts.default_key_file()))
+        if seed_functions is not None:
+            self.seeded = self.seed_functions(seed_functions)
         self._endpoints.write(state)  # clears the starting mark; kept after close (the ports are reused)
 
     def _start_functions(self, previous: dict[str, int], tokens: TokenAuthority, instances: Instances,

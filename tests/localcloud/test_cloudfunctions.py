@@ -21,6 +21,7 @@ import httpx
 import pytest
 from google.api_core import exceptions as gexc
 from google.cloud import functions_v1, functions_v2
+from serving import wait_serving
 
 from cf2run.gcp.cloud import Cloud
 from cf2run.localcloud.cloudfunctions.seed import SeedError, zip_directory
@@ -250,6 +251,25 @@ def test_serve_refuses_a_bad_seed_directory(tmp_path: Path) -> None:
                           "--seed-functions", str(tmp_path / "missing")], capture_output=True, text=True,
                          timeout=120)
     assert run.returncode == 2 and f"{tmp_path / 'missing'} does not exist" in run.stderr
+
+
+def test_serve_lists_every_seeded_function_as_soon_as_it_says_it_runs(tmp_path: Path) -> None:
+    """`serve --seed-functions` takes the seed before endpoints.json says the cloud runs: the first
+    moment a command may use it, discover's listing already has every function (it used to
+    write its endpoints first and seed after, so a command in between saw part of the list)."""
+    write_seed(tmp_path / "seed")
+    state = tmp_path / "state"
+    cf2run = Path(sys.executable).with_name("cf2run")
+    process = subprocess.Popen([str(cf2run), "localcloud", "serve", "--state-dir", str(state),
+                                "--seed-functions", str(tmp_path / "seed")],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        endpoints = wait_serving(process, state, timeout_s=300)
+        listed = v2_listing(Cloud.local(endpoints), "projects/local-project/locations/-")
+        assert set(listed) == {HELLO, PRIVATE, ON_EVENT, HOSTILE, GEN2}, listed
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
 
 
 def test_a_restarted_local_cloud_serves_them_again(seeded: Seeded) -> None:  # keep last: it restarts

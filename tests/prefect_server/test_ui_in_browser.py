@@ -6,8 +6,8 @@ run with a broken function shows its table (the message early, a short digest) a
 (the failure in full under the table, with the hint), and the README's automation
 (deployments/automations.yaml) fires on that failed run; its zombie automation (a run whose
 heartbeats stop is marked Crashed) is accepted by the server; a fleet run again unchanged says
-in its table that nothing was tested again, and the fleet form offers `recheck`. Screenshots go to the test's directory,
-or to $CF2RUN_UI_SCREENSHOTS (docs/ui/ holds the README's).
+in its table that nothing was tested again, and the fleet form offers `recheck`. Screenshots go
+to the test's directory, or to $CF2RUN_UI_SCREENSHOTS (docs/ui/ holds the README's).
 
 Skipped, saying so, where Debian's chromium is not installed (.ci/run installs it).
 """
