@@ -9,6 +9,14 @@ was imported (`gc.freeze`: never collected, kept to the end, which is what a mod
 `before_exit` freezes what the run made, so the interpreter's last collection skips it. Nothing
 is lost: objects still go when their reference count drops; only cycles made before a freeze
 stay until the process ends, seconds later.
+
+`without_heartbeats`: Prefect 3.9 sends a heartbeat per flow run every 180 s by default from a
+thread it joins when the run ends, and that thread sleeps in 1 s steps (prefect/flow_engine.py
+`_send_heartbeats`): 0-1 s, 0.5 s on average, added to every flow run of the command. A command's
+runs do not need them: their process is recorded (cf2run/fleet/lease_holders.py `RUN_HOOKS`) and
+the next command on the machine marks a killed one Crashed; the zombie automation
+(deployments/automations.yaml) waits for a first heartbeat, so a run without any is never taken
+for a dead one. A frequency the user set is kept.
 """
 
 from __future__ import annotations
@@ -27,6 +35,19 @@ def imports_frozen() -> Iterator[None]:
     finally:
         gc.freeze()
         gc.enable()
+
+
+@contextmanager
+def without_heartbeats() -> Iterator[None]:
+    """The flow runs inside send no heartbeats, unless the user set a heartbeat frequency."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings, temporary_settings
+
+    flows = get_current_settings().flows
+    if flows.heartbeat_frequency != type(flows).model_fields["heartbeat_frequency"].default:
+        yield  # the user's own frequency
+        return
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
 
 
 def before_exit() -> None:
