@@ -105,7 +105,7 @@ def test_one_broken_function_fails_the_fleet_and_the_others_are_deployed_and_ser
 
 def test_fanout_over_deployments_runs_each_function_on_the_workers_with_the_same_report(
         stack: PrefectStack, second_worker: Service, tmp_path: Path) -> None:
-    functions = ["fleet-a", "fleet-d", "fleet-e"]
+    functions = ["fleet-d", "fleet-e", "fleet-f"]  # new to this stack: each one tested, not unchanged
     manifest = write_fleet(tmp_path, functions)
     run = stack.run_deployment_like_the_ui(FLEET, {"manifest": str(manifest), "fanout": "deployments"})
 
