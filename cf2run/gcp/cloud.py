@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from google.auth.credentials import Credentials
 
@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     from google.cloud.storage import Client as StorageClient
 
     from cf2run.manifest.spec import Target
+
+C = TypeVar("C")
 
 
 @dataclass(frozen=True)
@@ -229,6 +231,13 @@ class Cloud:
         return grpc.intercept_channel(channel, ReachingInterceptor(
             SERVICE_NAMES[service], address, self.unreachable_hint))
 
+    def _grpc_client(self, client: Callable[..., C], transport: Callable[..., Any], service: str) -> C:
+        """`client` of the Google API: its own channel on Google, the local service's otherwise."""
+        channel = self._channel(service)
+        if channel is None:
+            return client(credentials=self.credentials)
+        return client(transport=transport(channel=channel))
+
     # -- clients ------------------------------------------------------------------------
 
     @functools.cached_property
@@ -250,30 +259,21 @@ class Cloud:
             CloudBuildGrpcTransport,
         )
 
-        channel = self._channel("cloudbuild")
-        if channel is None:
-            return cloudbuild_v1.CloudBuildClient(credentials=self.credentials)
-        return cloudbuild_v1.CloudBuildClient(transport=CloudBuildGrpcTransport(channel=channel))
+        return self._grpc_client(cloudbuild_v1.CloudBuildClient, CloudBuildGrpcTransport, "cloudbuild")
 
     @functools.cached_property
     def services(self) -> run_v2.ServicesClient:
         from google.cloud import run_v2
         from google.cloud.run_v2.services.services.transports import ServicesGrpcTransport
 
-        channel = self._channel("cloudrun")
-        if channel is None:
-            return run_v2.ServicesClient(credentials=self.credentials)
-        return run_v2.ServicesClient(transport=ServicesGrpcTransport(channel=channel))
+        return self._grpc_client(run_v2.ServicesClient, ServicesGrpcTransport, "cloudrun")
 
     @functools.cached_property
     def revisions(self) -> run_v2.RevisionsClient:
         from google.cloud import run_v2
         from google.cloud.run_v2.services.revisions.transports import RevisionsGrpcTransport
 
-        channel = self._channel("cloudrun")
-        if channel is None:
-            return run_v2.RevisionsClient(credentials=self.credentials)
-        return run_v2.RevisionsClient(transport=RevisionsGrpcTransport(channel=channel))
+        return self._grpc_client(run_v2.RevisionsClient, RevisionsGrpcTransport, "cloudrun")
 
     @functools.cached_property
     def functions(self) -> functions_v1.CloudFunctionsServiceClient:
@@ -283,11 +283,8 @@ class Cloud:
             CloudFunctionsServiceGrpcTransport,
         )
 
-        channel = self._channel("cloudfunctions")
-        if channel is None:
-            return functions_v1.CloudFunctionsServiceClient(credentials=self.credentials)
-        return functions_v1.CloudFunctionsServiceClient(
-            transport=CloudFunctionsServiceGrpcTransport(channel=channel))
+        return self._grpc_client(functions_v1.CloudFunctionsServiceClient,
+                                 CloudFunctionsServiceGrpcTransport, "cloudfunctions")
 
     @functools.cached_property
     def functions_v2(self) -> functions_v2.FunctionServiceClient:
@@ -297,10 +294,8 @@ class Cloud:
             FunctionServiceGrpcTransport,
         )
 
-        channel = self._channel("cloudfunctions")
-        if channel is None:
-            return functions_v2.FunctionServiceClient(credentials=self.credentials)
-        return functions_v2.FunctionServiceClient(transport=FunctionServiceGrpcTransport(channel=channel))
+        return self._grpc_client(functions_v2.FunctionServiceClient, FunctionServiceGrpcTransport,
+                                 "cloudfunctions")
 
     @functools.cached_property
     def secrets(self) -> secretmanager.SecretManagerServiceClient:
@@ -310,11 +305,8 @@ class Cloud:
             SecretManagerServiceGrpcTransport,
         )
 
-        channel = self._channel("secretmanager")
-        if channel is None:
-            return secretmanager.SecretManagerServiceClient(credentials=self.credentials)
-        return secretmanager.SecretManagerServiceClient(
-            transport=SecretManagerServiceGrpcTransport(channel=channel))
+        return self._grpc_client(secretmanager.SecretManagerServiceClient,
+                                 SecretManagerServiceGrpcTransport, "secretmanager")
 
     @functools.cached_property
     def registry(self) -> RegistryClient:
