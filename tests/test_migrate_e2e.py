@@ -107,12 +107,19 @@ def test_each_step_records_the_steps_it_takes_its_input_from_as_the_ui_draws_the
 ])
 def test_transient_fault_is_retried_and_migration_completes(
         fault: str, step: str, samples: dict[str, FunctionSpec], target: Target,
-        knobs: LocalCloudSettings, tmp_path: Path) -> None:
+        knobs: LocalCloudSettings, localcloud: LocalCloud, tmp_path: Path) -> None:
+    """The step whose call failed is tried again and the migration completes. Counted where the
+    calls arrive (the local cloud's fault knob): the run count the Prefect server records for a
+    retried task run comes from events it may take in out of order under load, and was read back
+    as 1 now and then although the step ran twice."""
     spec = fresh_copy(samples["hello-python"], tmp_path)
+    injected, calls = localcloud.faults.injected[fault], localcloud.faults.calls[fault]
     knobs.faults = [Fault(method=fault, code="UNAVAILABLE", first_n=1)]
-    result, run_counts = migrate(spec, target)
+    result, _ = migrate(spec, target)
     assert result.status == "succeeded", result.message
-    assert run_counts[f"{step}[{spec.name}]"] == 2, run_counts
+    assert localcloud.faults.injected[fault] - injected == 1, "the knob failed the first call"
+    assert localcloud.faults.calls[fault] - calls >= 2, f"{step} called {fault} again after the fault"
+    assert step in result.timings, result.timings
 
 
 def test_build_failure_stops_at_build_with_builders_message_and_deploys_nothing(
