@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cf2run.errors import Cf2RunError
+from cf2run.localcloud.children import Process
 from cf2run.prefect_server import (
     PID_FILE,
     answers,
@@ -60,16 +61,15 @@ def _log_tail(log: Path, lines: int = 20) -> str:
 
 
 def _alive(pid: int) -> bool:
-    """Whether `pid` runs and is not a zombie (a process that ended and waits to be reaped)."""
+    """Whether `pid` runs and is not a zombie (a process that ended and waits to be reaped): read
+    from /proc as the local cloud's own children are (`Process.of`), else asked of the kernel."""
+    if Path("/proc").is_dir():
+        return Process.of(pid) is not None
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        try:
-            os.kill(pid, 0)
-        except OSError:
-            return False
-        return True
-    return state != "Z"
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
 
 
 def _stop_group(pid: int, timeout_s: float) -> None:
